@@ -1,0 +1,23 @@
+"""The VOXL database: extracts, studies and their progress (SQLAlchemy 2 + Alembic)."""
+
+from voxl_assets.db.engine import VoxlDatabase, make_engine, upgrade_database
+from voxl_assets.db.models import (
+    Extract,
+    ExtractStudy,
+    ProjectSalt,
+    Study,
+    StudyExport,
+    StudyStatus,
+)
+
+__all__ = [
+    "Extract",
+    "ExtractStudy",
+    "ProjectSalt",
+    "Study",
+    "StudyExport",
+    "StudyStatus",
+    "VoxlDatabase",
+    "make_engine",
+    "upgrade_database",
+]

@@ -1,0 +1,165 @@
+"""Tables of the VOXL database.
+
+The database is the only place (with the raw cache) where identifiers live: MRN, accession number
+and source study UID stay here so progress can be tracked and pseudonyms linked back for the
+mapping table. Absent identifiers are stored as '' (not NULL) so the unique keys hold.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class StudyStatus(enum.StrEnum):
+    """Where a study is in the pipeline. ``filtered`` and ``failed`` end it without upload."""
+
+    QUEUED = "queued"
+    WAITING = "waiting"  # for an archive's time window
+    RETRIEVED = "retrieved"
+    ANONYMISED = "anonymised"
+    UPLOADED = "uploaded"
+    FILTERED = "filtered"
+    FAILED = "failed"
+
+    @property
+    def is_final(self) -> bool:
+        return self in (StudyStatus.UPLOADED, StudyStatus.FILTERED, StudyStatus.FAILED)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Extract(Base):
+    __tablename__ = "extracts"
+    __table_args__ = (UniqueConstraint("project", "extract_datetime", name="uq_extract"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project: Mapped[str] = mapped_column(String(128), index=True)
+    extract_datetime: Mapped[datetime] = mapped_column(DateTime)
+    source_path: Mapped[str] = mapped_column(Text)
+    omop_es_settings: Mapped[dict[str, object] | None] = mapped_column(JSON, nullable=True)
+    omop_es_git_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    registered_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    exported_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+    study_links: Mapped[list[ExtractStudy]] = relationship(back_populates="extract")
+
+    @property
+    def partition_key(self) -> str:
+        return extract_partition_key(self.project, self.extract_datetime)
+
+
+def extract_partition_key(project: str, extract_datetime: datetime) -> str:
+    """``<project-slug>/<extract-datetime>``: no identifiers, sorts by time."""
+    return f"{project}/{extract_datetime.strftime('%Y-%m-%dT%H-%M-%S')}"
+
+
+def study_partition_key(project: str, study_id: int) -> str:
+    """``<project-slug>/<study-number>``: the study's row id, never an identifier."""
+    return f"{project}/{study_id}"
+
+
+class Study(Base):
+    """One imaging study of one project; reused by every later extract of that project."""
+
+    __tablename__ = "studies"
+    __table_args__ = (
+        UniqueConstraint(
+            "project", "mrn", "accession_number", "study_uid", "series_uid", name="uq_study"
+        ),
+        Index("ix_studies_project_status", "project", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project: Mapped[str] = mapped_column(String(128))
+    mrn: Mapped[str] = mapped_column(String(64))
+    accession_number: Mapped[str] = mapped_column(String(64), default="")
+    study_uid: Mapped[str] = mapped_column(String(128), default="")
+    series_uid: Mapped[str] = mapped_column(String(128), default="")
+    study_datetime: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+    status: Mapped[str] = mapped_column(String(16), default=StudyStatus.QUEUED.value)
+    status_updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    failure_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    waiting_for: Mapped[str | None] = mapped_column(Text, nullable=True)
+    not_before: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    archive: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+    retrieved_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    anonymised_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    exported_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+    pseudo_study_uid: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    pseudo_patient_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    # Non-identifying counts from retrieval / de-identification (instances, filter reasons).
+    details: Mapped[dict[str, object] | None] = mapped_column(JSON, nullable=True)
+
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    extract_links: Mapped[list[ExtractStudy]] = relationship(back_populates="study")
+
+    @property
+    def partition_key(self) -> str:
+        return study_partition_key(self.project, self.id)
+
+
+class ExtractStudy(Base):
+    """A study as listed by one extract, with that extract's procedure_occurrence_id."""
+
+    __tablename__ = "extract_studies"
+    __table_args__ = (
+        UniqueConstraint("extract_id", "procedure_occurrence_id", name="uq_extract_procedure"),
+        Index("ix_extract_studies_study", "study_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    extract_id: Mapped[int] = mapped_column(ForeignKey("extracts.id", ondelete="CASCADE"))
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"))
+    procedure_occurrence_id: Mapped[int] = mapped_column(BigInteger)
+
+    extract: Mapped[Extract] = relationship(back_populates="study_links")
+    study: Mapped[Study] = relationship(back_populates="extract_links")
+
+
+class StudyExport(Base):
+    """A study delivered to one destination: the record that makes uploads exactly-once."""
+
+    __tablename__ = "study_exports"
+    __table_args__ = (UniqueConstraint("study_id", "destination", name="uq_study_export"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"))
+    destination: Mapped[str] = mapped_column(String(255))
+    instances: Mapped[int] = mapped_column(Integer, default=0)
+    bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    exported_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class ProjectSalt(Base):
+    """Each project's random hashing salt: created once, never logged, never in git."""
+
+    __tablename__ = "project_salts"
+
+    project: Mapped[str] = mapped_column(String(128), primary_key=True)
+    salt: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
