@@ -1,0 +1,26 @@
+"""Make sure a Dagster instance is configured before the CLI or the demo uses one."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from voxl_assets import settings
+
+LOCAL_DAGSTER_YAML = settings.REPO_ROOT / "deployments" / "local" / "dagster.yaml"
+
+
+def ensure_dagster_home() -> Path:
+    """Use ``DAGSTER_HOME`` if set; else the embedded default under ``$VOXL_HOME/dagster``."""
+    existing = os.environ.get("DAGSTER_HOME")
+    if existing:
+        return Path(existing)
+    home = settings.voxl_home() / "dagster"
+    home.mkdir(parents=True, exist_ok=True)
+    target = home / "dagster.yaml"
+    if not target.exists():
+        shutil.copyfile(LOCAL_DAGSTER_YAML, target)
+    os.environ["DAGSTER_HOME"] = str(home)
+    os.environ.setdefault("VOXL_DAGSTER_LOGS_DIR", str(home / "logs"))
+    return home

@@ -1,0 +1,1 @@
+"""Per-study work: retrieve, de-identify, upload (plain modules; the asset calls them)."""
