@@ -1,0 +1,35 @@
+"""Throwaway project registries for tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+MINIMAL_TAG_OPERATIONS = [
+    {"name": "Modality", "group": 0x0008, "element": 0x0060, "op": "keep"},
+]
+
+
+def write_project(
+    directory: Path,
+    slug: str = "test-extract-uclh-omop-cdm",
+    *,
+    name: str = "Test Extract - UCLH OMOP CDM",
+    modalities: tuple[str, ...] = ("CT", "MR", "DX"),
+    extra: dict[str, object] | None = None,
+) -> Path:
+    """Write a valid project YAML (and a minimal tag-operation file) into ``directory``."""
+    ops = directory / "tag-operations"
+    ops.mkdir(parents=True, exist_ok=True)
+    base = ops / "base.yaml"
+    if not base.exists():
+        base.write_text(yaml.safe_dump(MINIMAL_TAG_OPERATIONS))
+    definition: dict[str, object] = {
+        "project": {"slug": slug, "name": name, "modalities": list(modalities)},
+        "tag_operations": {"base": ["base.yaml"]},
+    }
+    definition.update(extra or {})
+    path = directory / f"{slug}.yaml"
+    path.write_text(yaml.safe_dump(definition, sort_keys=False))
+    return path

@@ -1,0 +1,1 @@
+"""Fixtures for the ftps peer (filled in by its issue's work)."""

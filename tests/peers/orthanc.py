@@ -1,0 +1,1 @@
+"""Fixtures for the orthanc peer (filled in by its issue's work)."""

@@ -1,0 +1,89 @@
+"""The `voxl` command end to end on the embedded default (SQLite under a throwaway VOXL_HOME)."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from dagster import DagsterInstance
+
+from tests.helpers.projects import write_project
+from voxl_assets.cli import main
+from voxl_assets.synthetic import synthetic_extract_rows, write_omop_extract
+
+
+@pytest.fixture
+def voxl_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "home"
+    projects = tmp_path / "projects"
+    write_project(projects)
+    monkeypatch.setenv("VOXL_HOME", str(home))
+    monkeypatch.setenv("VOXL_PROJECTS_DIR", str(projects))
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    monkeypatch.delenv("VOXL_DAGSTER_LOGS_DIR", raising=False)
+    monkeypatch.delenv("VOXL_DATABASE_URL", raising=False)
+    return home
+
+
+def test_check_config_ok_and_bad(
+    voxl_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["check-config"]) == 0
+    assert "1 project definitions valid" in capsys.readouterr().out
+    bad = tmp_path / "projects" / "bad.yaml"
+    bad.write_text(
+        yaml.safe_dump({"project": {"slug": "Bad Slug", "name": "x", "modalities": ["CT"]}})
+    )
+    assert main(["check-config"]) == 2
+    err = capsys.readouterr().err
+    assert "bad.yaml" in err and "project.slug" in err and "tag_operations" in err
+
+
+def test_populate_then_status(
+    voxl_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    extract = write_omop_extract(tmp_path / "extract", synthetic_extract_rows(7))
+    assert main(["populate", str(extract)]) == 0
+    out = capsys.readouterr().out
+    assert "extract test-extract-uclh-omop-cdm/2026-11-01T12-00-00" in out
+    assert "new_studies: 7" in out
+    # The run went through the instance under VOXL_HOME, so the UI shows it.
+    with DagsterInstance.from_config(str(voxl_home / "dagster")) as instance:
+        assert len(instance.get_dynamic_partitions("studies")) == 7
+        assert instance.get_runs()[0].is_success
+
+    assert main(["populate", str(extract)]) == 0  # idempotent
+    assert "already_known: 7" in capsys.readouterr().out
+
+    assert main(["status", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report[0]["by_state"]["queued"] == 7 and report[0]["total"] == 7
+    assert main(["status", "test-extract-uclh-omop-cdm"]) == 0
+    table = capsys.readouterr().out
+    assert "queued" in table and "test-extract-uclh-omop-cdm/2026-11-01T12-00-00" in table
+
+
+def test_populate_refuses_unregistered_project(
+    voxl_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    extract = write_omop_extract(
+        tmp_path / "x", synthetic_extract_rows(2), project_name="Nobody's Project"
+    )
+    assert main(["populate", str(extract)]) == 2
+    assert "project 'nobody-s-project'" in capsys.readouterr().err
+
+
+def test_populate_reports_bad_extract_without_identifiers(
+    voxl_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = synthetic_extract_rows(3, people=3)
+    rows[2].mrn = rows[0].mrn
+    extract = write_omop_extract(tmp_path / "x", rows)
+    assert main(["populate", str(extract)]) == 1
+    err = capsys.readouterr().err
+    assert "more than one person_id" in err and rows[0].mrn not in err
+
+
+def test_status_unknown_project(voxl_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["status", "no-such-project"]) == 2
+    assert "unknown project" in capsys.readouterr().err
