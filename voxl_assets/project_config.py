@@ -42,7 +42,7 @@ def _check_regex(value: str) -> str:
 class ProjectInfo(_Strict):
     slug: Annotated[str, Field(pattern=SLUG_PATTERN)]
     name: str
-    modalities: list[Annotated[str, Field(pattern=r"^[A-Z]{2,4}$")]] = Field(min_length=1)
+    modalities: list[Annotated[str, Field(pattern=r"^[A-Z]{2,16}$")]] = Field(min_length=1)
 
 
 class TagOperationFiles(_Strict):
@@ -237,7 +237,19 @@ def load_project(path: Path) -> ProjectDefinition:
                 raise ProjectConfigError(
                     f"{path}: tag_operations.{field}.{index}: file {ops_dir / name} does not exist"
                 )
+    _check_tag_operations(path, project)
     return project
+
+
+def _check_tag_operations(path: Path, project: ProjectDefinition) -> None:
+    """Parse the tag-operation files now, so `voxl check-config` catches their mistakes too."""
+    from voxl_assets.deid.operations import TagOperationsError, load_policy
+
+    files = project.tag_operations
+    try:
+        load_policy(tag_operations_dir(path.parent), files.base, files.manufacturer_overrides)
+    except TagOperationsError as exc:
+        raise ProjectConfigError(f"{path}: tag_operations: {exc}") from exc
 
 
 def project_files(projects_dir: Path | None = None) -> Iterator[Path]:

@@ -6,9 +6,7 @@ from pathlib import Path
 
 import yaml
 
-MINIMAL_TAG_OPERATIONS = [
-    {"name": "Modality", "group": 0x0008, "element": 0x0060, "op": "keep"},
-]
+MINIMAL_TAG_OPERATIONS = {"operations": [{"keyword": "Modality", "op": "keep"}]}
 
 
 def write_project(

@@ -1,0 +1,318 @@
+"""The de-identification engine: every operation, filter and check, on generated studies and on
+pydicom's sample files."""
+
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+
+from tests.helpers.deid import make_engine, make_project
+from voxl_assets.deid.checks import check_output, disallowed_tags, identifier_hits
+from voxl_assets.deid.engine import FilterReason, StudyIdentifiers, iter_study_files
+from voxl_assets.deid.operations import TagOperationsError, load_operations_file, load_policy
+from voxl_assets.deid.values import clamp_age, transform_date, transform_datetime, transform_time
+from voxl_assets.synthetic import SeriesSpec, StudySpec, make_instance, write_study
+
+MRN = "MRN4455667"
+ACCESSION = "ACC11223344"
+
+
+def _spec(**kwargs: object) -> StudySpec:
+    return StudySpec(patient_id=MRN, accession_number=ACCESSION, **kwargs)  # type: ignore[arg-type]
+
+
+def _run(tmp_path: Path, spec: StudySpec, project=None):  # type: ignore[no-untyped-def]
+    engine = make_engine(tmp_path, project)
+    write_study(spec, tmp_path / "raw")
+    identifiers = StudyIdentifiers()
+    identifiers.add(MRN)
+    identifiers.add(ACCESSION)
+    report = engine.deidentify_study(
+        iter_study_files(tmp_path / "raw"), tmp_path / "out", identifiers
+    )
+    return engine, report, identifiers
+
+
+def test_allow_list_removes_everything_not_listed_and_keeps_what_is(tmp_path: Path) -> None:
+    engine, report, identifiers = _run(tmp_path, _spec(series=[SeriesSpec(instances=3)]))
+    assert report.instances_out == 3 and not report.filtered
+    ds = pydicom.dcmread(report.output_files[0])
+    assert "InstitutionName" not in ds  # not listed: removed
+    assert not any(elem.tag.is_private for elem in ds)  # private block removed
+    assert ds.Modality == "CT" and ds.KVP == 120  # keep
+    assert ds.PatientName == "ANONYMOUS" and ds.ReferringPhysicianName == "ANONYMOUS"  # replace
+    assert ds.PatientBirthDate == "19000101"  # replace, valid DA
+    assert ds.PatientIdentityRemoved == "YES"
+    assert ds.pixel_array.shape == (64, 64)
+    allow, leaks = check_output(report.output_files, engine.policy, identifiers)
+    assert allow.passed and leaks.passed, (allow.summary(), leaks.summary())
+
+
+def test_replace_uid_is_consistent_and_keeps_references(tmp_path: Path) -> None:
+    spec = _spec(series=[SeriesSpec(instances=2), SeriesSpec(instances=2, number=2)])
+    engine, report, _ = _run(tmp_path, spec)
+    datasets = [pydicom.dcmread(p) for p in report.output_files]
+    studies = {str(ds.StudyInstanceUID) for ds in datasets}
+    assert len(studies) == 1 and spec.study_uid not in studies
+    assert len({str(ds.SeriesInstanceUID) for ds in datasets}) == 2
+    assert len({str(ds.SOPInstanceUID) for ds in datasets}) == 4
+    referenced = {str(ds.ReferencedImageSequence[0].ReferencedSOPInstanceUID) for ds in datasets}
+    assert referenced == {engine.hasher.uid(spec.referenced_sop_uid)}
+    assert {str(ds.FrameOfReferenceUID) for ds in datasets} == {
+        engine.hasher.uid(spec.frame_of_reference_uid)
+    }
+    for ds in datasets:
+        assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+        assert len(str(ds.SOPInstanceUID)) <= 64 and str(ds.SOPInstanceUID).startswith("2.25.")
+    assert report.pseudo_study_uid == studies.pop()
+
+
+def test_secure_hash_fits_the_vr_and_is_stable(tmp_path: Path) -> None:
+    engine, report, _ = _run(tmp_path, _spec())
+    ds = pydicom.dcmread(report.output_files[0])
+    assert ds.PatientID == engine.hasher.hash(MRN, 64) and len(ds.PatientID) == 64
+    assert ds.AccessionNumber == engine.hasher.hash(ACCESSION, 16)  # SH: 16 characters
+    assert report.pseudo_patient_id == ds.PatientID
+
+
+def test_hashes_differ_between_projects(tmp_path: Path) -> None:
+    one = make_engine(tmp_path, make_project("project-one"))
+    two = make_engine(tmp_path, make_project("project-two"))
+    assert one.hasher.hash(MRN) != two.hasher.hash(MRN)
+    assert one.hasher.uid("1.2.3") != two.hasher.uid("1.2.3")
+    assert one.hasher.hash(MRN) == make_engine(tmp_path, make_project("project-one")).hasher.hash(
+        MRN
+    )
+
+
+@pytest.mark.parametrize(
+    ("option", "expected_date", "expected_time"),
+    [
+        ("keep", "20240317", "093000"),
+        ("truncate_to_year", "20240101", "090000"),
+        ("truncate_to_month", "20240301", "090000"),
+    ],
+)
+def test_date_options(tmp_path: Path, option: str, expected_date: str, expected_time: str) -> None:
+    project = make_project(deid={"dates": option})
+    spec = _spec(study_datetime=datetime(2024, 3, 17, 9, 30))
+    _, report, _ = _run(tmp_path, spec, project)
+    ds = pydicom.dcmread(report.output_files[0])
+    assert (ds.StudyDate, ds.StudyTime) == (expected_date, expected_time)
+    assert ds.SeriesDate == expected_date
+
+
+def test_date_shift_moves_a_patients_dates_together(tmp_path: Path) -> None:
+    project = make_project(deid={"dates": "shift", "date_shift_days_max": 30})
+    _, report, _ = _run(tmp_path, _spec(), project)
+    ds = pydicom.dcmread(report.output_files[0])
+    assert ds.StudyDate != "20240301" and ds.StudyDate == ds.SeriesDate
+    assert "20240130" <= ds.StudyDate < "20240301"
+
+
+def test_value_rules() -> None:
+    assert transform_date("20240317", "truncate_to_year", 0) == "20240101"
+    assert transform_date("20240317", "shift", 20) == "20240226"
+    assert transform_date("garbage", "shift", 3) == "19000101"
+    assert transform_time("101530.25", "truncate_to_month") == "100000"
+    assert transform_datetime("20240317101530", "truncate_to_month", 0) == "20240301100000"
+    assert clamp_age("095Y", 0, 89) == "089Y"
+    assert clamp_age("006M", 0, 89) == "006M"
+    assert clamp_age("bad", 0, 89) == "000Y"
+
+
+def test_numeric_range_caps_age_and_weight(tmp_path: Path) -> None:
+    engine = make_engine(tmp_path)
+    ds = make_instance(_spec(), SeriesSpec(), 1)
+    ds.PatientAge = "097Y"
+    ds.PatientWeight = 999
+    engine.deidentify_dataset(ds)
+    assert ds.PatientAge == "089Y"
+    assert float(ds.PatientWeight) == 300
+
+
+def test_sequences_are_cleaned_recursively(tmp_path: Path) -> None:
+    engine = make_engine(tmp_path)
+    ds = make_instance(_spec(), SeriesSpec(), 1)
+    item = ds.ReferencedImageSequence[0]
+    item.PatientName = "HIDDEN^NAME"  # the same rules inside items: replaced
+    item.OperatorsName = "HIDDEN^OPERATOR"  # not listed: removed
+    inner = Dataset()
+    inner.AccessionNumber = ACCESSION
+    inner.InstitutionName = "NESTED"
+    item.SourceImageSequence = Sequence([inner])
+    ds.RequestAttributesSequence = Sequence([Dataset()])  # not listed at all
+    engine.deidentify_dataset(ds)
+    item = ds.ReferencedImageSequence[0]
+    assert item.PatientName == "ANONYMOUS" and "OperatorsName" not in item
+    nested = item.SourceImageSequence[0]
+    assert "InstitutionName" not in nested
+    assert nested.AccessionNumber == engine.hasher.hash(ACCESSION, 16)
+    assert "RequestAttributesSequence" not in ds
+
+
+def test_manufacturer_override_keeps_listed_private_tags_only(tmp_path: Path) -> None:
+    engine = make_engine(tmp_path)
+    ds = make_instance(_spec(manufacturer="SIEMENS"), SeriesSpec(), 1)
+    block = ds.private_block(0x0019, "SIEMENS MR HEADER", create=True)
+    block.add_new(0x0C, "IS", 1000)  # B_value: kept by the override
+    block.add_new(0x0B, "DS", 5.0)  # not listed: removed
+    other = make_instance(_spec(manufacturer="PHILIPS"), SeriesSpec(), 1)
+    other_block = other.private_block(0x0019, "SIEMENS MR HEADER", create=True)
+    other_block.add_new(0x0C, "IS", 1000)
+    engine.deidentify_dataset(ds)
+    engine.deidentify_dataset(other)
+    kept = ds.private_block(0x0019, "SIEMENS MR HEADER")
+    assert kept[0x0C].value == 1000
+    assert 0x0B not in [
+        t.element & 0xFF for t in ds.keys() if t.group == 0x0019 and t.element > 0xFF
+    ]
+    assert not any(t.is_private for t in other.keys())  # override applies to Siemens only
+    assert (0x0011, 0x0010) not in ds  # the synthetic private creator is gone with its block
+
+
+def test_filters_are_counted_with_their_reasons(tmp_path: Path) -> None:
+    project = make_project(
+        series_filters={"description_patterns": ["scout"], "min_instances": 2},
+        allowed_manufacturers=[{"regex": "(?i)siemens", "exclude_series_numbers": [99]}],
+    )
+    spec = _spec(
+        series=[
+            SeriesSpec(instances=3, number=1),
+            SeriesSpec(instances=2, description="SCOUT", number=2),
+            SeriesSpec(instances=1, number=3),
+            SeriesSpec(instances=2, number=99),
+        ]
+    )
+    _, report, _ = _run(tmp_path, spec, project)
+    assert report.instances_out == 3
+    assert report.filtered == {
+        FilterReason.SERIES_DESCRIPTION.value: 2,
+        FilterReason.TOO_FEW_INSTANCES.value: 1,
+        FilterReason.SERIES_NUMBER.value: 2,
+    }
+
+
+def test_modality_and_manufacturer_filters(tmp_path: Path) -> None:
+    project = make_project(project={"modalities": ["MR"]})
+    _, report, _ = _run(tmp_path, _spec(), project)
+    assert report.instances_out == 0 and report.filtered == {FilterReason.MODALITY.value: 3}
+    project = make_project(allowed_manufacturers=[{"regex": "(?i)philips"}])
+    _, report, _ = _run(tmp_path / "b", _spec(), project)
+    assert report.filtered == {FilterReason.MANUFACTURER.value: 3}
+
+
+def test_secondary_capture_and_burned_in_annotation_are_rejected_unless_allowed(
+    tmp_path: Path,
+) -> None:
+    engine = make_engine(tmp_path, make_project(project={"modalities": ["CT", "OT"]}))
+    sc = make_instance(_spec(modality="OT"), SeriesSpec(), 1)
+    assert engine.instance_filter(sc) is FilterReason.SECONDARY_CAPTURE
+    burned = make_instance(_spec(), SeriesSpec(), 1)
+    burned.BurnedInAnnotation = "YES"
+    assert engine.instance_filter(burned) is FilterReason.BURNED_IN
+    allowing = make_engine(
+        tmp_path / "b",
+        make_project(
+            project={"modalities": ["CT", "OT"]},
+            deid={"allow_secondary_capture": True, "allow_burned_in_annotation": True},
+        ),
+    )
+    assert allowing.instance_filter(sc) is None
+    assert allowing.instance_filter(burned) is None
+
+
+def _ultrasound(spec: StudySpec, regions: bool) -> Dataset:
+    ds = make_instance(spec, SeriesSpec(), 1)
+    ds.BurnedInAnnotation = "YES"
+    ds.PixelData = np.full((spec.rows, spec.columns), 500, dtype=np.uint16).tobytes()
+    if regions:
+        region = Dataset()
+        region.RegionLocationMinX0, region.RegionLocationMinY0 = 10, 20
+        region.RegionLocationMaxX1, region.RegionLocationMaxY1 = 29, 39
+        region.RegionSpatialFormat = 1
+        ds.SequenceOfUltrasoundRegions = Sequence([region])
+    return ds
+
+
+def test_ultrasound_is_blanked_outside_its_regions(tmp_path: Path) -> None:
+    project = make_project(deid={"blank_ultrasound_outside_regions": True})
+    engine = make_engine(tmp_path, project)
+    spec = _spec(modality="US")
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    _ultrasound(spec, regions=True).save_as(raw / "with.dcm", enforce_file_format=True)
+    _ultrasound(spec, regions=False).save_as(raw / "without.dcm", enforce_file_format=True)
+    report = engine.deidentify_study(iter_study_files(raw), tmp_path / "out", StudyIdentifiers())
+    assert report.instances_out == 1 and report.blanked_instances == 1
+    assert report.filtered == {FilterReason.ULTRASOUND_NO_REGIONS.value: 1}
+    pixels = pydicom.dcmread(report.output_files[0]).pixel_array
+    assert (pixels[20:40, 10:30] == 500).all()
+    assert pixels.sum() == 500 * 20 * 20  # everything outside the region is zero
+    without_option = make_engine(tmp_path / "b")
+    assert without_option.instance_filter(_ultrasound(spec, regions=True)) is FilterReason.BURNED_IN
+
+
+def test_checks_catch_a_disallowed_tag_and_an_identifier(tmp_path: Path) -> None:
+    engine = make_engine(tmp_path)
+    ds = make_instance(_spec(), SeriesSpec(), 1)
+    engine.deidentify_dataset(ds)
+    operations = engine.policy.for_manufacturer("SIEMENS")
+    assert disallowed_tags(ds, operations) == []
+    ds.InstitutionName = "LEAKED"
+    ds.SeriesDescription = f"follow-up for {MRN.lower()}"
+    ds.ReferencedImageSequence[0].StudyComments = "x"
+    identifiers = StudyIdentifiers()
+    identifiers.add(MRN)
+    assert disallowed_tags(ds, operations) == ["(0008,0080)", "(0008,1140)[0].(0032,4000)"]
+    assert identifier_hits(ds, identifiers) == ["(0008,103E)"]
+    birth = StudyIdentifiers()
+    birth.add_birth_date("20240301")
+    assert identifier_hits(ds, birth) == []  # a study date equal to a birth date is not a leak
+    ds.StudyComments = "born 20240301"
+    assert identifier_hits(ds, birth) == ["(0032,4000)"]
+
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small.dcm", "rtplan.dcm", "JPEG2000.dcm"])
+def test_pydicom_sample_files_come_out_valid_and_clean(tmp_path: Path, name: str) -> None:
+    source = Path(str(get_testdata_file(name)))
+    original = pydicom.dcmread(source)
+    project = make_project(
+        project={"modalities": [str(original.Modality)]},
+        allowed_manufacturers=[{"regex": ".*"}],
+        deid={"allow_secondary_capture": True},  # JPEG2000.dcm is a secondary capture
+    )
+    engine = make_engine(tmp_path, project)
+    identifiers = StudyIdentifiers()
+    report = engine.deidentify_study([source], tmp_path / "out", identifiers)
+    assert report.instances_out == 1
+    out = pydicom.dcmread(report.output_files[0])
+    assert out.file_meta.TransferSyntaxUID == original.file_meta.TransferSyntaxUID
+    assert str(out.StudyInstanceUID) != str(original.StudyInstanceUID)
+    if "PixelData" in original:
+        assert out.PixelData == original.PixelData  # pixels untouched (no burned-in option)
+    allow, leaks = check_output(report.output_files, engine.policy, identifiers)
+    assert allow.passed and leaks.passed, (allow.summary(), leaks.summary())
+    assert len(identifiers) > 0  # the source's own identifiers were collected
+
+
+def test_bad_tag_operation_files_name_the_file_and_entry(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("operations:\n  - {keyword: PatientNmae, op: keep}\n")
+    with pytest.raises(TagOperationsError, match=r"bad.yaml: operations\[0\].*PatientNmae"):
+        load_operations_file(bad)
+    bad.write_text("operations:\n  - {keyword: PatientName, op: scramble}\n")
+    with pytest.raises(TagOperationsError, match="op must be one of"):
+        load_operations_file(bad)
+    bad.write_text("operations:\n  - {group: 0x0010, private_creator: X, element: 1, op: keep}\n")
+    with pytest.raises(TagOperationsError, match="odd"):
+        load_operations_file(bad)
+    override = tmp_path / "override.yaml"
+    override.write_text("manufacturer: '(['\noperations: []\n")
+    with pytest.raises(TagOperationsError, match="override.yaml: manufacturer"):
+        load_policy(tmp_path, [], ["override.yaml"])

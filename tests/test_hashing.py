@@ -1,0 +1,90 @@
+"""Keyed, per-project salted hashing: local and remote back ends behave the same."""
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from voxl_assets.db import VoxlDatabase
+from voxl_assets.db.models import ProjectSalt
+from voxl_assets.deid.hashing import (
+    HashingError,
+    LocalHashing,
+    ProjectHasher,
+    RemoteHashing,
+    SaltStore,
+)
+
+KEY = "a-long-random-test-key-0123456789"
+
+
+def test_same_input_same_hash_other_project_other_hash(tmp_path: Path) -> None:
+    database = VoxlDatabase(f"sqlite:///{tmp_path / 'v.db'}")
+    backend = LocalHashing(KEY, SaltStore(database))
+    one, two = ProjectHasher(backend, "one"), ProjectHasher(backend, "two")
+    assert one.hash("40000001") == one.hash("40000001")
+    assert one.hash("40000001") != two.hash("40000001")
+    assert one.hash("40000001") != one.hash("40000002")
+    assert len(one.hash("x")) == 64 and len(one.hash("x", 16)) == 16
+    assert len(one.hash("x", 500)) == 64  # never longer than Azure's limit
+    uid = one.uid("1.2.840.1234")
+    assert uid.startswith("2.25.") and len(uid) <= 64 and uid == one.uid("1.2.840.1234")
+    assert 1 <= one.date_shift_days("p", 30) <= 30 and one.date_shift_days("p", 0) == 0
+
+
+def test_salt_is_created_once_and_survives_restarts(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'v.db'}"
+    first = ProjectHasher(LocalHashing(KEY, SaltStore(VoxlDatabase(url))), "p").hash("v")
+    second = ProjectHasher(LocalHashing(KEY, SaltStore(VoxlDatabase(url))), "p").hash("v")
+    assert first == second
+    with VoxlDatabase(url).session() as session:
+        salts = session.scalars(select(ProjectSalt.salt)).all()
+    assert len(salts) == 1 and len(salts[0]) == 64
+    other_key = ProjectHasher(LocalHashing(KEY + "x", SaltStore(VoxlDatabase(url))), "p").hash("v")
+    assert other_key != first  # the key matters, not only the salt
+
+
+def test_a_short_key_is_refused_with_advice(tmp_path: Path) -> None:
+    with pytest.raises(HashingError, match="VOXL_HASHING_KEY"):
+        LocalHashing("short", SaltStore(VoxlDatabase(f"sqlite:///{tmp_path / 'v.db'}")))
+
+
+def test_remote_hashing_service_is_the_same_interface(tmp_path: Path) -> None:
+    """A real HTTP service (in a thread) that hashes with its own key and salts."""
+    service_backend = LocalHashing(KEY, SaltStore(VoxlDatabase(f"sqlite:///{tmp_path / 's.db'}")))
+    calls: list[dict[str, str]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            calls.append(body)
+            if self.headers.get("Authorization") != "Bearer t0ken":
+                self.send_response(401)
+                self.end_headers()
+                return
+            digest = service_backend.digest(body["project"], body["domain"], body["value"])
+            payload = json.dumps({"digest": digest}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}"
+        remote = ProjectHasher(RemoteHashing(url, token="t0ken"), "p")
+        local = ProjectHasher(service_backend, "p")
+        assert remote.hash("40000001") == local.hash("40000001")
+        assert remote.uid("1.2.3") == local.uid("1.2.3")
+        with pytest.raises(HashingError, match="refused"):
+            ProjectHasher(RemoteHashing(url, token="wrong"), "p").hash("v")
+    finally:
+        server.shutdown()
+    assert calls and all(set(c) == {"project", "domain", "value"} for c in calls)

@@ -1,0 +1,176 @@
+"""Privacy checks on de-identified output, independent of the engine that wrote it.
+
+Both read the written files back, so they test what will actually leave the hospital. Findings
+name the file and the tag path, never the offending value.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+
+from voxl_assets.deid.engine import ENGINE_TAGS, StudyIdentifiers
+from voxl_assets.deid.operations import Op, TagOperations, TagPolicy
+
+TEXT_VRS = {
+    "AE",
+    "AS",
+    "CS",
+    "DA",
+    "DT",
+    "LO",
+    "LT",
+    "PN",
+    "SH",
+    "ST",
+    "TM",
+    "UC",
+    "UI",
+    "UR",
+    "UT",
+}
+BINARY_VRS = {"OB", "UN", "OW"}
+DATE_VRS = {"DA", "DT", "TM"}
+TOKEN_SPLIT = re.compile(r"[\s\^\\/,;:=|()\[\]\"']+")
+PIXEL_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}
+MAX_SCANNED_BINARY = 64 * 1024
+
+
+@dataclass
+class CheckFinding:
+    file: str
+    tag_path: str
+    problem: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.tag_path}: {self.problem}"
+
+
+@dataclass
+class CheckResult:
+    files_checked: int = 0
+    findings: list[CheckFinding] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.findings
+
+    def summary(self, limit: int = 5) -> str:
+        if self.passed:
+            return f"{self.files_checked} files checked, no findings"
+        shown = "; ".join(str(f) for f in self.findings[:limit])
+        more = len(self.findings) - limit
+        return f"{len(self.findings)} findings in {self.files_checked} files: {shown}" + (
+            f" (+{more} more)" if more > 0 else ""
+        )
+
+
+def disallowed_tags(ds: Dataset, operations: TagOperations) -> list[str]:
+    """Tag paths in ``ds`` (recursively) that the allow-list does not keep."""
+    allowed_public = {tag for tag, op in operations.public.items() if op.op is not Op.DELETE}
+    allowed_public |= ENGINE_TAGS
+    allowed_private = {key for key, op in operations.private.items() if op.op is not Op.DELETE}
+    creators = {(g, c) for (g, c, _e) in allowed_private}
+    found: list[str] = []
+
+    def visit(item: Dataset, prefix: str) -> None:
+        block_creators: dict[tuple[int, int], str] = {}
+        for elem in item:
+            tag = elem.tag
+            if tag.is_private and 0x10 <= tag.element <= 0xFF:
+                block_creators[(tag.group, tag.element)] = str(elem.value)
+        for elem in item:
+            tag = elem.tag
+            path = f"{prefix}{tag}"
+            if tag.is_private:
+                if 0x10 <= tag.element <= 0xFF:
+                    ok = (tag.group, str(elem.value)) in creators
+                else:
+                    creator = block_creators.get((tag.group, tag.element >> 8))
+                    ok = creator is not None and (
+                        (tag.group, creator, tag.element & 0xFF) in allowed_private
+                    )
+            else:
+                ok = int(tag) in allowed_public
+            if not ok:
+                found.append(path)
+            if elem.VR == "SQ":
+                for index, child in enumerate(elem.value):
+                    visit(child, f"{path}[{index}].")
+
+    visit(ds, "")
+    return found
+
+
+def _tokens(text: str) -> Iterator[str]:
+    lowered = text.strip().lower()
+    if lowered:
+        yield lowered
+        for token in TOKEN_SPLIT.split(lowered):
+            if token and token != lowered:
+                yield token
+
+
+def identifier_hits(ds: Dataset, identifiers: StudyIdentifiers) -> list[str]:
+    """Tag paths whose value holds an identifier of the study (whole value or whole token)."""
+    hits: list[str] = []
+
+    def visit(item: Dataset, prefix: str) -> None:
+        for elem in item:
+            path = f"{prefix}{elem.tag}"
+            if elem.VR == "SQ":
+                for index, child in enumerate(elem.value):
+                    visit(child, f"{path}[{index}].")
+                continue
+            if int(elem.tag) in PIXEL_TAGS or elem.value is None:
+                continue
+            texts: list[str] = []
+            if elem.VR in TEXT_VRS:
+                values = elem.value if isinstance(elem.value, MultiValue | list) else [elem.value]
+                texts = [str(v) for v in values]
+            elif elem.VR in BINARY_VRS and isinstance(elem.value, bytes):
+                texts = [elem.value[:MAX_SCANNED_BINARY].decode("latin-1").replace("\0", " ")]
+            check_birth = elem.VR not in DATE_VRS
+            for text in texts:
+                if any(
+                    token in identifiers.values
+                    or (check_birth and token in identifiers.birth_dates)
+                    for token in _tokens(text)
+                ):
+                    hits.append(path)
+                    break
+
+    visit(ds, "")
+    return hits
+
+
+def check_output(
+    files: Sequence[Path], policy: TagPolicy, identifiers: StudyIdentifiers
+) -> tuple[CheckResult, CheckResult]:
+    """Read every output file back; returns (allow-list result, identifier result)."""
+    allow = CheckResult()
+    leaks = CheckResult()
+    for path in files:
+        # Large values (pixel data) are not read: defer_size leaves them on disk.
+        ds = dcmread(path, defer_size=MAX_SCANNED_BINARY)
+        manufacturer = str(ds.get("Manufacturer", "") or "")
+        operations = policy.for_manufacturer(manufacturer)
+        allow.files_checked += 1
+        leaks.files_checked += 1
+        for tag_path in disallowed_tags(ds, operations):
+            allow.findings.append(CheckFinding(path.name, tag_path, "not in the allow-list"))
+        for tag_path in identifier_hits(ds, identifiers):
+            leaks.findings.append(
+                CheckFinding(path.name, tag_path, "holds an identifier of the study")
+            )
+        for tag_path in identifier_hits(ds.file_meta, identifiers):
+            leaks.findings.append(
+                CheckFinding(path.name, f"file meta {tag_path}", "holds an identifier of the study")
+            )
+    return allow, leaks

@@ -1,0 +1,489 @@
+"""The de-identification engine: filters, allow-list operations and output, one instance at a time.
+
+A study is handled in three passes over its cached files, none of which holds more than one
+instance in memory: (1) headers only, to apply the filters and count series; (2) each kept instance
+is read, de-identified in place and written; (3) the written files are read back and checked
+against the allow-list and the study's identifiers (``checks.py``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydicom import dcmread
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
+from pydicom.sequence import Sequence as DicomSequence
+from pydicom.tag import BaseTag
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID
+
+from voxl_assets.deid.hashing import ProjectHasher
+from voxl_assets.deid.operations import Op, Operation, TagOperations, TagPolicy
+from voxl_assets.deid.values import (
+    MAX_LENGTH_BY_VR,
+    clamp_age,
+    clamp_number,
+    dummy_value,
+    transform_date,
+    transform_datetime,
+    transform_time,
+)
+from voxl_assets.project_config import ProjectDefinition
+
+SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
+ULTRASOUND_SOP_PREFIXES = ("1.2.840.10008.5.1.4.1.1.6.", "1.2.840.10008.5.1.4.1.1.3.")
+UNCOMPRESSED_SYNTAXES = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
+
+# Written by the engine on every output instance, so always allowed (PS3.15 E.1.1 step 6).
+ENGINE_TAGS = {0x00120062, 0x00120063}  # PatientIdentityRemoved, DeidentificationMethod
+
+FILTER_TAGS = [
+    "Modality",
+    "SOPClassUID",
+    "SeriesInstanceUID",
+    "SeriesDescription",
+    "SeriesNumber",
+    "Manufacturer",
+    "BurnedInAnnotation",
+    "ImageType",
+]
+
+
+class FilterReason(StrEnum):
+    """Why an instance was left out. Counted per study; shown to users; never identifying."""
+
+    MODALITY = "modality not in the project's list"
+    SERIES_DESCRIPTION = "series description matches a filter"
+    MANUFACTURER = "manufacturer not allowed"
+    SERIES_NUMBER = "series number excluded for its manufacturer"
+    TOO_FEW_INSTANCES = "series has fewer than the minimum instances"
+    SECONDARY_CAPTURE = "secondary capture or screenshot not allowed"
+    BURNED_IN = "burned-in annotation not allowed"
+    ULTRASOUND_NO_REGIONS = "ultrasound without declared regions cannot be blanked"
+    ULTRASOUND_COMPRESSED = "compressed ultrasound cannot be blanked"
+    UNREADABLE = "not a readable DICOM file"
+
+
+class DeidError(Exception):
+    """De-identification cannot go on; the message names the file or tag, never a value."""
+
+
+@dataclass
+class StudyIdentifiers:
+    """Values that must never appear in the output (normalised to lower case).
+
+    Dates of birth are kept apart: a study date may legitimately equal a newborn's birth date,
+    so they are only looked for in non-date attributes.
+    """
+
+    values: set[str] = field(default_factory=set)
+    birth_dates: set[str] = field(default_factory=set)
+
+    def add(self, value: object, *, min_length: int = 1) -> None:
+        text = str(value).strip().lower()
+        if len(text) >= max(min_length, 1):
+            self.values.add(text)
+
+    def add_name(self, value: object) -> None:
+        """A person name: the whole name and each component of three letters or more."""
+        text = str(value).strip()
+        if not text:
+            return
+        self.add(text)
+        for part in re.split(r"[\^=\s,]+", text):
+            self.add(part, min_length=3)
+
+    def add_birth_date(self, value: object) -> None:
+        text = str(value).strip()
+        if text:
+            self.birth_dates.add(text.lower())
+
+    def __len__(self) -> int:
+        return len(self.values) + len(self.birth_dates)
+
+    def __repr__(self) -> str:  # never print the values
+        return f"StudyIdentifiers({len(self)} values)"
+
+
+@dataclass
+class DeidReport:
+    """What happened to a study; only counts and pseudonymous values, safe for metadata."""
+
+    instances_in: int = 0
+    instances_out: int = 0
+    series_out: int = 0
+    bytes_out: int = 0
+    filtered: Counter[str] = field(default_factory=Counter)
+    pseudo_study_uid: str | None = None
+    pseudo_patient_id: str | None = None
+    output_files: list[Path] = field(default_factory=list)
+    blanked_instances: int = 0
+
+    def filter_summary(self) -> str:
+        return ", ".join(f"{count} {reason}" for reason, count in sorted(self.filtered.items()))
+
+
+@dataclass
+class _Planned:
+    path: Path
+    series_key: str
+    reason: FilterReason | None
+
+
+class Deidentifier:
+    """De-identifies studies for one project (thread-safe apart from the hasher's memo, which
+    tolerates races: same input, same output)."""
+
+    def __init__(
+        self, project: ProjectDefinition, policy: TagPolicy, hasher: ProjectHasher
+    ) -> None:
+        self.project = project
+        self.policy = policy
+        self.hasher = hasher
+        self.modalities = set(project.project.modalities)
+        self.description_patterns = [
+            re.compile(p, re.IGNORECASE) for p in project.series_filters.description_patterns
+        ]
+        self.manufacturers = [
+            (re.compile(m.regex), set(m.exclude_series_numbers))
+            for m in project.allowed_manufacturers
+        ]
+        self.options = project.deid
+        # LO: at most 64 characters. The options are listed in the project's tag-operation files.
+        self.method = "VOXL allow-list, PS3.15 E.1-1 Basic Profile with options"
+
+    # --- pass 1: filters -------------------------------------------------------------------
+
+    def instance_filter(self, header: Dataset) -> FilterReason | None:
+        """Why this instance (headers only) is left out, or None to keep it."""
+        modality = str(header.get("Modality", "") or "").upper()
+        sop_class = str(header.get("SOPClassUID", "") or "")
+        if modality not in self.modalities:
+            return FilterReason.MODALITY
+        description = str(header.get("SeriesDescription", "") or "")
+        if any(p.search(description) for p in self.description_patterns):
+            return FilterReason.SERIES_DESCRIPTION
+        manufacturer = str(header.get("Manufacturer", "") or "")
+        matching = [
+            excluded for pattern, excluded in self.manufacturers if pattern.search(manufacturer)
+        ]
+        if not matching:
+            return FilterReason.MANUFACTURER
+        series_number = header.get("SeriesNumber")
+        if series_number is not None and series_number != "":
+            try:
+                number = int(series_number)
+            except (TypeError, ValueError):
+                number = None
+            if number is not None and all(number in excluded for excluded in matching):
+                return FilterReason.SERIES_NUMBER
+        image_type = [str(v).upper() for v in _as_list(header.get("ImageType"))]
+        if (sop_class.startswith(SECONDARY_CAPTURE_PREFIX) or "SCREEN SAVE" in image_type) and (
+            not self.options.allow_secondary_capture
+        ):
+            return FilterReason.SECONDARY_CAPTURE
+        burned_in = str(header.get("BurnedInAnnotation", "") or "").upper() == "YES"
+        ultrasound = modality == "US" or sop_class.startswith(ULTRASOUND_SOP_PREFIXES)
+        if ultrasound and self.options.blank_ultrasound_outside_regions:
+            return None  # burned-in text is blanked in pass 2 (or the instance rejected there)
+        if burned_in and not self.options.allow_burned_in_annotation:
+            return FilterReason.BURNED_IN
+        return None
+
+    def plan(self, files: Sequence[Path], identifiers: StudyIdentifiers) -> list[_Planned]:
+        """Pass 1: read headers, decide each file's fate, collect the study's identifiers."""
+        planned: list[_Planned] = []
+        for path in files:
+            try:
+                header = dcmread(path, stop_before_pixels=True)
+            except (InvalidDicomError, OSError, ValueError, EOFError):
+                planned.append(_Planned(path, "", FilterReason.UNREADABLE))
+                continue
+            for keyword in ("PatientID", "AccessionNumber", "OtherPatientIDs", "StudyID"):
+                for value in _as_list(header.get(keyword)):
+                    identifiers.add(value, min_length=3 if keyword == "StudyID" else 1)
+            for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+                identifiers.add(header.get(keyword, ""))
+            for keyword in ("PatientName", "OtherPatientNames", "PatientMotherBirthName"):
+                for value in _as_list(header.get(keyword)):
+                    identifiers.add_name(value)
+            identifiers.add_birth_date(header.get("PatientBirthDate", ""))
+            series_key = str(header.get("SeriesInstanceUID", "") or "")
+            planned.append(_Planned(path, series_key, self.instance_filter(header)))
+        kept_per_series = Counter(p.series_key for p in planned if p.reason is None)
+        minimum = self.project.series_filters.min_instances
+        for item in planned:
+            if item.reason is None and kept_per_series[item.series_key] < minimum:
+                item.reason = FilterReason.TOO_FEW_INSTANCES
+        return planned
+
+    # --- pass 2: operations ----------------------------------------------------------------
+
+    def deidentify_study(
+        self, files: Sequence[Path], output_dir: Path, identifiers: StudyIdentifiers
+    ) -> DeidReport:
+        """De-identify ``files`` into ``output_dir`` (which the caller makes atomic)."""
+        output_dir.mkdir(parents=True, exist_ok=True)
+        report = DeidReport(instances_in=len(files))
+        series: set[str] = set()
+        for item in self.plan(files, identifiers):
+            if item.reason is not None:
+                report.filtered[item.reason.value] += 1
+                continue
+            ds = dcmread(item.path)
+            reason = self._blank_ultrasound_if_needed(ds, report)
+            if reason is not None:
+                report.filtered[reason.value] += 1
+                continue
+            self.deidentify_dataset(ds, identifiers)
+            sop_uid = str(ds.SOPInstanceUID)
+            path = output_dir / f"{sop_uid}.dcm"
+            ds.save_as(path, enforce_file_format=True)
+            report.instances_out += 1
+            report.bytes_out += path.stat().st_size
+            report.output_files.append(path)
+            series.add(str(ds.get("SeriesInstanceUID", "")))
+            report.pseudo_study_uid = str(ds.get("StudyInstanceUID", "")) or report.pseudo_study_uid
+            report.pseudo_patient_id = str(ds.get("PatientID", "")) or report.pseudo_patient_id
+        report.series_out = len(series)
+        return report
+
+    def deidentify_dataset(self, ds: Dataset, identifiers: StudyIdentifiers | None = None) -> None:
+        """Apply the allow-list to one instance in place and fix its file meta."""
+        manufacturer = str(ds.get("Manufacturer", "") or "")
+        operations = self.policy.for_manufacturer(manufacturer)
+        patient_key = str(ds.get("PatientID", "") or "")
+        shift = self.hasher.date_shift_days(patient_key, self.options.date_shift_days_max)
+        if self.options.dates == "shift" and shift == 0:
+            shift = self.hasher.date_shift_days(patient_key, 365)
+        _Walker(self, operations, shift, identifiers).walk(ds)
+        ds.PatientIdentityRemoved = "YES"
+        ds.DeidentificationMethod = self.method
+        sop_class = ds.get("SOPClassUID")
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = UID(str(sop_class)) if sop_class else UID("")
+        meta.MediaStorageSOPInstanceUID = UID(str(ds.get("SOPInstanceUID", "")))
+        meta.TransferSyntaxUID = ds.file_meta.TransferSyntaxUID
+        meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+        meta.ImplementationVersionName = "VOXL"
+        ds.file_meta = meta
+        ds.preamble = b"\0" * 128  # a preamble may carry a TIFF header or anything else
+
+    # --- ultrasound ------------------------------------------------------------------------
+
+    def _blank_ultrasound_if_needed(self, ds: Dataset, report: DeidReport) -> FilterReason | None:
+        modality = str(ds.get("Modality", "") or "").upper()
+        sop_class = str(ds.get("SOPClassUID", "") or "")
+        ultrasound = modality == "US" or sop_class.startswith(ULTRASOUND_SOP_PREFIXES)
+        if not (ultrasound and self.options.blank_ultrasound_outside_regions):
+            return None
+        regions = ds.get("SequenceOfUltrasoundRegions")
+        if not regions:
+            return FilterReason.ULTRASOUND_NO_REGIONS
+        if str(ds.file_meta.TransferSyntaxUID) not in UNCOMPRESSED_SYNTAXES:
+            return FilterReason.ULTRASOUND_COMPRESSED
+        blank_outside_regions(ds)
+        report.blanked_instances += 1
+        return None
+
+
+def blank_outside_regions(ds: Dataset) -> None:
+    """Zero every pixel outside the union of SequenceOfUltrasoundRegions (all frames, samples)."""
+    pixels = ds.pixel_array
+    rows, columns = int(ds.Rows), int(ds.Columns)
+    mask = np.zeros((rows, columns), dtype=bool)
+    for region in ds.SequenceOfUltrasoundRegions:
+        x0, y0 = int(region.RegionLocationMinX0), int(region.RegionLocationMinY0)
+        x1, y1 = int(region.RegionLocationMaxX1), int(region.RegionLocationMaxY1)
+        mask[max(y0, 0) : min(y1, rows - 1) + 1, max(x0, 0) : min(x1, columns - 1) + 1] = True
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    view = pixels
+    if frames > 1:
+        full_mask = mask[None, :, :, None] if samples > 1 else mask[None, :, :]
+    else:
+        full_mask = mask[:, :, None] if samples > 1 else mask
+    blanked = np.where(full_mask, view, 0).astype(pixels.dtype)
+    if samples > 1 and str(ds.get("PlanarConfiguration", 0)) == "1":
+        # pixel_array is always colour-by-pixel; PlanarConfiguration 1 stores colour-by-plane
+        axes = (0, 3, 1, 2) if frames > 1 else (2, 0, 1)
+        blanked = np.ascontiguousarray(blanked.transpose(axes))
+    ds.PixelData = blanked.tobytes()
+    ds.BurnedInAnnotation = "NO"
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None or value == "":
+        return []
+    if isinstance(value, MultiValue | list | tuple):
+        return list(value)
+    return [value]
+
+
+class _Walker:
+    """Applies one instance's operations, recursing into sequence items with the same rules."""
+
+    def __init__(
+        self,
+        engine: Deidentifier,
+        operations: TagOperations,
+        shift_days: int,
+        identifiers: StudyIdentifiers | None,
+    ) -> None:
+        self.engine = engine
+        self.operations = operations
+        self.shift_days = shift_days
+        self.identifiers = identifiers
+        self.private_creators_kept = {(g, c) for (g, c, _e) in operations.private}
+
+    def walk(self, ds: Dataset) -> None:
+        creators: dict[tuple[int, int], str] = {}
+        for tag in ds.keys():
+            if tag.is_private and 0x0010 <= tag.element <= 0x00FF:
+                creators[(tag.group, tag.element)] = str(ds[tag].value)
+        used_blocks: set[tuple[int, int]] = set()
+        for tag in list(ds.keys()):
+            if tag.element == 0 or tag.group == 0x0002:  # group lengths; meta lives in file_meta
+                del ds[tag]
+                continue
+            if tag.is_private:
+                if 0x0010 <= tag.element <= 0x00FF:
+                    continue  # creators are decided once their block's elements are
+                block = tag.element >> 8
+                creator = creators.get((tag.group, block))
+                operation = None
+                if block >= 0x10 and creator is not None:
+                    operation = self.operations.private.get(
+                        (tag.group, creator, tag.element & 0xFF)
+                    )
+                if operation is None or operation.op is Op.DELETE:
+                    del ds[tag]
+                    continue
+                used_blocks.add((tag.group, block))
+            else:
+                operation = self.operations.public.get(int(tag))
+                if operation is None or operation.op is Op.DELETE:
+                    if int(tag) not in ENGINE_TAGS:
+                        del ds[tag]
+                    continue
+            self.apply(ds, tag, operation)
+        for (group, block), _creator in creators.items():
+            if (group, block) not in used_blocks:
+                del ds[BaseTag((group << 16) | block)]
+
+    def apply(self, ds: Dataset, tag: BaseTag, operation: Operation) -> None:
+        raw = ds.get_item(tag)
+        vr = _vr_of(raw, tag)
+        if operation.op is Op.KEEP:
+            if vr == "SQ":
+                for item in ds[tag].value:
+                    self.walk(item)
+            return  # untouched raw bytes: no decoding cost
+        elem = ds[tag]
+        if vr == "SQ":
+            # Anything but keep on a sequence empties it: items could only be cleaned by keep.
+            elem.value = DicomSequence([])
+            return
+        if elem.value is None or elem.value == "" or elem.value == b"":
+            return
+        if operation.op is Op.REPLACE:
+            elem.value = operation.value if operation.value is not None else dummy_value(vr)
+        elif operation.op is Op.REPLACE_UID:
+            elem.value = self._map_values(elem, self._pseudo_uid)
+        elif operation.op is Op.SECURE_HASH:
+            length = MAX_LENGTH_BY_VR.get(vr, 64)
+            elem.value = self._map_values(elem, lambda v: self.engine.hasher.hash(v, length))
+        elif operation.op is Op.DATE:
+            option = self.engine.options.dates
+            if vr == "DA":
+                elem.value = self._map_values(
+                    elem, lambda v: transform_date(v, option, self.shift_days)
+                )
+            elif vr == "TM":
+                elem.value = self._map_values(elem, lambda v: transform_time(v, option))
+            elif vr == "DT":
+                elem.value = self._map_values(
+                    elem, lambda v: transform_datetime(v, option, self.shift_days)
+                )
+            else:
+                raise DeidError(f"tag {tag} ({operation.label}): op 'date' needs a DA, TM or DT")
+        elif operation.op is Op.NUMERIC_RANGE:
+            self._clamp(elem, vr, operation)
+
+    def _pseudo_uid(self, value: str) -> str:
+        if self.identifiers is not None:
+            self.identifiers.add(value)
+        return self.engine.hasher.uid(value)
+
+    @staticmethod
+    def _map_values(elem: DataElement, function: Any) -> Any:
+        if isinstance(elem.value, MultiValue | list):
+            return [function(str(v)) for v in elem.value]
+        return function(str(elem.value))
+
+    @staticmethod
+    def _clamp(elem: DataElement, vr: str, operation: Operation) -> None:
+        low, high = operation.minimum, operation.maximum
+        if vr == "AS":
+            elem.value = clamp_age(str(elem.value), low, high)
+        elif vr in {"DS", "IS", "FL", "FD", "US", "SS", "UL", "SL", "SV", "UV"}:
+            values = _as_list(elem.value)
+            clamped: list[Any] = []
+            for v in values:
+                number = clamp_number(float(v), low, high)
+                clamped.append(int(number) if vr in {"IS", "US", "SS", "UL", "SL"} else number)
+            elem.value = clamped if len(clamped) > 1 else clamped[0]
+        else:
+            raise DeidError(
+                f"tag {elem.tag} ({operation.label}): op 'numeric_range' needs a number VR"
+            )
+
+
+def _vr_of(raw: DataElement | RawDataElement, tag: BaseTag) -> str:
+    vr = raw.VR
+    if vr:
+        return str(vr)
+    try:
+        return str(dictionary_VR(tag))
+    except KeyError:
+        return "UN"
+
+
+def iter_study_files(directory: Path) -> list[Path]:
+    """The instance files of a study folder, in a stable order."""
+    return sorted(p for p in directory.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+def study_identifiers(values: Iterable[str]) -> StudyIdentifiers:
+    identifiers = StudyIdentifiers()
+    for value in values:
+        if value:
+            identifiers.add(value)
+    return identifiers
+
+
+def replace_tree(staging: Path, final: Path) -> None:
+    """Swap ``staging`` into ``final`` so readers never see a half-written study."""
+    import shutil
+
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if final.exists():
+        old = final.with_name(final.name + ".old")
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(final, old)
+        os.replace(staging, final)
+        shutil.rmtree(old)
+    else:
+        os.replace(staging, final)

@@ -1,0 +1,110 @@
+"""Anonymise one cached study for its project: engine, checks, store and VOXL db together."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from voxl_assets.db import StudyStatus, VoxlDatabase
+from voxl_assets.deid.checks import CheckResult, check_output
+from voxl_assets.deid.engine import Deidentifier, DeidReport, StudyIdentifiers, iter_study_files
+from voxl_assets.deid.hashing import HashingBackend, ProjectHasher
+from voxl_assets.deid.operations import TagPolicy, load_policy
+from voxl_assets.deid.store import AnonymisedStore
+from voxl_assets.imaging.pipeline import StudyFailure, StudyFiltered
+from voxl_assets.imaging.study_state import StudyRequest, set_status
+from voxl_assets.project_config import ProjectDefinition, tag_operations_dir
+
+ALLOW_LIST_CHECK = "no_tag_outside_allow_list"
+IDENTIFIER_CHECK = "no_identifier_in_output"
+
+
+class PrivacyCheckFailed(StudyFailure):
+    """The output failed a privacy check; it is removed and the study is not uploaded."""
+
+    def __init__(self, message: str, checks: dict[str, tuple[bool, str]]) -> None:
+        super().__init__(message)
+        self.checks = checks
+
+
+@dataclass
+class AnonymisedStudy:
+    report: DeidReport
+    allow_list: CheckResult
+    identifiers: CheckResult
+
+    def metadata(self) -> dict[str, Any]:
+        report = self.report
+        return {
+            "instances_in": report.instances_in,
+            "instances_out": report.instances_out,
+            "series_out": report.series_out,
+            "bytes_out": report.bytes_out,
+            "instances_filtered": sum(report.filtered.values()),
+            "filter_reasons": report.filter_summary() or "none",
+            "ultrasound_blanked": report.blanked_instances,
+        }
+
+    def checks(self) -> dict[str, tuple[bool, str]]:
+        return {
+            ALLOW_LIST_CHECK: (self.allow_list.passed, self.allow_list.summary()),
+            IDENTIFIER_CHECK: (self.identifiers.passed, self.identifiers.summary()),
+        }
+
+
+def build_deidentifier(
+    project: ProjectDefinition, projects_dir: Path, backend: HashingBackend
+) -> Deidentifier:
+    ops_dir = tag_operations_dir(projects_dir)
+    policy: TagPolicy = load_policy(
+        ops_dir, project.tag_operations.base, project.tag_operations.manufacturer_overrides
+    )
+    return Deidentifier(project, policy, ProjectHasher(backend, project.slug))
+
+
+def request_identifiers(request: StudyRequest) -> StudyIdentifiers:
+    identifiers = StudyIdentifiers()
+    for value in (request.mrn, request.accession_number, request.study_uid, request.series_uid):
+        if value:
+            identifiers.add(value)
+    return identifiers
+
+
+def anonymise_study(
+    request: StudyRequest,
+    raw_files: Sequence[Path],
+    deidentifier: Deidentifier,
+    store: AnonymisedStore,
+    database: VoxlDatabase,
+) -> AnonymisedStudy:
+    """De-identify ``raw_files`` into the store, check the output, record pseudonyms.
+
+    Raises:
+        StudyFiltered: every instance was filtered out (the reasons are counted in the message).
+        PrivacyCheckFailed: the output holds a tag outside the allow-list or an identifier.
+    """
+    identifiers = request_identifiers(request)
+    with store.writing(request.project, request.study_id) as staging:
+        report = deidentifier.deidentify_study(raw_files, staging, identifiers)
+        if report.instances_out == 0:
+            raise StudyFiltered(
+                f"all {report.instances_in} instances filtered out ({report.filter_summary()})"
+            )
+        allow_list, leaks = check_output(
+            iter_study_files(staging), deidentifier.policy, identifiers
+        )
+        result = AnonymisedStudy(report, allow_list, leaks)
+        if not (allow_list.passed and leaks.passed):
+            failed = [name for name, (ok, _) in result.checks().items() if not ok]
+            raise PrivacyCheckFailed(f"privacy check failed: {', '.join(failed)}", result.checks())
+    set_status(
+        database,
+        request.study_id,
+        StudyStatus.ANONYMISED,
+        details={"deid": result.metadata()},
+        pseudo_study_uid=report.pseudo_study_uid,
+        pseudo_patient_id=report.pseudo_patient_id,
+    )
+    return result
