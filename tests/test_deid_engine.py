@@ -23,7 +23,7 @@ ACCESSION = "ACC11223344"
 
 
 def _spec(**kwargs: object) -> StudySpec:
-    return StudySpec(patient_id=MRN, accession_number=ACCESSION, **kwargs)  # type: ignore[arg-type]
+    return StudySpec(patient_id=MRN, accession_number=ACCESSION, **kwargs)
 
 
 def _run(tmp_path: Path, spec: StudySpec, project=None):  # type: ignore[no-untyped-def]
