@@ -3,6 +3,7 @@ pydicom's sample files."""
 
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -13,20 +14,29 @@ from pydicom.sequence import Sequence
 
 from tests.helpers.deid import make_engine, make_project
 from voxl_assets.deid.checks import check_output, disallowed_tags, identifier_hits
-from voxl_assets.deid.engine import FilterReason, StudyIdentifiers, iter_study_files
+from voxl_assets.deid.engine import (
+    Deidentifier,
+    DeidReport,
+    FilterReason,
+    StudyIdentifiers,
+    iter_study_files,
+)
 from voxl_assets.deid.operations import TagOperationsError, load_operations_file, load_policy
 from voxl_assets.deid.values import clamp_age, transform_date, transform_datetime, transform_time
+from voxl_assets.project_config import ProjectDefinition
 from voxl_assets.synthetic import SeriesSpec, StudySpec, make_instance, write_study
 
 MRN = "MRN4455667"
 ACCESSION = "ACC11223344"
 
 
-def _spec(**kwargs: object) -> StudySpec:
+def _spec(**kwargs: Any) -> StudySpec:
     return StudySpec(patient_id=MRN, accession_number=ACCESSION, **kwargs)
 
 
-def _run(tmp_path: Path, spec: StudySpec, project=None):  # type: ignore[no-untyped-def]
+def _run(
+    tmp_path: Path, spec: StudySpec, project: ProjectDefinition | None = None
+) -> tuple[Deidentifier, DeidReport, StudyIdentifiers]:
     engine = make_engine(tmp_path, project)
     write_study(spec, tmp_path / "raw")
     identifiers = StudyIdentifiers()
