@@ -18,9 +18,9 @@ from voxl_assets.deid.engine import (
     Deidentifier,
     DeidReport,
     FilterReason,
-    StudyIdentifiers,
     iter_study_files,
 )
+from voxl_assets.deid.identifiers import StudyIdentifiers
 from voxl_assets.deid.operations import TagOperationsError, load_operations_file, load_policy
 from voxl_assets.deid.values import clamp_age, transform_date, transform_datetime, transform_time
 from voxl_assets.project_config import ProjectDefinition

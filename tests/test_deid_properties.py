@@ -5,7 +5,7 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pydicom.datadict import keyword_for_tag
+from pydicom.datadict import DicomDictionary
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
@@ -17,11 +17,24 @@ _ENGINE = make_engine(Path(tempfile.mkdtemp(prefix="voxl-prop-")))
 _OPERATIONS = _ENGINE.policy.for_manufacturer("SIEMENS")
 _ALLOWED = set(_OPERATIONS.public)
 
-public_tags = st.builds(
-    lambda group, element: (group << 16) | element,
-    st.integers(0x0008, 0x7FDF).filter(lambda g: g % 2 == 0),
-    st.integers(0x0001, 0xFFFF),
-).filter(lambda tag: tag not in _ALLOWED and keyword_for_tag(tag) != "")
+_DICTIONARY_TAGS = sorted(
+    tag
+    for tag, entry in DicomDictionary.items()
+    if tag not in _ALLOWED
+    and entry[0] not in {"SQ", "OB or OW", "US or SS", "US or OW"}
+    and tag > 0x00080000
+    and tag >> 16 != 0x7FE0
+    and (tag & 0xFFFF) != 0
+)
+# Standard attributes outside the allow-list, and arbitrary (even-group, unknown) tags.
+public_tags = st.one_of(
+    st.sampled_from(_DICTIONARY_TAGS),
+    st.builds(
+        lambda group, element: (group << 16) | element,
+        st.integers(0x0004, 0x3FFF).map(lambda g: g * 2),
+        st.integers(0x0001, 0xFFFF),
+    ).filter(lambda tag: tag not in _ALLOWED),
+)
 private_groups = st.integers(0x0009, 0x7FFF).filter(lambda g: g % 2 == 1)
 texts = st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 ", min_size=1, max_size=20)
 

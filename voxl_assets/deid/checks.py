@@ -15,7 +15,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
-from voxl_assets.deid.engine import ENGINE_TAGS, StudyIdentifiers
+from voxl_assets.deid.identifiers import ENGINE_TAGS, StudyIdentifiers
 from voxl_assets.deid.operations import Op, TagOperations, TagPolicy
 
 TEXT_VRS = {

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import os
 import re
+import struct
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from pydicom import dcmread
@@ -28,7 +29,9 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.tag import BaseTag
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID
 
+from voxl_assets.deid.checks import disallowed_tags, identifier_hits
 from voxl_assets.deid.hashing import ProjectHasher
+from voxl_assets.deid.identifiers import ENGINE_TAGS, StudyIdentifiers
 from voxl_assets.deid.operations import Op, Operation, TagOperations, TagPolicy
 from voxl_assets.deid.values import (
     MAX_LENGTH_BY_VR,
@@ -45,8 +48,6 @@ SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
 ULTRASOUND_SOP_PREFIXES = ("1.2.840.10008.5.1.4.1.1.6.", "1.2.840.10008.5.1.4.1.1.3.")
 UNCOMPRESSED_SYNTAXES = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
 
-# Written by the engine on every output instance, so always allowed (PS3.15 E.1.1 step 6).
-ENGINE_TAGS = {0x00120062, 0x00120063}  # PatientIdentityRemoved, DeidentificationMethod
 
 FILTER_TAGS = [
     "Modality",
@@ -80,43 +81,6 @@ class DeidError(Exception):
 
 
 @dataclass
-class StudyIdentifiers:
-    """Values that must never appear in the output (normalised to lower case).
-
-    Dates of birth are kept apart: a study date may legitimately equal a newborn's birth date,
-    so they are only looked for in non-date attributes.
-    """
-
-    values: set[str] = field(default_factory=set)
-    birth_dates: set[str] = field(default_factory=set)
-
-    def add(self, value: object, *, min_length: int = 1) -> None:
-        text = str(value).strip().lower()
-        if len(text) >= max(min_length, 1):
-            self.values.add(text)
-
-    def add_name(self, value: object) -> None:
-        """A person name: the whole name and each component of three letters or more."""
-        text = str(value).strip()
-        if not text:
-            return
-        self.add(text)
-        for part in re.split(r"[\^=\s,]+", text):
-            self.add(part, min_length=3)
-
-    def add_birth_date(self, value: object) -> None:
-        text = str(value).strip()
-        if text:
-            self.birth_dates.add(text.lower())
-
-    def __len__(self) -> int:
-        return len(self.values) + len(self.birth_dates)
-
-    def __repr__(self) -> str:  # never print the values
-        return f"StudyIdentifiers({len(self)} values)"
-
-
-@dataclass
 class DeidReport:
     """What happened to a study; only counts and pseudonymous values, safe for metadata."""
 
@@ -132,13 +96,6 @@ class DeidReport:
 
     def filter_summary(self) -> str:
         return ", ".join(f"{count} {reason}" for reason, count in sorted(self.filtered.items()))
-
-
-@dataclass
-class _Planned:
-    path: Path
-    series_key: str
-    reason: FilterReason | None
 
 
 class Deidentifier:
@@ -163,8 +120,7 @@ class Deidentifier:
         # LO: at most 64 characters. The options are listed in the project's tag-operation files.
         self.method = "VOXL allow-list, PS3.15 E.1-1 Basic Profile with options"
 
-    # --- pass 1: filters -------------------------------------------------------------------
-
+    # --- filters ---------------------------------------------------------------------------
     def instance_filter(self, header: Dataset) -> FilterReason | None:
         """Why this instance (headers only) is left out, or None to keep it."""
         modality = str(header.get("Modality", "") or "").upper()
@@ -201,63 +157,111 @@ class Deidentifier:
             return FilterReason.BURNED_IN
         return None
 
-    def plan(self, files: Sequence[Path], identifiers: StudyIdentifiers) -> list[_Planned]:
-        """Pass 1: read headers, decide each file's fate, collect the study's identifiers."""
-        planned: list[_Planned] = []
-        for path in files:
-            try:
-                header = dcmread(path, stop_before_pixels=True)
-            except (InvalidDicomError, OSError, ValueError, EOFError):
-                planned.append(_Planned(path, "", FilterReason.UNREADABLE))
-                continue
-            for keyword in ("PatientID", "AccessionNumber", "OtherPatientIDs", "StudyID"):
-                for value in _as_list(header.get(keyword)):
-                    identifiers.add(value, min_length=3 if keyword == "StudyID" else 1)
-            for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
-                identifiers.add(header.get(keyword, ""))
-            for keyword in ("PatientName", "OtherPatientNames", "PatientMotherBirthName"):
-                for value in _as_list(header.get(keyword)):
-                    identifiers.add_name(value)
-            identifiers.add_birth_date(header.get("PatientBirthDate", ""))
-            series_key = str(header.get("SeriesInstanceUID", "") or "")
-            planned.append(_Planned(path, series_key, self.instance_filter(header)))
-        kept_per_series = Counter(p.series_key for p in planned if p.reason is None)
-        minimum = self.project.series_filters.min_instances
-        for item in planned:
-            if item.reason is None and kept_per_series[item.series_key] < minimum:
-                item.reason = FilterReason.TOO_FEW_INSTANCES
-        return planned
+    @staticmethod
+    def collect_identifiers(header: Dataset, identifiers: StudyIdentifiers) -> None:
+        """Add the identifying values of one instance's header to ``identifiers``."""
+        for keyword in ("PatientID", "AccessionNumber", "OtherPatientIDs", "StudyID"):
+            for value in _as_list(header.get(keyword)):
+                identifiers.add(value, min_length=3 if keyword == "StudyID" else 1)
+        for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+            identifiers.add(header.get(keyword, ""))
+        for keyword in ("PatientName", "OtherPatientNames", "PatientMotherBirthName"):
+            for value in _as_list(header.get(keyword)):
+                identifiers.add_name(value)
+        identifiers.add_birth_date(header.get("PatientBirthDate", ""))
 
-    # --- pass 2: operations ----------------------------------------------------------------
+    # --- one pass over the study -----------------------------------------------------------
 
     def deidentify_study(
         self, files: Sequence[Path], output_dir: Path, identifiers: StudyIdentifiers
     ) -> DeidReport:
-        """De-identify ``files`` into ``output_dir`` (which the caller makes atomic)."""
+        """De-identify ``files`` into ``output_dir`` (which the caller makes atomic).
+
+        One pass, one instance at a time: the header is parsed and de-identified, checked in
+        memory, written, and the pixel data element is copied byte for byte behind it (it is not
+        decoded unless ultrasound blanking needs it). Series left with fewer than the minimum
+        instances are removed at the end.
+        """
         output_dir.mkdir(parents=True, exist_ok=True)
         report = DeidReport(instances_in=len(files))
-        series: set[str] = set()
-        for item in self.plan(files, identifiers):
-            if item.reason is not None:
-                report.filtered[item.reason.value] += 1
+        written_by_series: dict[str, list[tuple[Path, str]]] = {}
+        for path in files:
+            outcome = self._deidentify_file(path, output_dir, identifiers, report)
+            if isinstance(outcome, FilterReason):
+                report.filtered[outcome.value] += 1
                 continue
-            ds = dcmread(item.path)
-            reason = self._blank_ultrasound_if_needed(ds, report)
-            if reason is not None:
-                report.filtered[reason.value] += 1
+            source_series, out_path, out_series = outcome
+            written_by_series.setdefault(source_series, []).append((out_path, out_series))
+        minimum = self.project.series_filters.min_instances
+        kept_series: set[str] = set()
+        for written in written_by_series.values():
+            if len(written) < minimum:
+                for out_path, _ in written:
+                    out_path.unlink()
+                report.filtered[FilterReason.TOO_FEW_INSTANCES.value] += len(written)
                 continue
-            self.deidentify_dataset(ds, identifiers)
-            sop_uid = str(ds.SOPInstanceUID)
-            path = output_dir / f"{sop_uid}.dcm"
-            ds.save_as(path, enforce_file_format=True)
-            report.instances_out += 1
-            report.bytes_out += path.stat().st_size
-            report.output_files.append(path)
-            series.add(str(ds.get("SeriesInstanceUID", "")))
-            report.pseudo_study_uid = str(ds.get("StudyInstanceUID", "")) or report.pseudo_study_uid
-            report.pseudo_patient_id = str(ds.get("PatientID", "")) or report.pseudo_patient_id
-        report.series_out = len(series)
+            for out_path, out_series in written:
+                kept_series.add(out_series)
+                report.instances_out += 1
+                report.bytes_out += out_path.stat().st_size
+                report.output_files.append(out_path)
+        report.series_out = len(kept_series)
+        if not report.output_files:
+            report.pseudo_study_uid = report.pseudo_patient_id = None
         return report
+
+    def _deidentify_file(
+        self, path: Path, output_dir: Path, identifiers: StudyIdentifiers, report: DeidReport
+    ) -> FilterReason | tuple[str, Path, str]:
+        try:
+            source = path.open("rb")
+        except OSError:
+            return FilterReason.UNREADABLE
+        with source:
+            try:
+                header = dcmread(source, stop_before_pixels=True)
+            except (InvalidDicomError, OSError, ValueError, EOFError):
+                return FilterReason.UNREADABLE
+            pixel_offset = source.tell()
+            self.collect_identifiers(header, identifiers)
+            reason = self.instance_filter(header)
+            if reason is not None:
+                return reason
+            source_series = str(header.get("SeriesInstanceUID", "") or "")
+            tail = pixel_tail(source, pixel_offset, header)
+            if tail is None or self._needs_blanking(header):
+                # Slow path: pixels must be decoded, or something follows the pixel data.
+                source.seek(0)
+                ds = dcmread(source)
+                blank_reason = self._blank_ultrasound_if_needed(ds, report)
+                if blank_reason is not None:
+                    return blank_reason
+                tail = (0, 0)
+            else:
+                ds = header
+            self.deidentify_dataset(ds, identifiers)
+            operations = self.policy.for_manufacturer(str(ds.get("Manufacturer", "") or ""))
+            disallowed = disallowed_tags(ds, operations)
+            leaks = identifier_hits(ds, identifiers) + identifier_hits(ds.file_meta, identifiers)
+            if disallowed or leaks:
+                raise OutputCheckError(path.name, disallowed, leaks)
+            out_path = output_dir / f"{ds.SOPInstanceUID}.dcm"
+            tmp_path = out_path.with_suffix(".part")
+            with tmp_path.open("wb") as out:
+                ds.save_as(out, enforce_file_format=True)
+                offset, length = tail
+                if length and _keeps_pixel_data(operations):
+                    _copy_range(source, out, offset, length)
+        os.replace(tmp_path, out_path)
+        report.pseudo_study_uid = str(ds.get("StudyInstanceUID", "")) or report.pseudo_study_uid
+        report.pseudo_patient_id = str(ds.get("PatientID", "")) or report.pseudo_patient_id
+        return source_series, out_path, str(ds.get("SeriesInstanceUID", ""))
+
+    def _needs_blanking(self, header: Dataset) -> bool:
+        modality = str(header.get("Modality", "") or "").upper()
+        sop_class = str(header.get("SOPClassUID", "") or "")
+        ultrasound = modality == "US" or sop_class.startswith(ULTRASOUND_SOP_PREFIXES)
+        return ultrasound and self.options.blank_ultrasound_outside_regions
 
     def deidentify_dataset(self, ds: Dataset, identifiers: StudyIdentifiers | None = None) -> None:
         """Apply the allow-list to one instance in place and fix its file meta."""
@@ -321,6 +325,107 @@ def blank_outside_regions(ds: Dataset) -> None:
         blanked = np.ascontiguousarray(blanked.transpose(axes))
     ds.PixelData = blanked.tobytes()
     ds.BurnedInAnnotation = "NO"
+
+
+class OutputCheckError(DeidError):
+    """An output instance failed a privacy check before it was written (it is not written)."""
+
+    def __init__(self, file_name: str, disallowed: list[str], leaks: list[str]) -> None:
+        self.file_name = file_name
+        self.disallowed = disallowed
+        self.leaks = leaks
+        parts = []
+        if disallowed:
+            parts.append(f"tags outside the allow-list: {', '.join(disallowed[:5])}")
+        if leaks:
+            parts.append(f"identifiers in: {', '.join(leaks[:5])}")
+        super().__init__(f"{file_name}: " + "; ".join(parts))
+
+
+PIXEL_DATA_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
+_ITEM, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE0DD
+
+
+def _keeps_pixel_data(operations: TagOperations) -> bool:
+    return all(
+        operations.public.get(tag) is not None and operations.public[tag].op is Op.KEEP
+        for tag in (0x7FE00010,)
+    )
+
+
+def pixel_tail(source: BinaryIO, offset: int, header: Dataset) -> tuple[int, int] | None:
+    """(offset, length) of the pixel data element that ends the file, to copy byte for byte.
+
+    None when the file is big endian, or anything but trailing padding follows the pixel data
+    (trailing elements must go through the allow-list, so the caller reads the whole file).
+    (offset, 0) when there is no pixel data at all.
+    """
+    syntax = str(header.file_meta.get("TransferSyntaxUID", ""))
+    if syntax == "1.2.840.10008.1.2.2":  # big endian (retired): take the slow path
+        return None
+    implicit = syntax == "1.2.840.10008.1.2"
+    size = os.fstat(source.fileno()).st_size
+    if offset >= size:
+        return (offset, 0)
+    source.seek(offset)
+    group, element = struct.unpack("<HH", source.read(4))
+    if (group << 16) | element not in PIXEL_DATA_TAGS:
+        return None
+    if not implicit:
+        source.read(4)  # VR (OB/OW/OF/OD) and two reserved bytes
+    (length,) = struct.unpack("<I", source.read(4))
+    if length == 0xFFFFFFFF:  # encapsulated: items until the sequence delimiter
+        while True:
+            header_bytes = source.read(8)
+            if len(header_bytes) < 8:
+                return None
+            item_group, item_element, item_length = struct.unpack("<HHI", header_bytes)
+            item_tag = (item_group << 16) | item_element
+            if item_tag == _SEQUENCE_END:
+                break
+            if item_tag != _ITEM:
+                return None
+            source.seek(item_length, 1)
+        end = source.tell()
+    else:
+        end = source.tell() + length
+    if end > size:
+        return None
+    if end < size:
+        source.seek(end)
+        if source.read(size - end).strip(b"\0"):
+            return None  # real elements follow the pixel data
+    return (offset, end - offset)
+
+
+def _copy_range(source: Any, target: Any, offset: int, length: int) -> None:
+    """Copy ``length`` bytes from ``offset``: in the kernel where possible, else in 1 MiB chunks."""
+    target.flush()
+    start = target.tell()
+    copied = 0
+    try:
+        while copied < length:
+            sent = os.copy_file_range(
+                source.fileno(), target.fileno(), length - copied, offset + copied
+            )
+            if sent == 0:
+                break
+            copied += sent
+    except OSError:
+        copied = -1
+    target.seek(0, os.SEEK_END)
+    if copied == length:
+        return
+    target.seek(start)  # start again portably: cross-device, or a file system without support
+    target.truncate()
+    source.seek(offset)
+    remaining = length
+    while remaining:
+        chunk = source.read(min(remaining, 1 << 20))
+        if not chunk:
+            raise DeidError("source file ended inside its pixel data")
+        target.write(chunk)
+        remaining -= len(chunk)
 
 
 def _as_list(value: Any) -> list[Any]:

@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from voxl_assets.db import StudyStatus, VoxlDatabase
-from voxl_assets.deid.checks import CheckResult, check_output
-from voxl_assets.deid.engine import Deidentifier, DeidReport, StudyIdentifiers, iter_study_files
+from voxl_assets.deid.checks import CheckResult
+from voxl_assets.deid.engine import Deidentifier, DeidReport, OutputCheckError
 from voxl_assets.deid.hashing import HashingBackend, ProjectHasher
+from voxl_assets.deid.identifiers import StudyIdentifiers
 from voxl_assets.deid.operations import TagPolicy, load_policy
 from voxl_assets.deid.store import AnonymisedStore
 from voxl_assets.imaging.pipeline import StudyFailure, StudyFiltered
@@ -87,18 +88,22 @@ def anonymise_study(
     """
     identifiers = request_identifiers(request)
     with store.writing(request.project, request.study_id) as staging:
-        report = deidentifier.deidentify_study(raw_files, staging, identifiers)
+        try:
+            report = deidentifier.deidentify_study(raw_files, staging, identifiers)
+        except OutputCheckError as exc:
+            checks = {
+                ALLOW_LIST_CHECK: (not exc.disallowed, str(exc) if exc.disallowed else "passed"),
+                IDENTIFIER_CHECK: (not exc.leaks, str(exc) if exc.leaks else "passed"),
+            }
+            failed = [name for name, (ok, _) in checks.items() if not ok]
+            raise PrivacyCheckFailed(f"privacy check failed: {', '.join(failed)}", checks) from None
         if report.instances_out == 0:
             raise StudyFiltered(
                 f"all {report.instances_in} instances filtered out ({report.filter_summary()})"
             )
-        allow_list, leaks = check_output(
-            iter_study_files(staging), deidentifier.policy, identifiers
-        )
-        result = AnonymisedStudy(report, allow_list, leaks)
-        if not (allow_list.passed and leaks.passed):
-            failed = [name for name, (ok, _) in result.checks().items() if not ok]
-            raise PrivacyCheckFailed(f"privacy check failed: {', '.join(failed)}", result.checks())
+        # Every instance was checked in memory, just before it was written (engine.py).
+        checked = CheckResult(files_checked=report.instances_out)
+        result = AnonymisedStudy(report, checked, checked)
     set_status(
         database,
         request.study_id,
