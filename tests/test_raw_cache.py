@@ -1,0 +1,70 @@
+"""The raw cache: atomic writes, LRU eviction that spares pinned studies, restarts."""
+
+import time
+from pathlib import Path
+
+import pytest
+
+from voxl_assets.vna.cache import CacheFull, RawCache, cache_key
+
+
+def _write(cache: RawCache, key: str, size: int) -> None:
+    with cache.writing(key) as staging:
+        (staging / "000001.dcm").write_bytes(b"x" * size)
+
+
+def test_a_committed_study_is_found_and_survives_a_restart(tmp_path: Path) -> None:
+    cache = RawCache(tmp_path, max_bytes=10_000)
+    _write(cache, "a", 100)
+    found = cache.lookup("a")
+    assert found is not None and found.instances == 1 and found.bytes == 100
+    again = RawCache(tmp_path, max_bytes=10_000)
+    assert again.lookup("a") is not None and again.used_bytes() == 100
+
+
+def test_a_failed_write_leaves_nothing_that_looks_complete(tmp_path: Path) -> None:
+    cache = RawCache(tmp_path, max_bytes=10_000)
+    with pytest.raises(ConnectionError), cache.writing("a") as staging:
+        (staging / "000001.dcm").write_bytes(b"partial")
+        raise ConnectionError("VNA went away")
+    assert cache.lookup("a") is None
+    assert not any((tmp_path / ".staging").iterdir())
+
+
+def test_a_killed_run_is_cleaned_up_on_restart(tmp_path: Path) -> None:
+    cache = RawCache(tmp_path, max_bytes=10_000)
+    leftover = tmp_path / ".staging" / "a-deadbeef"
+    leftover.mkdir()
+    (leftover / "000001.dcm").write_bytes(b"half")
+    (tmp_path / "studies" / "orphan").mkdir()  # a folder without an index row
+    restarted = RawCache(tmp_path, max_bytes=10_000)
+    assert restarted.lookup("a") is None and not (tmp_path / "studies" / "orphan").exists()
+    assert restarted.clean_staging() == 1
+
+
+def test_least_recently_used_unpinned_studies_are_evicted_first(tmp_path: Path) -> None:
+    cache = RawCache(tmp_path, max_bytes=300)
+    for key in ("a", "b", "c"):
+        _write(cache, key, 100)
+        time.sleep(0.01)
+    assert cache.lookup("a") is not None  # a is now the most recently used
+    with cache.pin("b"):
+        _write(cache, "d", 100)  # must evict one: b is pinned, c is the oldest unpinned
+    assert cache.keys_by_age()[-1] == "d"
+    assert {k for k in "abcd" if cache.lookup(k) is not None} == {"a", "b", "d"}
+    assert cache.used_bytes() == 300
+
+
+def test_a_study_larger_than_the_cache_is_refused_clearly(tmp_path: Path) -> None:
+    cache = RawCache(tmp_path, max_bytes=50)
+    with pytest.raises(CacheFull, match="larger than the whole raw cache"):
+        _write(cache, "big", 100)
+    assert cache.lookup("big") is None and cache.used_bytes() == 0
+
+
+def test_cache_keys_do_not_reveal_identifiers() -> None:
+    key = cache_key(study_uid="1.2.840.99999.1")
+    assert "99999" not in key and len(key) == 40
+    assert cache_key(mrn="40001", accession_number="ACC1") != cache_key(
+        mrn="40001", accession_number="ACC2"
+    )

@@ -1,0 +1,151 @@
+"""Retrieval from a real Orthanc: find by UID, fallback by MRN + accession, C-GET, C-MOVE,
+DICOMweb, zero and several matches, VNA down, cache hits without VNA traffic."""
+
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from tests.peers import free_port
+from tests.peers.orthanc import VOXL_AE, OrthancServer
+from voxl_assets.db import StudyStatus
+from voxl_assets.imaging.study_state import StudyRequest
+from voxl_assets.retry import TransientError
+from voxl_assets.synthetic import SeriesSpec, StudySpec, write_study
+from voxl_assets.vna.cache import RawCache
+from voxl_assets.vna.client import AmbiguousStudy, StudyNotFound, VnaSettings, make_vna_client
+from voxl_assets.vna.raw import retrieve_raw_study
+
+
+def _request(spec: StudySpec, study_uid: str | None = None, series_uid: str = "") -> StudyRequest:
+    return StudyRequest(
+        1,
+        "p",
+        spec.patient_id,
+        spec.accession_number,
+        spec.study_uid if study_uid is None else study_uid,
+        series_uid,
+        None,
+        StudyStatus.QUEUED,
+        None,
+    )
+
+
+def _settings(orthanc: OrthancServer, **kwargs: object) -> VnaSettings:
+    base = VnaSettings(
+        host="127.0.0.1",
+        port=orthanc.dicom_port,
+        ae_title=orthanc.ae_title,
+        calling_ae_title=VOXL_AE,
+        move_destination_ae=VOXL_AE,
+        store_scp_port=orthanc.move_scp_port,
+        dicomweb_url=orthanc.dicomweb_url,
+        queries_per_second=100,
+    )
+    return replace(base, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def loaded(orthanc: OrthancServer, tmp_path: Path) -> Iterator[tuple[OrthancServer, StudySpec]]:
+    spec = StudySpec(
+        patient_id="MRN-VNA-1",
+        accession_number="ACC-VNA-1",
+        series=[SeriesSpec(instances=3), SeriesSpec(instances=2, number=2)],
+    )
+    orthanc.upload_folder(Path(write_study(spec, tmp_path / "src")[0]).parent)
+    yield orthanc, spec
+
+
+@pytest.mark.parametrize(
+    "kind,retrieve", [("dimse", "c-get"), ("dimse", "c-move"), ("dicomweb", "c-get")]
+)
+def test_find_by_uid_and_retrieve(loaded, tmp_path: Path, kind: str, retrieve: str) -> None:  # type: ignore[no-untyped-def]
+    orthanc, spec = loaded
+    client = make_vna_client(_settings(orthanc, kind=kind, retrieve=retrieve))
+    try:
+        result = retrieve_raw_study(_request(spec), client, RawCache(tmp_path / "cache", 10**9))
+    finally:
+        client.close()
+    assert result.study.instances == 5 and result.series == 2
+    assert result.found_by == "study_uid" and not result.cache_hit
+    assert result.study.bytes > 0 and len(result.study.files()) == 5
+
+
+def test_fallback_by_mrn_and_accession(loaded, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    orthanc, spec = loaded
+    client = make_vna_client(_settings(orthanc))
+    result = retrieve_raw_study(
+        _request(spec, study_uid="1.2.3.999.404"), client, RawCache(tmp_path, 10**9)
+    )
+    assert result.found_by == "mrn_accession" and result.study.instances == 5
+
+
+def test_series_level_request_retrieves_one_series(loaded, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    orthanc, spec = loaded
+    client = make_vna_client(_settings(orthanc))
+    request = _request(spec, series_uid=spec.series[1].series_uid)
+    result = retrieve_raw_study(request, client, RawCache(tmp_path, 10**9))
+    assert result.study.instances == 2 and result.series == 1
+
+
+def test_zero_matches_is_a_clear_failure(loaded, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    orthanc, spec = loaded
+    missing = StudySpec(patient_id="NOBODY", accession_number="NOTHING")
+    with pytest.raises(StudyNotFound, match="not found on the VNA") as caught:
+        retrieve_raw_study(
+            _request(missing), make_vna_client(_settings(orthanc)), RawCache(tmp_path, 10**9)
+        )
+    assert "NOBODY" not in str(caught.value) and missing.study_uid not in str(caught.value)
+
+
+def test_several_matches_are_not_guessed(orthanc: OrthancServer, tmp_path: Path) -> None:
+    for n in range(2):  # two studies with the same MRN + accession
+        spec = StudySpec(patient_id="MRN-TWIN", accession_number="ACC-TWIN")
+        orthanc.upload_folder(write_study(spec, tmp_path / f"s{n}")[0].parent)
+    request = _request(StudySpec(patient_id="MRN-TWIN", accession_number="ACC-TWIN"), study_uid="")
+    with pytest.raises(AmbiguousStudy, match="2 studies"):
+        retrieve_raw_study(
+            request, make_vna_client(_settings(orthanc)), RawCache(tmp_path / "c", 10**9)
+        )
+
+
+def test_vna_down_is_retried_then_reported(tmp_path: Path) -> None:
+    settings = VnaSettings(
+        port=free_port(), acse_timeout=2, network_timeout=2, queries_per_second=100
+    )
+    spec = StudySpec(patient_id="M", accession_number="A")
+    with pytest.raises(TransientError, match="unreachable|aborted"):
+        retrieve_raw_study(
+            _request(spec), make_vna_client(settings), RawCache(tmp_path, 10**9), initial_delay=0.01
+        )
+
+
+def test_cache_hit_does_not_contact_the_vna(loaded, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    orthanc, spec = loaded
+    cache = RawCache(tmp_path / "cache", 10**9)
+    client = make_vna_client(_settings(orthanc))
+    first = retrieve_raw_study(_request(spec), client, cache)
+    orthanc.stop()  # nothing is listening now: any VNA traffic would fail
+    try:
+        again = retrieve_raw_study(_request(spec), client, RawCache(tmp_path / "cache", 10**9))
+    finally:
+        orthanc.start()
+    assert again.cache_hit and again.study.key == first.study.key and again.study.instances == 5
+
+
+def test_pydicom_sample_files_come_through(orthanc: OrthancServer, tmp_path: Path) -> None:
+    from pydicom import dcmread
+    from pydicom.data import get_testdata_file
+
+    source = Path(str(get_testdata_file("CT_small.dcm")))
+    orthanc.upload(source)
+    ds = dcmread(source, stop_before_pixels=True)
+    request = StudyRequest(
+        1, "p", str(ds.PatientID), "", str(ds.StudyInstanceUID), "", None, StudyStatus.QUEUED, None
+    )
+    result = retrieve_raw_study(
+        request, make_vna_client(_settings(orthanc)), RawCache(tmp_path, 10**9)
+    )
+    assert result.study.instances == 1
+    assert dcmread(result.study.files()[0]).PixelData == dcmread(source).PixelData

@@ -1,0 +1,1 @@
+"""Retrieval from the hospital archives and the local raw cache (no Dagster here)."""
