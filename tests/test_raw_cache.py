@@ -32,7 +32,7 @@ def test_a_failed_write_leaves_nothing_that_looks_complete(tmp_path: Path) -> No
 
 
 def test_a_killed_run_is_cleaned_up_on_restart(tmp_path: Path) -> None:
-    cache = RawCache(tmp_path, max_bytes=10_000)
+    RawCache(tmp_path, max_bytes=10_000)
     leftover = tmp_path / ".staging" / "a-deadbeef"
     leftover.mkdir()
     (leftover / "000001.dcm").write_bytes(b"half")

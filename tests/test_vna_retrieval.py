@@ -60,7 +60,9 @@ def loaded(orthanc: OrthancServer, tmp_path: Path) -> Iterator[tuple[OrthancServ
 @pytest.mark.parametrize(
     "kind,retrieve", [("dimse", "c-get"), ("dimse", "c-move"), ("dicomweb", "c-get")]
 )
-def test_find_by_uid_and_retrieve(loaded, tmp_path: Path, kind: str, retrieve: str) -> None:  # type: ignore[no-untyped-def]
+def test_find_by_uid_and_retrieve(
+    loaded: tuple[OrthancServer, StudySpec], tmp_path: Path, kind: str, retrieve: str
+) -> None:
     orthanc, spec = loaded
     client = make_vna_client(_settings(orthanc, kind=kind, retrieve=retrieve))
     try:
@@ -72,7 +74,9 @@ def test_find_by_uid_and_retrieve(loaded, tmp_path: Path, kind: str, retrieve: s
     assert result.study.bytes > 0 and len(result.study.files()) == 5
 
 
-def test_fallback_by_mrn_and_accession(loaded, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_fallback_by_mrn_and_accession(
+    loaded: tuple[OrthancServer, StudySpec], tmp_path: Path
+) -> None:
     orthanc, spec = loaded
     client = make_vna_client(_settings(orthanc))
     result = retrieve_raw_study(
@@ -81,7 +85,9 @@ def test_fallback_by_mrn_and_accession(loaded, tmp_path: Path) -> None:  # type:
     assert result.found_by == "mrn_accession" and result.study.instances == 5
 
 
-def test_series_level_request_retrieves_one_series(loaded, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_series_level_request_retrieves_one_series(
+    loaded: tuple[OrthancServer, StudySpec], tmp_path: Path
+) -> None:
     orthanc, spec = loaded
     client = make_vna_client(_settings(orthanc))
     request = _request(spec, series_uid=spec.series[1].series_uid)
@@ -89,8 +95,10 @@ def test_series_level_request_retrieves_one_series(loaded, tmp_path: Path) -> No
     assert result.study.instances == 2 and result.series == 1
 
 
-def test_zero_matches_is_a_clear_failure(loaded, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    orthanc, spec = loaded
+def test_zero_matches_is_a_clear_failure(
+    loaded: tuple[OrthancServer, StudySpec], tmp_path: Path
+) -> None:
+    orthanc, _ = loaded
     missing = StudySpec(patient_id="NOBODY", accession_number="NOTHING")
     with pytest.raises(StudyNotFound, match="not found on the VNA") as caught:
         retrieve_raw_study(
@@ -121,7 +129,9 @@ def test_vna_down_is_retried_then_reported(tmp_path: Path) -> None:
         )
 
 
-def test_cache_hit_does_not_contact_the_vna(loaded, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_cache_hit_does_not_contact_the_vna(
+    loaded: tuple[OrthancServer, StudySpec], tmp_path: Path
+) -> None:
     orthanc, spec = loaded
     cache = RawCache(tmp_path / "cache", 10**9)
     client = make_vna_client(_settings(orthanc))
