@@ -1,1 +1,111 @@
-"""Fixtures for the ftps peer (filled in by its issue's work)."""
+"""An FTPS server (pyftpdlib, explicit TLS required on control and data) with a throwaway
+certificate, and a plain-FTP server to prove VOXL refuses it."""
+
+from __future__ import annotations
+
+import datetime
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.peers import free_port, wait_for_port
+
+
+def make_certificate(directory: Path) -> Path:
+    """A self-signed certificate + key for 127.0.0.1 in one PEM file."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    import ipaddress
+
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    path = directory / "server.pem"
+    path.write_bytes(
+        certificate.public_bytes(serialization.Encoding.PEM)
+        + key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return path
+
+
+@dataclass
+class FtpServer:
+    host: str
+    port: int
+    username: str
+    password: str
+    root: Path
+    certificate: Path | None
+    server: object
+
+    def stop(self) -> None:
+        self.server.close_all()  # type: ignore[attr-defined]
+
+
+def start_ftp(root: Path, *, tls: bool) -> FtpServer:
+    from pyftpdlib.authorizers import DummyAuthorizer
+    from pyftpdlib.handlers import FTPHandler, TLS_FTPHandler
+    from pyftpdlib.ioloop import IOLoop
+    from pyftpdlib.servers import ThreadedFTPServer
+
+    home = root / "home"
+    home.mkdir(parents=True, exist_ok=True)
+    authorizer = DummyAuthorizer()
+    authorizer.add_user("voxl", "s3cret-ftps", str(home), perm="elradfmwMT")
+    certificate = None
+    if tls:
+        certificate = make_certificate(root)
+        handler: Any = type("Handler", (TLS_FTPHandler,), {})
+        handler.certfile = str(certificate)
+        handler.tls_control_required = True
+        handler.tls_data_required = True
+    else:
+        handler = type("Handler", (FTPHandler,), {})
+    handler.authorizer = authorizer
+    handler.auth_failed_timeout = 0.1  # default 3 s delay per wrong password slows the tests
+    port = free_port()
+    # Each server gets its own IO loop: pyftpdlib's default loop is a process-wide singleton.
+    server = ThreadedFTPServer(("127.0.0.1", port), handler, ioloop=IOLoop())
+    threading.Thread(target=server.serve_forever, kwargs={"timeout": 0.2}, daemon=True).start()
+    wait_for_port(port)
+    return FtpServer("127.0.0.1", port, "voxl", "s3cret-ftps", home, certificate, server)
+
+
+@pytest.fixture(scope="module")
+def ftps_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FtpServer]:
+    """One server per test module (pyftpdlib servers do not like being restarted in-process)."""
+    server = start_ftp(tmp_path_factory.mktemp("ftps"), tls=True)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def plain_ftp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FtpServer]:
+    server = start_ftp(tmp_path_factory.mktemp("ftp"), tls=False)
+    yield server
+    server.stop()
