@@ -4,22 +4,30 @@ Reading this file tells you the whole system. Resources come from the environmen
 definitions run on the embedded default (SQLite, demo VNA, local destination) and in production.
 """
 
-from __future__ import annotations
+from dagster import Definitions, EnvVar
 
-from dagster import Definitions
-
+from resources.hashing import HashingResource
+from resources.imaging import StoresResource, VnaResource
 from resources.voxl_database import ProjectRegistryResource, VoxlDatabaseResource
+from sensors.export_sensor import extract_export_sensor
 from sensors.extract_sensor import new_extract_sensor
+from sensors.study_sensor import study_batch_sensor
 from voxl_assets.assets.cohort import cohort_messages
+from voxl_assets.assets.export import extract_export
+from voxl_assets.assets.imaging import study_pipeline
 
 
 def build_definitions() -> Definitions:
     return Definitions(
-        assets=[cohort_messages],
-        sensors=[new_extract_sensor],
+        assets=[cohort_messages, study_pipeline, extract_export],
+        sensors=[new_extract_sensor, study_batch_sensor, extract_export_sensor],
         resources={
             "voxl_db": VoxlDatabaseResource(),
             "projects": ProjectRegistryResource(),
+            # The hashing key is a secret: only ever from the environment.
+            "hashing": HashingResource(key=EnvVar("VOXL_HASHING_KEY")),
+            "vna": VnaResource(),
+            "stores": StoresResource(),
         },
     )
 

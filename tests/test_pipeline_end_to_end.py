@@ -1,0 +1,92 @@
+"""The whole job through the Dagster instance, in-process: extract -> cohort messages -> raw
+(demo VNA over DIMSE) -> anonymised -> uploaded (local destination) -> mapping table + bundle."""
+
+import os
+import zipfile
+from pathlib import Path
+
+import pandas as pd
+import pydicom
+import pytest
+from dagster import DagsterInstance
+
+from tests.peers import free_port
+from voxl_assets.cohort.extract_reader import read_any_summary
+from voxl_assets.cohort.ingest import register_extract
+from voxl_assets.db import Study, StudyStatus, VoxlDatabase
+from voxl_assets.demo.scenario import build_scenario
+from voxl_assets.demo.vna import DemoVna
+
+
+@pytest.fixture
+def voxl_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "voxl"
+    (home / "dagster").mkdir(parents=True)
+    monkeypatch.setenv("VOXL_HOME", str(home))
+    monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster"))
+    monkeypatch.setenv("VOXL_HASHING_KEY", "end-to-end-test-key-0123456789abcdef")
+    monkeypatch.setenv("VOXL_VNA_AE_TITLE", "DEMOVNA")
+    monkeypatch.setenv("VOXL_STUDY_WORKERS", "3")
+    for name in list(os.environ):
+        if name.startswith("VOXL_DATABASE_URL"):
+            monkeypatch.delenv(name)
+    return home
+
+
+def test_extract_to_delivered_files(voxl_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from voxl_assets.orchestration import (
+        materialize_cohort,
+        materialize_export,
+        materialize_studies,
+    )
+
+    scenario = build_scenario(voxl_env / "demo", studies=9, missing=2)
+    port = free_port()
+    monkeypatch.setenv("VOXL_VNA_PORT", str(port))
+    with DemoVna(scenario.archive_dir, port=port, ae_title="DEMOVNA"):
+        database = VoxlDatabase()
+        summary = read_any_summary(scenario.extract_dir)
+        key = register_extract(database, summary, summary.project_slug)
+        instance = DagsterInstance.get()
+        cohort = materialize_cohort(instance, key, "test")
+        study_keys = cohort.asset_materializations_for_node("cohort_messages")
+        assert study_keys
+        from voxl_assets.partitions import STUDIES
+
+        keys = list(instance.get_dynamic_partitions(STUDIES))
+        assert len(keys) == 9
+        materialize_studies(instance, keys, "test")
+        materialize_export(instance, key, "test")
+
+    with database.session() as session:
+        studies = {s.id: s for s in session.query(Study)}
+    statuses = sorted(s.status for s in studies.values())
+    assert statuses.count(StudyStatus.UPLOADED.value) == len(scenario.expected_uploaded) == 6
+    assert statuses.count(StudyStatus.FAILED.value) == 2
+    assert statuses.count(StudyStatus.FILTERED.value) == 1
+    failed = [s.failure_reason for s in studies.values() if s.status == StudyStatus.FAILED.value]
+    assert all("not found on the VNA" in (r or "") for r in failed)
+
+    delivered = (
+        voxl_env
+        / "delivered"
+        / "images"
+        / "test-extract-uclh-omop-cdm"
+        / "2026-11-01T12-00-00"
+        / "dicom"
+    )
+    zips = sorted(delivered.glob("*.zip"))
+    assert len(zips) == 6
+    identifiers = {r.mrn for r in scenario.rows} | {r.accession_number for r in scenario.rows}
+    with zipfile.ZipFile(zips[0]) as archive, archive.open(archive.namelist()[0]) as member:
+        ds = pydicom.dcmread(member)
+    assert ds.PatientIdentityRemoved == "YES" and str(ds.PatientID) not in identifiers
+
+    bundle = voxl_env / "exports" / "test-extract-uclh-omop-cdm" / "2026-11-01T12-00-00"
+    linker = pd.read_parquet(bundle / "IMAGE_LINKER.parquet")
+    assert sorted(linker["procedure_occurrence_id"]) == scenario.expected_uploaded
+    assert {f"{uid}.zip" for uid in linker["pseudo_study_uid"]} == {z.name for z in zips}
+    ehr = voxl_env / "delivered" / "ehr" / "test-extract-uclh-omop-cdm" / "2026-11-01T12-00-00"
+    assert (ehr / "IMAGE_LINKER.parquet").read_bytes() == (
+        bundle / "IMAGE_LINKER.parquet"
+    ).read_bytes()

@@ -1,0 +1,109 @@
+"""``mapping_table`` and ``ehr_bundle`` per extract (the client's ``pixl export``), with the leak
+guard as a blocking check: a bundle that holds a private value is never uploaded."""
+
+from pathlib import Path
+
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetKey,
+    AssetSpec,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    multi_asset,
+)
+
+from resources.imaging import StoresResource
+from resources.voxl_database import ProjectRegistryResource, VoxlDatabaseResource
+from voxl_assets.cohort.ingest import find_extract
+from voxl_assets.export.bundle import (
+    private_files,
+    public_column_names,
+    write_ehr_bundle,
+)
+from voxl_assets.export.delivery import deliver_bundle
+from voxl_assets.export.leak_guard import private_identifiers, scan_bundle
+from voxl_assets.partitions import extract_partitions
+from voxl_assets.progress import extract_progress_markdown
+
+LEAK_CHECK = "no_private_value_in_bundle"
+
+
+@multi_asset(
+    name="extract_export",
+    specs=[
+        AssetSpec(
+            "mapping_table",
+            group_name="export",
+            kinds={"parquet"},
+            deps=["cohort_messages", "destination_upload"],
+            description="IMAGE_LINKER.parquet: procedure_occurrence_id -> pseudonymous study UID and patient id.",
+        ),
+        AssetSpec(
+            "ehr_bundle",
+            group_name="export",
+            kinds={"parquet"},
+            deps=["mapping_table"],
+            description="The extract's public EHR files, the mapping table and provenance, delivered to the EHR destination.",
+        ),
+    ],
+    check_specs=[
+        AssetCheckSpec(
+            LEAK_CHECK,
+            asset="ehr_bundle",
+            blocking=True,
+            description="No value of the extract's private files appears in any file of the bundle.",
+        )
+    ],
+    partitions_def=extract_partitions,
+)
+def extract_export(
+    context: AssetExecutionContext,
+    voxl_db: VoxlDatabaseResource,
+    projects: ProjectRegistryResource,
+    stores: StoresResource,
+):  # a generator of Dagster events (materialisations, check results)
+    database = voxl_db.database
+    key = context.partition_key
+    bundle = write_ehr_bundle(database, key, stores.exports())
+    progress = MetadataValue.md(extract_progress_markdown(database, key))
+    yield MaterializeResult(
+        asset_key=AssetKey("mapping_table"),
+        metadata={
+            "studies_linked": bundle.linked,
+            "studies_excluded": bundle.excluded,
+            "progress": progress,
+        },
+    )
+    with database.session() as session:
+        extract = find_extract(session, key)
+        source = Path(extract.source_path) if extract else None
+        project_slug = extract.project if extract else ""
+    identifiers = (
+        private_identifiers(private_files(source), public_column_names(source)) if source else None
+    )
+    report = scan_bundle(bundle.directory, identifiers) if identifiers is not None else None
+    clean = report is not None and report.clean
+    yield AssetCheckResult(
+        asset_key="ehr_bundle",
+        check_name=LEAK_CHECK,
+        passed=clean,
+        severity=AssetCheckSeverity.ERROR,
+        metadata={"result": report.summary() if report else "extract source missing: not scanned"},
+    )
+    if not clean:
+        raise Failure(
+            "leak guard: the bundle holds values from the extract's private files; it was not "
+            f"uploaded ({report.summary() if report else 'source missing'})"
+        )
+    project = projects.load().get(project_slug)
+    delivery = deliver_bundle(
+        bundle, project.destinations.ehr if project else None, stores.exports()
+    )
+    yield MaterializeResult(
+        asset_key=AssetKey("ehr_bundle"),
+        metadata={**bundle.metadata(), **delivery, "progress": progress},
+    )

@@ -1,0 +1,165 @@
+"""``raw_study`` -> ``anonymised_study`` -> ``destination_upload``, one partition per study.
+
+One multi-asset processes a batch of study partitions: each study flows through the selected
+stages in a bounded thread pool (``voxl_assets/imaging``), and each finished stage is reported as
+a per-partition materialisation. Failed, filtered and waiting studies are recorded in the VOXL db
+with their reason and do not stop the batch. Metadata holds counts and pseudonymous values only.
+"""
+
+import os
+from collections import Counter
+
+from dagster import (
+    AllPartitionMapping,
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetDep,
+    AssetExecutionContext,
+    AssetKey,
+    AssetMaterialization,
+    AssetSpec,
+    BackfillPolicy,
+    MetadataValue,
+    multi_asset,
+)
+
+from resources.hashing import HashingResource
+from resources.imaging import StoresResource, VnaResource
+from resources.voxl_database import ProjectRegistryResource, VoxlDatabaseResource
+from voxl_assets.db import StudyStatus, VoxlDatabase
+from voxl_assets.deid.study import ALLOW_LIST_CHECK, IDENTIFIER_CHECK
+from voxl_assets.imaging.pipeline import Stage, StageOutcome, StageResult, run_studies
+from voxl_assets.imaging.stages import StudyStages
+from voxl_assets.imaging.study_state import load_study_requests, set_status
+from voxl_assets.partitions import study_partitions
+
+STATUS_BY_RESULT = {
+    StageResult.FAILED: StudyStatus.FAILED,
+    StageResult.FILTERED: StudyStatus.FILTERED,
+    StageResult.WAITING: StudyStatus.WAITING,
+}
+
+
+def _workers() -> int:
+    return max(1, int(os.environ.get("VOXL_STUDY_WORKERS", "4")))
+
+
+@multi_asset(
+    name="study_pipeline",
+    specs=[
+        AssetSpec(
+            "raw_study",
+            skippable=True,
+            group_name="imaging",
+            kinds={"dicom"},
+            deps=[AssetDep("cohort_messages", partition_mapping=AllPartitionMapping())],
+            description="The study retrieved from the VNA into the local raw cache (identifiable).",
+        ),
+        AssetSpec(
+            "anonymised_study",
+            skippable=True,
+            group_name="imaging",
+            kinds={"dicom"},
+            deps=["raw_study"],
+            description="The study de-identified with the project's allow-list and salted hashing.",
+        ),
+        AssetSpec(
+            "destination_upload",
+            skippable=True,
+            group_name="imaging",
+            deps=["anonymised_study"],
+            description="The anonymised study delivered, exactly once, to the project's destination.",
+        ),
+    ],
+    check_specs=[
+        AssetCheckSpec(
+            ALLOW_LIST_CHECK,
+            asset="anonymised_study",
+            description="No tag outside the project's allow-list in any output instance.",
+        ),
+        AssetCheckSpec(
+            IDENTIFIER_CHECK,
+            asset="anonymised_study",
+            description="No MRN, accession, name, birth date or source UID in any output value.",
+        ),
+    ],
+    partitions_def=study_partitions,
+    can_subset=True,
+    pool="vna",
+    backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=200),
+)
+def study_pipeline(
+    context: AssetExecutionContext,
+    voxl_db: VoxlDatabaseResource,
+    projects: ProjectRegistryResource,
+    hashing: HashingResource,
+    vna: VnaResource,
+    stores: StoresResource,
+):  # a generator of Dagster events (materialisations, check results)
+    database = voxl_db.database
+    selected = {key.to_user_string() for key in context.selected_asset_keys}
+    stages = StudyStages(
+        database=database,
+        registry=projects.load(),
+        hashing=hashing.backend(database),
+        vna=vna.client(),
+        raw_cache=stores.raw_cache(),
+        anonymised=stores.anonymised(),
+    )
+    functions = {s: f for s, f in stages.functions().items() if s.value in selected}
+    requests = load_study_requests(database, context.partition_keys)
+    context.log.info(f"{len(requests)} studies, stages {sorted(selected)}, {_workers()} workers")
+    results: Counter[str] = Counter()
+    check_failures: dict[str, list[str]] = {ALLOW_LIST_CHECK: [], IDENTIFIER_CHECK: []}
+    checked = 0
+    reasons: Counter[str] = Counter()
+    for outcome in run_studies(requests, functions, workers=_workers()):
+        results[f"{outcome.stage.value}:{outcome.result.value}"] += 1
+        if outcome.checks:
+            checked += 1
+            for name, (passed, _detail) in outcome.checks.items():
+                if not passed:
+                    check_failures[name].append(outcome.study_key)
+        if outcome.result is StageResult.DONE:
+            yield AssetMaterialization(
+                asset_key=AssetKey(outcome.stage.value),
+                partition=outcome.study_key,
+                metadata={**outcome.metadata, "seconds": round(outcome.seconds, 3)},
+            )
+        elif outcome.result in STATUS_BY_RESULT:
+            _record_end(database, outcome)
+            reasons[f"{outcome.stage.value}: {outcome.reason}"] += 1
+            context.log.warning(
+                f"study {outcome.study_key} {outcome.result.value} in {outcome.stage.value}: {outcome.reason}"
+            )
+    if Stage.ANONYMISED in functions:
+        for name, failed in check_failures.items():
+            yield AssetCheckResult(
+                asset_key="anonymised_study",
+                check_name=name,
+                passed=not failed,
+                severity=AssetCheckSeverity.ERROR,
+                metadata={
+                    "studies_checked": checked,
+                    "studies_failed": len(failed),
+                    "failed_partitions": MetadataValue.text(", ".join(failed[:50]) or "none"),
+                },
+            )
+    summary = ", ".join(f"{k}={v}" for k, v in sorted(results.items()))
+    context.log.info(f"batch done: {summary}")
+    if reasons:
+        top = "; ".join(f"{count}x {reason}" for reason, count in reasons.most_common(5))
+        context.log.info(f"studies that ended early: {top}")
+
+
+def _record_end(database: VoxlDatabase, outcome: StageOutcome) -> None:
+    from voxl_assets.imaging.study_state import study_id_from_partition_key
+
+    set_status(
+        database,
+        study_id_from_partition_key(outcome.study_key),
+        STATUS_BY_RESULT[outcome.result],
+        reason=outcome.reason,
+        count_attempt=outcome.stage is Stage.RAW,
+    )

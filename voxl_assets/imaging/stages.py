@@ -1,0 +1,168 @@
+"""The three per-study stages, wired to their parts: VNA + raw cache, engine + anonymised store,
+uploader + exactly-once records. Plain Python: the Dagster asset only feeds it resources."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from voxl_assets.db import Extract, ExtractStudy, StudyStatus, VoxlDatabase
+from voxl_assets.deid.engine import Deidentifier
+from voxl_assets.deid.hashing import HashingBackend
+from voxl_assets.deid.store import AnonymisedStore
+from voxl_assets.deid.study import PrivacyCheckFailed, anonymise_study, build_deidentifier
+from voxl_assets.imaging.pipeline import Stage, StageOutcome, StageResult, StudyFailure
+from voxl_assets.imaging.study_state import StudyRequest, set_status
+from voxl_assets.project_config import ProjectRegistry
+from voxl_assets.retry import TransientError
+from voxl_assets.upload.base import UploadError, UploadTarget
+from voxl_assets.upload.exactly_once import upload_study_once
+from voxl_assets.upload.factory import make_uploader
+from voxl_assets.vna.cache import CacheFull, RawCache
+from voxl_assets.vna.client import VnaClient
+from voxl_assets.vna.raw import RawStudyResult, retrieve_raw_study
+
+NO_DESTINATION = "none"
+
+
+@dataclass
+class StudyStages:
+    database: VoxlDatabase
+    registry: ProjectRegistry
+    hashing: HashingBackend
+    vna: VnaClient
+    raw_cache: RawCache
+    anonymised: AnonymisedStore
+    force_upload: bool = False
+    retry_delay: float = 2.0
+
+    def __post_init__(self) -> None:
+        self._deidentifiers: dict[str, Deidentifier] = {}
+        self._uploaders: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def functions(self) -> dict[Stage, Callable[[StudyRequest, dict[Stage, StageOutcome]], Any]]:
+        return {Stage.RAW: self.raw, Stage.ANONYMISED: self.anonymise, Stage.UPLOAD: self.upload}
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def _project(self, request: StudyRequest) -> Any:
+        project = self.registry.get(request.project)
+        if project is None:
+            raise StudyFailure(
+                f"project {request.project} has no definition in project_definitions/"
+            )
+        return project
+
+    def _deidentifier(self, request: StudyRequest) -> Deidentifier:
+        with self._lock:
+            if request.project not in self._deidentifiers:
+                self._deidentifiers[request.project] = build_deidentifier(
+                    self._project(request), self.registry.directory, self.hashing
+                )
+            return self._deidentifiers[request.project]
+
+    def _uploader(self, request: StudyRequest) -> Any:
+        with self._lock:
+            if request.project not in self._uploaders:
+                try:
+                    self._uploaders[request.project] = make_uploader(
+                        self._project(request).destinations.images
+                    )
+                except UploadError as exc:
+                    raise StudyFailure(str(exc)) from None
+            return self._uploaders[request.project]
+
+    def _raw(self, request: StudyRequest) -> RawStudyResult:
+        try:
+            return retrieve_raw_study(
+                request, self.vna, self.raw_cache, initial_delay=self.retry_delay
+            )
+        except (TransientError, CacheFull) as exc:
+            raise StudyFailure(str(exc)) from None
+
+    # --- stages ----------------------------------------------------------------------------
+
+    def raw(self, request: StudyRequest, _previous: dict[Stage, StageOutcome]) -> dict[str, Any]:
+        result = self._raw(request)
+        set_status(self.database, request.study_id, StudyStatus.RETRIEVED, count_attempt=True)
+        return result.metadata()
+
+    def anonymise(
+        self, request: StudyRequest, _previous: dict[Stage, StageOutcome]
+    ) -> dict[str, Any] | StageOutcome:
+        deidentifier = self._deidentifier(request)
+        raw = self._raw(request)  # a cache hit when the raw stage just ran
+        with self.raw_cache.pin(raw.study.key):
+            try:
+                result = anonymise_study(
+                    request, raw.study.files(), deidentifier, self.anonymised, self.database
+                )
+            except PrivacyCheckFailed as exc:
+                return StageOutcome(
+                    request.partition_key,
+                    Stage.ANONYMISED,
+                    StageResult.FAILED,
+                    0.0,
+                    str(exc),
+                    checks=exc.checks,
+                )
+        return StageOutcome(
+            request.partition_key,
+            Stage.ANONYMISED,
+            StageResult.DONE,
+            0.0,
+            metadata=result.metadata(),
+            checks=result.checks(),
+        )
+
+    def _extract_datetime(self, study_id: int) -> datetime:
+        with self.database.session() as session:
+            found = session.scalar(
+                select(Extract.extract_datetime)
+                .join(ExtractStudy, ExtractStudy.extract_id == Extract.id)
+                .where(ExtractStudy.study_id == study_id)
+                .order_by(Extract.extract_datetime.desc())
+            )
+        if found is None:
+            raise StudyFailure("study belongs to no extract")
+        return found
+
+    def upload(self, request: StudyRequest, _previous: dict[Stage, StageOutcome]) -> dict[str, Any]:
+        files: list[Path] | None = self.anonymised.files(request.project, request.study_id)
+        if not files:
+            raise StudyFailure("no anonymised study to upload: materialise anonymised_study first")
+        with self.database.session() as session:
+            from voxl_assets.db import Study
+
+            study = session.get(Study, request.study_id)
+            pseudo_uid = study.pseudo_study_uid if study else None
+        if not pseudo_uid:
+            raise StudyFailure("the study has no pseudonymous UID: re-run anonymised_study")
+        uploader = self._uploader(request)
+        if uploader is None:
+            set_status(self.database, request.study_id, StudyStatus.UPLOADED)
+            return {"destination_kind": NO_DESTINATION, "instances": len(files), "sent": False}
+        target = UploadTarget(request.project, self._extract_datetime(request.study_id), pseudo_uid)
+        try:
+            report = upload_study_once(
+                self.database, request.study_id, uploader, files, target, force=self.force_upload
+            )
+        except (UploadError, TransientError) as exc:
+            raise StudyFailure(str(exc)) from None
+        set_status(self.database, request.study_id, StudyStatus.UPLOADED)
+        if report is None:
+            return {"destination_kind": uploader.kind, "instances": len(files), "sent": False}
+        return {
+            "destination_kind": report.kind,
+            "instances": report.instances,
+            "bytes": report.bytes,
+            "seconds": round(report.seconds, 3),
+            "sent": True,
+        }
