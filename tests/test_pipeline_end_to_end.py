@@ -90,3 +90,21 @@ def test_extract_to_delivered_files(voxl_env: Path, monkeypatch: pytest.MonkeyPa
     assert (ehr / "IMAGE_LINKER.parquet").read_bytes() == (
         bundle / "IMAGE_LINKER.parquet"
     ).read_bytes()
+
+    # Nothing VOXL wrote outside its own db and the raw cache holds an identifier: not the
+    # Dagster storage (run and event SQLite files, compute logs), not the stores or exports.
+    needles = [v.encode() for v in identifiers | {r.study_uid for r in scenario.rows}]
+    allowed = {voxl_env / "raw-cache", voxl_env / "demo"}  # demo: the inputs (archive, extract)
+    scanned = 0
+    for path in voxl_env.rglob("*"):
+        if (
+            not path.is_file()
+            or path.name.startswith("voxl.db")
+            or any(a in path.parents for a in allowed)
+        ):
+            continue
+        data = path.read_bytes()
+        scanned += 1
+        leaked = [n for n in needles if n in data]
+        assert not leaked, f"{path.relative_to(voxl_env)} holds {len(leaked)} identifiers"
+    assert scanned > 20

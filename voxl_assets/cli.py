@@ -149,6 +149,138 @@ def cmd_schema(_args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _study_keys(
+    project: str, extract: str | None, failed_only: bool
+) -> tuple[list[str], list[str]]:
+    """(study partition keys, extract partition keys) of a project, optionally one extract."""
+    from sqlalchemy import select
+
+    from resources.voxl_database import VoxlDatabaseResource
+    from voxl_assets.db import Extract, ExtractStudy, Study, StudyStatus
+    from voxl_assets.db.models import extract_partition_key, study_partition_key
+
+    database = VoxlDatabaseResource().database
+    with database.session() as session:
+        extracts = [
+            e
+            for e in session.scalars(select(Extract).where(Extract.project == project))
+            if extract is None
+            or extract_partition_key(e.project, e.extract_datetime).endswith(extract)
+        ]
+        extract_keys = [extract_partition_key(e.project, e.extract_datetime) for e in extracts]
+        query = (
+            select(Study.id, Study.project)
+            .join(ExtractStudy, ExtractStudy.study_id == Study.id)
+            .where(ExtractStudy.extract_id.in_([e.id for e in extracts]))
+            .distinct()
+            .order_by(Study.id)
+        )
+        if failed_only:
+            query = query.where(Study.status == StudyStatus.FAILED.value)
+        keys = [
+            study_partition_key(project_, study_id) for study_id, project_ in session.execute(query)
+        ]
+    return keys, extract_keys
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    import time
+    import uuid
+
+    from dagster import AssetKey, DagsterInstance
+    from dagster._core.execution.backfill import PartitionBackfill
+
+    from voxl_assets.dagster_home import ensure_dagster_home
+    from voxl_assets.definitions import defs
+
+    try:
+        registry = ProjectRegistry.load()
+    except ProjectConfigError as exc:
+        _error(str(exc))
+        return EXIT_BAD_INPUT
+    if args.project not in registry:
+        _error(f"project '{args.project}' is not registered (see `voxl check-config`)")
+        return EXIT_BAD_INPUT
+    ensure_dagster_home()
+    keys, extract_keys = _study_keys(args.project, args.extract, args.failed_only)
+    if not extract_keys:
+        _error(
+            f"no extract of project '{args.project}'"
+            + (f" matches {args.extract}" if args.extract else "")
+            + ": run `voxl populate` first"
+        )
+        return EXIT_BAD_INPUT
+    if not keys:
+        print("nothing to backfill: no matching studies")
+        return EXIT_OK
+    instance = DagsterInstance.get()
+    if args.in_process:
+        from voxl_assets.orchestration import RunFailed, materialize_export, materialize_studies
+
+        try:
+            materialize_studies(instance, keys, "cli-backfill")
+            for extract_key in extract_keys:
+                materialize_export(instance, extract_key, "cli-backfill")
+        except RunFailed as exc:
+            _error(str(exc))
+            return EXIT_FAILED
+        print(
+            f"processed {len(keys)} studies and exported {len(extract_keys)} extract(s) in-process"
+        )
+        return EXIT_OK
+    backfill_id = uuid.uuid4().hex[:8]
+    backfill = PartitionBackfill.from_asset_partitions(
+        backfill_id=backfill_id,
+        asset_graph=defs.resolve_asset_graph(),
+        partition_names=keys,
+        asset_selection=[
+            AssetKey("raw_study"),
+            AssetKey("anonymised_study"),
+            AssetKey("destination_upload"),
+        ],
+        backfill_timestamp=time.time(),
+        tags={"voxl/source": "cli-backfill", "voxl/project": args.project},
+        dynamic_partitions_store=instance,
+        all_partitions=False,
+        title=f"voxl backfill {args.project}" + (" (failed only)" if args.failed_only else ""),
+        description=f"{len(keys)} studies of {len(extract_keys)} extract(s)",
+        run_config=None,
+    )
+    instance.add_backfill(backfill)
+    print(f"backfill {backfill_id}: {len(keys)} studies of {len(extract_keys)} extract(s) queued")
+    print("the Dagster daemon runs it (see Overview > Backfills in the UI); the export sensor")
+    print("exports each extract once its studies have ended, or run `voxl export PROJECT EXTRACT`")
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from dagster import DagsterInstance
+
+    from voxl_assets.dagster_home import ensure_dagster_home
+    from voxl_assets.orchestration import RunFailed, materialize_export
+
+    ensure_dagster_home()
+    _, extract_keys = _study_keys(args.project, args.extract, False)
+    if len(extract_keys) != 1:
+        _error(
+            f"{len(extract_keys)} extracts of '{args.project}' match {args.extract!r}: give the extract datetime as in `voxl status` (e.g. 2026-11-01T12-00-00)"
+        )
+        return EXIT_BAD_INPUT
+    try:
+        result = materialize_export(DagsterInstance.get(), extract_keys[0], "cli-export")
+    except RunFailed as exc:
+        _error(str(exc))
+        return EXIT_FAILED
+    print(f"exported {extract_keys[0]} (run {result.run_id})")
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from voxl_assets.demo.run import run_demo
+
+    return run_demo(studies=args.studies, serve_ui=not args.no_ui, port=args.port)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="voxl", description=__doc__.splitlines()[0] if __doc__ else None
@@ -169,6 +301,32 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("project", nargs="?", help="only this project (slug)")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=cmd_status)
+    backfill = sub.add_parser("backfill", help="(re)process a project's studies through Dagster")
+    backfill.add_argument("project", help="project slug")
+    backfill.add_argument("--extract", help="only this extract (datetime as in `voxl status`)")
+    backfill.add_argument("--failed-only", action="store_true", help="only studies that failed")
+    backfill.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run now in this process instead of queueing a backfill for the daemon",
+    )
+    backfill.set_defaults(func=cmd_backfill)
+
+    export = sub.add_parser("export", help="(re)export an extract: mapping table and EHR bundle")
+    export.add_argument("project", help="project slug")
+    export.add_argument(
+        "extract", help="extract datetime as in `voxl status` (e.g. 2026-11-01T12-00-00)"
+    )
+    export.set_defaults(func=cmd_export)
+
+    demo = sub.add_parser("demo", help="run the whole job on generated data, then serve the UI")
+    demo.add_argument("--studies", type=int, default=24, help="studies in the generated extract")
+    demo.add_argument(
+        "--no-ui", action="store_true", help="stop after the job instead of serving the UI"
+    )
+    demo.add_argument("--port", type=int, default=3000, help="port of the Dagster UI")
+    demo.set_defaults(func=cmd_demo)
+
     schema = sub.add_parser("schema", help="print the JSON schema of a project definition")
     schema.set_defaults(func=cmd_schema)
     return parser
