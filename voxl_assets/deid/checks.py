@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydicom import dcmread
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
@@ -81,16 +83,15 @@ def disallowed_tags(ds: Dataset, operations: TagOperations) -> list[str]:
 
     def visit(item: Dataset, prefix: str) -> None:
         block_creators: dict[tuple[int, int], str] = {}
-        for elem in item:
-            tag = elem.tag
+        tags = sorted(item.keys())
+        for tag in tags:
             if tag.is_private and 0x10 <= tag.element <= 0xFF:
-                block_creators[(tag.group, tag.element)] = str(elem.value)
-        for elem in item:
-            tag = elem.tag
+                block_creators[(tag.group, tag.element)] = str(item[tag].value)
+        for tag in tags:
             path = f"{prefix}{tag}"
             if tag.is_private:
                 if 0x10 <= tag.element <= 0xFF:
-                    ok = (tag.group, str(elem.value)) in creators
+                    ok = (tag.group, block_creators[(tag.group, tag.element)]) in creators
                 else:
                     creator = block_creators.get((tag.group, tag.element >> 8))
                     ok = creator is not None and (
@@ -100,8 +101,8 @@ def disallowed_tags(ds: Dataset, operations: TagOperations) -> list[str]:
                 ok = int(tag) in allowed_public
             if not ok:
                 found.append(path)
-            if elem.VR == "SQ":
-                for index, child in enumerate(elem.value):
+            if _element_vr(item.get_item(tag)) == "SQ":
+                for index, child in enumerate(item[tag].value):
                     visit(child, f"{path}[{index}].")
 
     visit(ds, "")
@@ -117,26 +118,45 @@ def _tokens(text: str) -> Iterator[str]:
                 yield token
 
 
+def _element_vr(elem: DataElement | RawDataElement) -> str:
+    if elem.VR:
+        return str(elem.VR)
+    try:
+        return str(dictionary_VR(elem.tag))
+    except KeyError:
+        return "UN"
+
+
 def identifier_hits(ds: Dataset, identifiers: StudyIdentifiers) -> list[str]:
-    """Tag paths whose value holds an identifier of the study (whole value or whole token)."""
+    """Tag paths whose value holds an identifier of the study (whole value or whole token).
+
+    Elements still in their encoded form are checked from their bytes (text VRs are ASCII-
+    compatible in every character set DICOM allows for them), so nothing is decoded needlessly.
+    """
     hits: list[str] = []
 
     def visit(item: Dataset, prefix: str) -> None:
-        for elem in item:
-            path = f"{prefix}{elem.tag}"
-            if elem.VR == "SQ":
-                for index, child in enumerate(elem.value):
+        for tag in sorted(item.keys()):
+            elem = item.get_item(tag)
+            vr = _element_vr(elem)
+            path = f"{prefix}{tag}"
+            if vr == "SQ":
+                for index, child in enumerate(item[tag].value):
                     visit(child, f"{path}[{index}].")
                 continue
-            if int(elem.tag) in PIXEL_TAGS or elem.value is None:
+            if int(tag) in PIXEL_TAGS or elem.value is None:
                 continue
+            value = elem.value
             texts: list[str] = []
-            if elem.VR in TEXT_VRS:
-                values = elem.value if isinstance(elem.value, MultiValue | list) else [elem.value]
-                texts = [str(v) for v in values]
-            elif elem.VR in BINARY_VRS and isinstance(elem.value, bytes):
-                texts = [elem.value[:MAX_SCANNED_BINARY].decode("latin-1").replace("\0", " ")]
-            check_birth = elem.VR not in DATE_VRS
+            if vr in TEXT_VRS or vr in BINARY_VRS:
+                if isinstance(value, bytes):
+                    text = value[:MAX_SCANNED_BINARY].decode("latin-1").replace("\0", " ")
+                    texts = text.split("\\") if vr in TEXT_VRS else [text]
+                elif isinstance(value, MultiValue | list):
+                    texts = [str(v) for v in value]
+                else:
+                    texts = [str(value)]
+            check_birth = vr not in DATE_VRS
             for text in texts:
                 if any(
                     token in identifiers.values

@@ -24,6 +24,8 @@ from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_data_element, write_file_meta_info
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.tag import BaseTag
@@ -248,7 +250,7 @@ class Deidentifier:
             out_path = output_dir / f"{ds.SOPInstanceUID}.dcm"
             tmp_path = out_path.with_suffix(".part")
             with tmp_path.open("wb") as out:
-                ds.save_as(out, enforce_file_format=True)
+                write_instance_header(out, ds)
                 offset, length = tail
                 if length and _keeps_pixel_data(operations):
                     _copy_range(source, out, offset, length)
@@ -325,6 +327,48 @@ def blank_outside_regions(ds: Dataset) -> None:
         blanked = np.ascontiguousarray(blanked.transpose(axes))
     ds.PixelData = blanked.tobytes()
     ds.BurnedInAnnotation = "NO"
+
+
+_LONG_LENGTH_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "UC", "UN", "UR", "UT", "SV", "UV"}
+
+
+def write_instance_header(out: BinaryIO, ds: Dataset) -> None:
+    """Preamble, file meta and the dataset (without what follows the header read).
+
+    Elements still in their encoded form and in the output's encoding are written back byte for
+    byte; only the elements the operations changed (and sequences) go through pydicom's encoder.
+    That is most of the engine's speed: pydicom's writer re-encodes every element.
+    """
+    out.write(b"\0" * 128 + b"DICM")
+    write_file_meta_info(out, ds.file_meta, enforce_standard=True)  # type: ignore[arg-type]
+    implicit = str(ds.file_meta.TransferSyntaxUID) == "1.2.840.10008.1.2"
+    buffer = DicomBytesIO()
+    buffer.is_little_endian = True
+    buffer.is_implicit_VR = implicit
+    encodings = ds.get("SpecificCharacterSet") or "ISO_IR 6"
+    for tag in sorted(ds.keys()):
+        elem = ds.get_item(tag)
+        if (
+            isinstance(elem, RawDataElement)
+            and elem.is_little_endian
+            and elem.is_implicit_VR == implicit
+            and elem.value is not None
+            and elem.length != 0xFFFFFFFF
+            and _vr_of(elem, tag) != "SQ"
+        ):
+            value = elem.value
+            header = struct.pack("<HH", tag.group, tag.element)
+            if implicit:
+                header += struct.pack("<I", len(value))
+            elif elem.VR in _LONG_LENGTH_VRS:
+                header += str(elem.VR).encode() + b"\0\0" + struct.pack("<I", len(value))
+            else:
+                header += str(elem.VR).encode() + struct.pack("<H", len(value))
+            buffer.write(header)
+            buffer.write(value)
+        else:
+            write_data_element(buffer, ds[tag], encodings)
+    out.write(buffer.getvalue())
 
 
 class OutputCheckError(DeidError):
