@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 import pytest
 import yaml
-from dagster import DagsterInstance, build_sensor_context, materialize
+from dagster import DagsterInstance, SensorResult, build_sensor_context, materialize
 
 from tests.peers.ftps import FtpServer
 from tests.peers.orthanc import OrthancServer, start_orthanc
@@ -66,6 +66,7 @@ def _tick(instance: DagsterInstance, name: str, cursors: dict[str, str | None]) 
         instance=instance, cursor=cursors.get(name), resources=defs.resources
     )
     result = sensor(context)
+    assert isinstance(result, SensorResult)
     for request in result.dynamic_partitions_requests or []:
         instance.add_dynamic_partitions(
             request.partitions_def_name, list(request.partition_keys or [])
