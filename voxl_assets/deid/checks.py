@@ -88,7 +88,6 @@ def disallowed_tags(ds: Dataset, operations: TagOperations) -> list[str]:
             if tag.is_private and 0x10 <= tag.element <= 0xFF:
                 block_creators[(tag.group, tag.element)] = str(item[tag].value)
         for tag in tags:
-            path = f"{prefix}{tag}"
             if tag.is_private:
                 if 0x10 <= tag.element <= 0xFF:
                     ok = (tag.group, block_creators[(tag.group, tag.element)]) in creators
@@ -98,12 +97,12 @@ def disallowed_tags(ds: Dataset, operations: TagOperations) -> list[str]:
                         (tag.group, creator, tag.element & 0xFF) in allowed_private
                     )
             else:
-                ok = int(tag) in allowed_public
+                ok = tag in allowed_public
             if not ok:
-                found.append(path)
+                found.append(f"{prefix}{tag}")
             if _element_vr(item.get_item(tag)) == "SQ":
                 for index, child in enumerate(item[tag].value):
-                    visit(child, f"{path}[{index}].")
+                    visit(child, f"{prefix}{tag}[{index}].")
 
     visit(ds, "")
     return found
