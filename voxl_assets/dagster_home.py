@@ -12,11 +12,10 @@ LOCAL_DAGSTER_YAML = settings.REPO_ROOT / "deployments" / "local" / "dagster.yam
 
 
 def ensure_dagster_home() -> Path:
-    """Use ``DAGSTER_HOME`` if set; else the embedded default under ``$VOXL_HOME/dagster``."""
+    """Use ``DAGSTER_HOME`` if set, else the embedded default under ``$VOXL_HOME/dagster``; create
+    the folder and give it the embedded default's ``dagster.yaml`` when it has none."""
     existing = os.environ.get("DAGSTER_HOME")
-    if existing:
-        return Path(existing)
-    home = settings.voxl_home() / "dagster"
+    home = Path(existing) if existing else settings.voxl_home() / "dagster"
     home.mkdir(parents=True, exist_ok=True)
     target = home / "dagster.yaml"
     if not target.exists():
