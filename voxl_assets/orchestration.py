@@ -5,9 +5,11 @@ The UI shows these runs like any other: they go through the same instance and de
 
 from __future__ import annotations
 
+import os
+import socket
 from typing import Any
 
-from dagster import DagsterInstance, materialize
+from dagster import DagsterInstance, DagsterRunStatus, RunsFilter, materialize
 from dagster._core.storage.tags import (
     ASSET_PARTITION_RANGE_END_TAG,
     ASSET_PARTITION_RANGE_START_TAG,
@@ -21,6 +23,42 @@ class RunFailed(Exception):
     pass
 
 
+PID_TAG = "voxl/pid"
+HOST_TAG = "voxl/host"
+
+
+def _tags(source: str) -> dict[str, str]:
+    return {"voxl/source": source, PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reclaim_dead_runs(instance: DagsterInstance) -> int:
+    """Fail in-process runs of this machine whose process died (killed worker, power cut) and free
+    the pool slots they held; otherwise the `vna` pool would stay blocked. (Runs the daemon
+    launches are watched by Dagster's run monitoring instead.)"""
+    reclaimed = 0
+    records = instance.get_runs(
+        filters=RunsFilter(statuses=[DagsterRunStatus.STARTED, DagsterRunStatus.STARTING])
+    )
+    for run in records:
+        pid, host = run.tags.get(PID_TAG), run.tags.get(HOST_TAG)
+        if pid is None or host != socket.gethostname() or _alive(int(pid)):
+            continue
+        instance.report_run_failed(run, "the process running it died; VOXL marked it failed")
+        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+        reclaimed += 1
+    return reclaimed
+
+
 def _failure_detail(result: Any) -> str:
     failure = next((e for e in result.all_events if e.is_step_failure), None)
     if failure and failure.step_failure_data.error:
@@ -29,6 +67,7 @@ def _failure_detail(result: Any) -> str:
 
 
 def materialize_cohort(instance: DagsterInstance, extract_key: str, source: str) -> Any:
+    reclaim_dead_runs(instance)
     instance.add_dynamic_partitions(EXTRACTS, [extract_key])
     result = materialize(
         [defs.get_assets_def("cohort_messages")],
@@ -36,7 +75,7 @@ def materialize_cohort(instance: DagsterInstance, extract_key: str, source: str)
         partition_key=extract_key,
         resources=defs.resources,
         raise_on_error=False,
-        tags={"voxl/source": source},
+        tags=_tags(source),
     )
     if not result.success:
         raise RunFailed(f"cohort_messages failed for {extract_key}: {_failure_detail(result)}")
@@ -47,6 +86,7 @@ def materialize_studies(
     instance: DagsterInstance, study_keys: list[str], source: str, batch: int = 200
 ) -> list[Any]:
     """Run raw -> anonymised -> upload over ``study_keys`` in contiguous batches."""
+    reclaim_dead_runs(instance)
     all_keys = list(instance.get_dynamic_partitions(STUDIES))
     position = {key: index for index, key in enumerate(all_keys)}
     ordered = sorted((k for k in study_keys if k in position), key=position.__getitem__)
@@ -61,7 +101,7 @@ def materialize_studies(
             tags={
                 ASSET_PARTITION_RANGE_START_TAG: chunk[0],
                 ASSET_PARTITION_RANGE_END_TAG: chunk[-1],
-                "voxl/source": source,
+                **_tags(source),
             },
         )
         if not result.success:
@@ -71,13 +111,14 @@ def materialize_studies(
 
 
 def materialize_export(instance: DagsterInstance, extract_key: str, source: str) -> Any:
+    reclaim_dead_runs(instance)
     result = materialize(
         [defs.get_assets_def("mapping_table")],
         instance=instance,
         partition_key=extract_key,
         resources=defs.resources,
         raise_on_error=False,
-        tags={"voxl/source": source},
+        tags=_tags(source),
     )
     if not result.success:
         raise RunFailed(f"export failed for {extract_key}: {_failure_detail(result)}")

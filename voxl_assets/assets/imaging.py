@@ -106,6 +106,7 @@ def study_pipeline(
         vna=vna.client(),
         raw_cache=stores.raw_cache(),
         anonymised=stores.anonymised(),
+        retry_delay=float(os.environ.get("VOXL_VNA_RETRY_DELAY_SECONDS", "2")),
     )
     functions = {s: f for s, f in stages.functions().items() if s.value in selected}
     requests = load_study_requests(database, context.partition_keys)
