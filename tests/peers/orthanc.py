@@ -27,8 +27,14 @@ VOXL_AE = "VOXL"
 
 class OrthancServer:
     def __init__(
-        self, root: Path, *, ae_title: str = "ORTHANC", users: dict[str, str] | None = None
+        self,
+        root: Path,
+        *,
+        ae_title: str = "ORTHANC",
+        users: dict[str, str] | None = None,
+        extra_config: dict[str, Any] | None = None,
     ) -> None:
+        self.extra_config = extra_config or {}
         self.root = root
         self.ae_title = ae_title
         self.http_port = free_port()
@@ -73,6 +79,7 @@ class OrthancServer:
             "StableAge": 1,
             "LimitFindResults": 0,
             "HttpTimeout": 60,
+            **self.extra_config,
         }
 
     def start(self) -> None:
