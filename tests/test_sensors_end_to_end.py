@@ -16,6 +16,7 @@ import pytest
 import yaml
 from dagster import DagsterInstance, SensorResult, build_sensor_context, materialize
 
+from tests.helpers.leaks import files_holding
 from tests.peers.ftps import FtpServer
 from tests.peers.orthanc import OrthancServer, start_orthanc
 from voxl_assets import settings
@@ -165,4 +166,9 @@ def test_sensors_run_the_whole_job(
     assert status["by_state"]["uploaded"] == 46 and status["by_state"]["failed"] == 3
     assert status["by_state"]["filtered"] == 1
     reasons = dict((r, n) for r, n in status["failure_reasons"])
+    # Everything VOXL wrote (Dagster's SQLite storage, event logs, compute logs, stores, exports)
+    # holds no MRN, accession number or source study UID, apart from its db and the raw cache.
+    needles = [v for r in scenario.rows for v in (r.mrn, r.accession_number, r.study_uid)]
+    scanned, leaking = files_holding(home, needles, [home / "raw-cache"])
+    assert scanned > 10 and leaking == []
     assert reasons["failed: study not found on the VNA by study UID nor by MRN + accession"] == 3
