@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,7 @@ def azurite(tmp_path: Path) -> Iterator[AzuriteServer]:
         peer_missing("Azurite not installed (npm install -g azurite)")
         return
     port = free_port()
+    log = tmp_path / "azurite.log"
     process = subprocess.Popen(
         [
             binary,
@@ -49,18 +51,20 @@ def azurite(tmp_path: Path) -> Iterator[AzuriteServer]:
             "127.0.0.1",
             "--blobPort",
             str(port),
-            "--location",
-            str(tmp_path / "azurite"),
             "--silent",
             "--skipApiVersionCheck",
+            "--inMemoryPersistence",  # nothing on disk to clean up (excludes --location)
             "--loose",
         ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        cwd=tmp_path,  # Azurite writes its small metadata files into the working directory
     )
-    if not wait_for_port(port, 30):
-        process.kill()
-        pytest.fail("Azurite did not start")
+    deadline = time.monotonic() + 30
+    while not wait_for_port(port, 0.5):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"Azurite did not start: {log.read_text()[-500:]}")
     server = AzuriteServer(port, process)
     yield server
     server.stop()

@@ -3,10 +3,13 @@ certificate, and a plain-FTP server to prove VOXL refuses it."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import socket
+import struct
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -62,12 +65,35 @@ class FtpServer:
     root: Path
     certificate: Path | None
     server: object
+    # With drop_uploads: one entry per cut upload, what the home held at that moment.
+    drops: list[list[str]] = field(default_factory=list)
 
     def stop(self) -> None:
         self.server.close_all()  # type: ignore[attr-defined]
 
 
-def start_ftp(root: Path, *, tls: bool) -> FtpServer:
+def _dropping_dtp(base: Any, after_bytes: int, budget: list[int], on_drop: Any) -> type:
+    """A data-channel handler that resets the first ``budget[0]`` uploads (data and control
+    connections, no reply) once ``after_bytes`` arrived: a server or network dying mid-STOR."""
+
+    def handle_read_event(self: Any) -> None:
+        base.handle_read_event(self)  # TLS-aware: handshake, shutdown, else read data
+        if self.receive and budget[0] > 0 and self.tot_bytes_received >= after_bytes:
+            budget[0] -= 1
+            on_drop()
+            for channel in (self, self.cmd_channel):
+                with contextlib.suppress(OSError):
+                    channel.socket.setsockopt(
+                        socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                    )
+                channel.close()
+
+    return type("DroppingDTP", (base,), {"handle_read_event": handle_read_event})
+
+
+def start_ftp(
+    root: Path, *, tls: bool, drop_uploads: int = 0, drop_after: int = 64 * 1024
+) -> FtpServer:
     from pyftpdlib.authorizers import DummyAuthorizer
     from pyftpdlib.handlers import FTPHandler, TLS_FTPHandler
     from pyftpdlib.ioloop import IOLoop
@@ -88,12 +114,20 @@ def start_ftp(root: Path, *, tls: bool) -> FtpServer:
         handler = type("Handler", (FTPHandler,), {})
     handler.authorizer = authorizer
     handler.auth_failed_timeout = 0.1  # default 3 s delay per wrong password slows the tests
+    drops: list[list[str]] = []
+    if drop_uploads:
+        handler.dtp_handler = _dropping_dtp(
+            handler.dtp_handler,
+            drop_after,
+            [drop_uploads],
+            lambda: drops.append(sorted(p.name for p in home.rglob("*") if p.is_file())),
+        )
     port = free_port()
     # Each server gets its own IO loop: pyftpdlib's default loop is a process-wide singleton.
     server = ThreadedFTPServer(("127.0.0.1", port), handler, ioloop=IOLoop())
     threading.Thread(target=server.serve_forever, kwargs={"timeout": 0.2}, daemon=True).start()
     wait_for_port(port)
-    return FtpServer("127.0.0.1", port, "voxl", "s3cret-ftps", home, certificate, server)
+    return FtpServer("127.0.0.1", port, "voxl", "s3cret-ftps", home, certificate, server, drops)
 
 
 @pytest.fixture(scope="module")

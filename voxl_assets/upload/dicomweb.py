@@ -1,20 +1,33 @@
-"""STOW-RS to a DICOMweb server (researcher-managed, or the Azure DICOM service with a token)."""
+"""STOW-RS to a DICOMweb server (researcher-managed, or the Azure DICOM service with a token).
+
+Instances go in batches of ``batch_size`` (one multipart request each, via dicomweb-client). Two
+batches are in flight at once, so reading and encoding the next batch overlaps the server storing
+the current one; memory is bounded by the batch size, never by the study. A batch is retried as a
+whole: STOW-RS is idempotent for instances the server already holds, so a retry after a dropped
+connection creates no duplicates.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import requests
-from pydicom import dcmread
+from dicomweb_client.api import DICOMwebClient
+from pydicom import Dataset, dcmread
 
-from voxl_assets.retry import retry_with_backoff
 from voxl_assets.upload.base import TransientUploadError, UploadError, UploadReport, UploadTarget
+from voxl_assets.upload.retrying import DEFAULT_ATTEMPTS, DEFAULT_RETRY_DELAY, retry_transient
+
+# Worth a retry: the server is busy or briefly failing. Other 4xx are the request's fault.
+_TRANSIENT_STATUS = {408, 425, 429}
 
 
 class DicomWebUploader:
-    """Sends a study in batches of ``batch_size`` instances (one multipart request each)."""
+    """Sends a study in batches of ``batch_size`` instances."""
 
     kind = "dicomweb"
 
@@ -27,79 +40,125 @@ class DicomWebUploader:
         token_provider: Callable[[], str] | None = None,
         verify: bool | str = True,
         batch_size: int = 50,
+        in_flight: int = 2,
         timeout: float = 120.0,
-        retry_delay: float = 2.0,
+        retry_delay: float = DEFAULT_RETRY_DELAY,
+        attempts: int = DEFAULT_ATTEMPTS,
     ) -> None:
+        self.in_flight = max(1, in_flight)
         self.url = url.rstrip("/")
+        self._public_url = _without_userinfo(self.url)
         self._session = requests.Session()
-        self._session.verify = verify
+        self._session.verify = verify  # True, False, or the path of a CA bundle
         if username is not None:
             self._session.auth = (username, password or "")
         self._token_provider = token_provider
+        # A chunk size above any batch's size: the body goes out with a Content-Length in one
+        # send, instead of being re-sliced for chunked transfer encoding (two more copies).
+        self._client = DICOMwebClient(
+            self.url, session=self._session, timeout=timeout, chunk_size=1 << 40
+        )
+        self._client.set_http_retry_params(retry=False)  # VOXL's policy applies instead
         self.batch_size = batch_size
         self.timeout = timeout
         self.retry_delay = retry_delay
+        self.attempts = attempts
 
     def describe(self) -> str:
-        return self.url
+        return self._public_url
 
-    def _post(self, batch: Sequence[Path]) -> None:
-        boundary = f"voxl-{time.monotonic_ns()}"
-        parts = []
-        for path in batch:
-            parts.append(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode())
-            parts.append(path.read_bytes())
-            parts.append(b"\r\n")
-        parts.append(f"--{boundary}--\r\n".encode())
-        headers = {
-            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
-            "Accept": "application/dicom+json",
-        }
+    def _where(self) -> str:
+        return f"DICOMweb server {self._public_url}"
+
+    def _call(self, operation: Callable[[], Dataset | list[dict[str, dict]]]) -> object:
+        """Run a dicomweb-client call with a fresh token; classify failures (no secrets)."""
         if self._token_provider is not None:
-            headers["Authorization"] = f"Bearer {self._token_provider()}"
+            self._session.headers["Authorization"] = f"Bearer {self._token_provider()}"
         try:
-            response = self._session.post(
-                f"{self.url}/studies", data=b"".join(parts), headers=headers, timeout=self.timeout
-            )
-        except requests.RequestException as exc:
-            raise TransientUploadError(
-                f"DICOMweb server {self.url} unreachable ({type(exc).__name__})"
+            return operation()
+        except requests.exceptions.SSLError:
+            raise UploadError(
+                f"{self._where()}: TLS verification failed (check the certificate or ca_bundle)"
             ) from None
-        if response.status_code in (401, 403):
-            raise UploadError(
-                f"DICOMweb server {self.url} refused the credentials ({response.status_code})"
-            )
-        if response.status_code >= 500 or response.status_code == 429:
+        except requests.HTTPError as exc:
+            status = exc.response.status_code if exc.response is not None else 0
+            if status in (401, 403):
+                raise UploadError(f"{self._where()} refused the credentials ({status})") from None
+            if status >= 500 or status in _TRANSIENT_STATUS:
+                raise TransientUploadError(f"{self._where()} answered {status}") from None
+            raise UploadError(f"{self._where()} rejected the request ({status})") from None
+        except requests.RequestException as exc:  # refused, reset, timed out, cut short
             raise TransientUploadError(
-                f"DICOMweb server {self.url} answered {response.status_code}"
-            )
-        if response.status_code not in (200, 202):
+                f"{self._where()} unreachable or connection dropped ({type(exc).__name__})"
+            ) from None
+
+    def _store(self, batch: Sequence[Path]) -> None:
+        datasets = [dcmread(path) for path in batch]
+        result = self._call(lambda: self._client.store_instances(datasets))
+        failed = getattr(result, "FailedSOPSequence", None) or []
+        if failed:
+            # Failure reasons are numeric DICOM codes: safe to show, unlike the instance UIDs.
+            reasons = sorted({str(getattr(item, "FailureReason", "?")) for item in failed})
             raise UploadError(
-                f"DICOMweb server {self.url} rejected the instances ({response.status_code})"
+                f"{self._where()} rejected {len(failed)} of {len(batch)} instances "
+                f"(failure reasons {', '.join(reasons)})"
             )
+
+    def _batches(self, files: Sequence[Path]) -> Iterator[Sequence[Path]]:
+        for start in range(0, len(files), self.batch_size):
+            yield files[start : start + self.batch_size]
+
+    def _store_with_retries(self, batch: Sequence[Path]) -> int:
+        retry_transient(
+            lambda: self._store(batch),
+            what="STOW-RS batch",
+            attempts=self.attempts,
+            initial_delay=self.retry_delay,
+        )
+        return sum(p.stat().st_size for p in batch)
 
     def upload_study(self, files: Sequence[Path], target: UploadTarget) -> UploadReport:
         started = time.monotonic()
         total = 0
-        for start in range(0, len(files), self.batch_size):
-            batch = files[start : start + self.batch_size]
-            retry_with_backoff(
-                lambda batch=batch: self._post(batch),  # type: ignore[misc]
-                attempts=4,
-                initial_delay=self.retry_delay,
-                retry_on=(TransientUploadError,),
-                what="STOW-RS batch",
-            )
-            total += sum(p.stat().st_size for p in batch)
+        pending: list[Future[int]] = []
+        with ThreadPoolExecutor(self.in_flight, thread_name_prefix="voxl-stow") as pool:
+            try:
+                for batch in self._batches(files):
+                    if len(pending) >= self.in_flight:
+                        total += pending.pop(0).result()
+                    pending.append(pool.submit(self._store_with_retries, batch))
+                for future in pending:
+                    total += future.result()
+            except BaseException:
+                for future in pending:
+                    future.cancel()
+                raise
         return UploadReport(
             self.kind, self.describe(), len(files), total, time.monotonic() - started
         )
 
+    def stored_instance_count(self, study_uid: str) -> int:
+        """How many instances of ``study_uid`` the server lists (QIDO-RS), for checks."""
+        found = self._call(
+            lambda: self._client.search_for_instances(
+                study_instance_uid=study_uid, get_remaining=True
+            )
+        )
+        return len(found) if isinstance(found, list) else 0
+
     def stored_study_uids(self) -> set[str]:
         """What the server holds (QIDO-RS), for checks after an upload."""
-        response = self._session.get(f"{self.url}/studies", timeout=self.timeout)
-        response.raise_for_status()
-        return {str(s["0020000D"]["Value"][0]) for s in response.json() or []}
+        found = self._call(lambda: self._client.search_for_studies(get_remaining=True))
+        studies = found if isinstance(found, list) else []
+        return {str(s["0020000D"]["Value"][0]) for s in studies}
+
+
+def _without_userinfo(url: str) -> str:
+    """``https://user:secret@host/x`` -> ``https://host/x``: never show credentials in a URL."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
 
 
 def study_uid_of(path: Path) -> str:

@@ -1,4 +1,9 @@
-"""Explicit FTPS (AUTH TLS, protected data channel); plain FTP is refused."""
+"""Explicit FTPS (AUTH TLS, protected data channel); plain FTP is refused.
+
+Each object is written to a hidden ``.<name>.part`` beside its final name, its size checked, then
+renamed (RNFR/RNTO): a reader of the remote folder never sees a half-written zip under its final
+name. A study's zip is streamed into the data connection while it is built (no temporary file).
+"""
 
 from __future__ import annotations
 
@@ -7,13 +12,20 @@ import ftplib
 import posixpath
 import ssl
 import time
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
-from voxl_assets.retry import retry_with_backoff
 from voxl_assets.upload.base import TransientUploadError, UploadError, UploadReport, UploadTarget
-from voxl_assets.upload.zipping import study_zip
+from voxl_assets.upload.local import partial_name
+from voxl_assets.upload.retrying import DEFAULT_ATTEMPTS, DEFAULT_RETRY_DELAY, retry_transient
+from voxl_assets.upload.zipping import StudyZipSource, stream_source
+
+# Errors of the connection itself (peer gone, reset, timeout, TLS record cut): worth a retry.
+_NETWORK_ERRORS = (OSError, EOFError, ftplib.error_temp, ftplib.error_reply, ftplib.error_proto)
+
+
+def _remote_path(root: str, relative: str) -> str:
+    return posixpath.join(root, relative) if root not in ("", ".") else relative
 
 
 class FtpsUploader:
@@ -30,13 +42,15 @@ class FtpsUploader:
         verify_tls: bool = True,
         ca_bundle: str | None = None,
         timeout: float = 60.0,
-        retry_delay: float = 2.0,
+        retry_delay: float = DEFAULT_RETRY_DELAY,
+        attempts: int = DEFAULT_ATTEMPTS,
     ) -> None:
         self.host, self.port = host, port
         self._username, self._password = username, password
         self.remote_root = remote_root
         self.timeout = timeout
         self.retry_delay = retry_delay
+        self.attempts = attempts
         context = ssl.create_default_context(cafile=ca_bundle)
         if not verify_tls:
             context.check_hostname = False
@@ -44,7 +58,10 @@ class FtpsUploader:
         self._context = context
 
     def describe(self) -> str:
-        return f"ftps://{self.host}:{self.port}{self.remote_root}"
+        return f"ftps://{self.host}:{self.port}/{self.remote_root.strip('/')}"
+
+    def _where(self) -> str:
+        return f"FTPS server {self.host}:{self.port}"
 
     def _connect(self) -> ftplib.FTP_TLS:
         ftp = ftplib.FTP_TLS(context=self._context, timeout=self.timeout)
@@ -52,77 +69,112 @@ class FtpsUploader:
             ftp.connect(self.host, self.port)
         except OSError as exc:
             raise TransientUploadError(
-                f"FTPS server {self.host}:{self.port} unreachable ({type(exc).__name__})"
+                f"{self._where()} unreachable ({type(exc).__name__})"
             ) from None
+        try:
+            self._secure_and_login(ftp)
+        except BaseException:
+            ftp.close()
+            raise
+        return ftp
+
+    def _secure_and_login(self, ftp: ftplib.FTP_TLS) -> None:
         try:
             ftp.auth()
         except ftplib.error_perm:
-            ftp.close()
+            raise UploadError(f"{self._where()} does not offer TLS (plain FTP refused)") from None
+        except ssl.SSLCertVerificationError:
             raise UploadError(
-                f"FTPS server {self.host}:{self.port} does not offer TLS (plain FTP refused)"
+                f"{self._where()}: TLS certificate not trusted (set ca_bundle to its CA)"
             ) from None
-        except (OSError, ssl.SSLError) as exc:
-            ftp.close()
-            raise UploadError(
-                f"TLS with {self.host}:{self.port} failed ({type(exc).__name__})"
+        except ssl.SSLError as exc:
+            raise UploadError(f"{self._where()}: TLS handshake failed ({exc.reason})") from None
+        except _NETWORK_ERRORS as exc:
+            raise TransientUploadError(
+                f"{self._where()} dropped the connection ({type(exc).__name__})"
             ) from None
         try:
             ftp.login(self._username, self._password)
         except ftplib.error_perm:
-            ftp.close()
-            raise UploadError(
-                f"FTPS server {self.host}:{self.port} refused the credentials"
+            raise UploadError(f"{self._where()} refused the credentials") from None
+        except _NETWORK_ERRORS as exc:
+            raise TransientUploadError(
+                f"{self._where()} dropped the connection ({type(exc).__name__})"
             ) from None
-        ftp.prot_p()
-        return ftp
+        try:
+            ftp.prot_p()  # the data channel is encrypted too
+        except ftplib.error_perm:
+            raise UploadError(f"{self._where()} refused a protected data channel") from None
 
     @staticmethod
     def _makedirs(ftp: ftplib.FTP_TLS, directory: str) -> None:
-        path = ""
-        for part in directory.strip("/").split("/"):
-            path = f"{path}/{part}" if path or directory.startswith("/") else part
+        path = "/" if directory.startswith("/") else ""
+        for part in [p for p in directory.split("/") if p]:
+            path = posixpath.join(path, part) if path else part
             with contextlib.suppress(ftplib.error_perm):  # it exists already
                 ftp.mkd(path)
 
-    def _put(self, local: Path, remote: str) -> None:
+    @staticmethod
+    def _store(ftp: ftplib.FTP_TLS, source: Path | StudyZipSource, remote: str) -> int:
+        """STOR ``remote`` from ``source`` (as ``storbinary`` does, but fed by a stream)."""
+        ftp.voidcmd("TYPE I")
+        with ftp.transfercmd(f"STOR {remote}") as conn:
+            sent = stream_source(source, conn.sendall)
+            if isinstance(conn, ssl.SSLSocket):
+                conn.unwrap()  # a clean TLS close: the server knows the file is complete
+        ftp.voidresp()
+        return sent
+
+    def _put(self, source: Path | StudyZipSource, remote: str) -> int:
+        """One attempt: upload under the partial name, check its size, rename; returns bytes."""
         ftp = self._connect()
+        partial = posixpath.join(
+            posixpath.dirname(remote), partial_name(posixpath.basename(remote))
+        )
         try:
             self._makedirs(ftp, posixpath.dirname(remote))
-            partial = posixpath.join(
-                posixpath.dirname(remote),
-                f".{posixpath.basename(remote)}.{uuid.uuid4().hex[:8]}.part",
-            )
-            with local.open("rb") as handle:
-                ftp.storbinary(f"STOR {partial}", handle, blocksize=1 << 20)
+            sent = self._store(ftp, source, partial)
+            size = None
+            with contextlib.suppress(ftplib.error_perm):  # SIZE is an extension (RFC 3659)
+                size = ftp.size(partial)
+            if size is not None and size != sent:
+                raise TransientUploadError(
+                    f"{self._where()} holds {size} of {sent} bytes after the transfer"
+                )
             with contextlib.suppress(ftplib.error_perm):  # some servers won't rename over a file
                 ftp.delete(remote)
             ftp.rename(partial, remote)
-        except (OSError, EOFError, ftplib.error_temp) as exc:
+            return sent
+        except ftplib.error_perm as exc:
+            # The connection still works: remove the partial (a retry would overwrite it anyway).
+            with contextlib.suppress(*_NETWORK_ERRORS, ftplib.error_perm):
+                ftp.delete(partial)
+            raise UploadError(
+                f"{self._where()} refused the upload (reply {str(exc)[:3]}: permission or path)"
+            ) from None
+        except _NETWORK_ERRORS as exc:
             raise TransientUploadError(
                 f"FTPS transfer to {self.host} interrupted ({type(exc).__name__})"
             ) from None
         finally:
             try:
                 ftp.quit()
-            except (OSError, EOFError, ftplib.Error):
+            except (*_NETWORK_ERRORS, ftplib.Error):
                 ftp.close()
 
-    def _put_with_retries(self, local: Path, remote: str) -> None:
-        retry_with_backoff(
-            lambda: self._put(local, remote),
-            attempts=4,
-            initial_delay=self.retry_delay,
-            retry_on=(TransientUploadError,),
+    def _put_with_retries(self, source: Path | StudyZipSource, remote: str) -> int:
+        return retry_transient(
+            lambda: self._put(source, remote),
             what="FTPS upload",
+            attempts=self.attempts,
+            initial_delay=self.retry_delay,
         )
 
     def upload_study(self, files: Sequence[Path], target: UploadTarget) -> UploadReport:
         started = time.monotonic()
-        with study_zip(files) as archive:
-            self._put_with_retries(
-                archive, posixpath.join(self.remote_root, target.relative_zip_path)
-            )
-            size = archive.stat().st_size
+        size = self._put_with_retries(
+            StudyZipSource(files), _remote_path(self.remote_root, target.relative_zip_path)
+        )
         return UploadReport(
             self.kind, self.describe(), len(files), size, time.monotonic() - started
         )
@@ -130,12 +182,13 @@ class FtpsUploader:
     def upload_tree(self, local_dir: Path, remote_prefix: str) -> UploadReport:
         started = time.monotonic()
         files = sorted(p for p in local_dir.rglob("*") if p.is_file())
+        total = 0
         for path in files:
-            remote = posixpath.join(
-                self.remote_root, remote_prefix, path.relative_to(local_dir).as_posix()
+            remote = _remote_path(
+                self.remote_root,
+                posixpath.join(remote_prefix, path.relative_to(local_dir).as_posix()),
             )
-            self._put_with_retries(path, remote)
-        total = sum(p.stat().st_size for p in files)
+            total += self._put_with_retries(path, remote)
         return UploadReport(
             self.kind, self.describe(), len(files), total, time.monotonic() - started
         )

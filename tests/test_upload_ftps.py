@@ -1,0 +1,173 @@
+"""FTPS uploads against pyftpdlib's TLS server (TLS required on control and data channels)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.peers import free_port
+from tests.peers._upload_study import (
+    TARGET,
+    anonymised_study,
+    database_with_study,
+    export_count,
+    leftovers,
+    zip_names,
+)
+from tests.peers.ftps import FtpServer, start_ftp
+from voxl_assets.project_config import FtpsDestination
+from voxl_assets.upload.base import TransientUploadError, UploadError
+from voxl_assets.upload.exactly_once import upload_study_once
+from voxl_assets.upload.factory import make_file_uploader, make_image_uploader
+from voxl_assets.upload.ftps import FtpsUploader
+
+
+@pytest.fixture
+def study(tmp_path: Path) -> list[Path]:
+    return anonymised_study(tmp_path / "anon")
+
+
+def _destination(server: FtpServer, **extra: object) -> FtpsDestination:
+    return FtpsDestination(
+        kind="ftps",
+        host=server.host,
+        port=server.port,
+        username_env="FTPS_USER",
+        password_env="FTPS_PASSWORD",
+        ca_bundle=str(server.certificate),
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+def _env(server: FtpServer, password: str | None = None) -> dict[str, str]:
+    return {"FTPS_USER": server.username, "FTPS_PASSWORD": password or server.password}
+
+
+def test_study_zip_lands_at_the_layout_once(
+    ftps_server: FtpServer, tmp_path: Path, study: list[Path]
+) -> None:
+    uploader = make_image_uploader(
+        _destination(ftps_server, remote_root="/exports"), _env(ftps_server)
+    )
+    assert (
+        uploader is not None
+        and uploader.describe() == f"ftps://127.0.0.1:{ftps_server.port}/exports"
+    )
+    database = database_with_study(tmp_path)
+    report = upload_study_once(database, 1, uploader, study, TARGET)
+    final = ftps_server.root / "exports" / TARGET.relative_zip_path
+    assert report is not None and report.instances == 4 and report.bytes == final.stat().st_size
+    assert final.parent.name == "dicom" and final.name == "2.25.31415926535897932384.zip"
+    assert zip_names(final) == {p.name for p in study}
+    assert leftovers(ftps_server.root) == []
+    # Re-run: recorded, so nothing is sent (the file is not even touched).
+    mtime = final.stat().st_mtime_ns
+    assert upload_study_once(database, 1, uploader, study, TARGET) is None
+    assert final.stat().st_mtime_ns == mtime and export_count(database) == 1
+    # Forced: sent again, replacing the file atomically; still one record.
+    assert upload_study_once(database, 1, uploader, study, TARGET, force=True) is not None
+    assert export_count(database) == 1 and zip_names(final) == {p.name for p in study}
+
+
+def test_tree_upload_for_ehr_bundles(ftps_server: FtpServer, tmp_path: Path) -> None:
+    bundle = tmp_path / "bundle"
+    (bundle / "omop").mkdir(parents=True)
+    (bundle / "omop" / "person.parquet").write_bytes(b"PAR1" * 1000)
+    (bundle / "provenance.json").write_text("{}")
+    uploader = make_file_uploader(_destination(ftps_server), _env(ftps_server))
+    assert uploader is not None
+    report = uploader.upload_tree(bundle, "demo-project/2026-11-01T12-00-00/ehr")
+    remote = ftps_server.root / "demo-project" / "2026-11-01T12-00-00" / "ehr"
+    assert report.instances == 2 and report.bytes == 4002
+    assert (remote / "omop" / "person.parquet").read_bytes() == b"PAR1" * 1000
+    assert (remote / "provenance.json").read_text() == "{}"
+    assert leftovers(ftps_server.root) == []
+
+
+def test_wrong_password_fails_at_once_without_the_secret(
+    ftps_server: FtpServer, study: list[Path]
+) -> None:
+    uploader = make_image_uploader(
+        _destination(ftps_server), _env(ftps_server, password="not-the-password-42")
+    )
+    assert uploader is not None
+    with pytest.raises(UploadError, match="refused the credentials") as caught:
+        uploader.upload_study(study, TARGET)
+    assert not isinstance(caught.value, TransientUploadError)  # not retried
+    assert "not-the-password-42" not in str(caught.value)
+
+
+def test_untrusted_certificate_is_refused(ftps_server: FtpServer, study: list[Path]) -> None:
+    destination = _destination(ftps_server).model_copy(update={"ca_bundle": None})
+    uploader = make_image_uploader(destination, _env(ftps_server))
+    assert uploader is not None
+    with pytest.raises(UploadError, match="certificate not trusted"):
+        uploader.upload_study(study, TARGET)
+
+
+def test_plain_ftp_server_is_refused(plain_ftp_server: FtpServer, study: list[Path]) -> None:
+    uploader = FtpsUploader(
+        plain_ftp_server.host, plain_ftp_server.port, "voxl", "s3cret-ftps", verify_tls=False
+    )
+    with pytest.raises(UploadError, match=r"does not offer TLS \(plain FTP refused\)"):
+        uploader.upload_study(study, TARGET)
+    assert not any(plain_ftp_server.root.rglob("*"))  # not a byte was sent in clear
+
+
+def test_server_down_is_transient_after_fast_retries(study: list[Path]) -> None:
+    uploader = FtpsUploader("127.0.0.1", free_port(), "u", "p", retry_delay=0.01, attempts=3)
+    with pytest.raises(TransientUploadError, match="unreachable"):
+        uploader.upload_study(study, TARGET)
+
+
+def test_upload_cut_midway_is_retried_and_never_looks_complete(
+    tmp_path: Path, study: list[Path]
+) -> None:
+    """The server resets the first transfer after 64 KiB (control and data): the retry succeeds,
+    and when the cut happened only the partial name existed."""
+    server = start_ftp(tmp_path / "ftps-dropping", tls=True, drop_uploads=1, drop_after=64 * 1024)
+    try:
+        big_study = anonymised_study(tmp_path / "big", instances=6, size=256)  # ~800 KB zip
+        uploader = make_image_uploader(_destination(server), _env(server))
+        assert uploader is not None
+        uploader.retry_delay = 0.05  # type: ignore[attr-defined]
+        database = database_with_study(tmp_path)
+        report = upload_study_once(database, 1, uploader, big_study, TARGET)
+        assert report is not None
+        assert server.drops == [[".2.25.31415926535897932384.zip.part"]]
+        final = server.root / TARGET.relative_zip_path
+        assert zip_names(final) == {p.name for p in big_study}
+        assert leftovers(server.root) == [] and export_count(database) == 1
+    finally:
+        server.stop()
+
+
+def test_failed_upload_records_nothing_and_the_rerun_sends_it(
+    tmp_path: Path, study: list[Path]
+) -> None:
+    server = start_ftp(tmp_path / "ftps-dropping", tls=True, drop_uploads=1, drop_after=1)
+    try:
+        uploader = FtpsUploader(
+            server.host,
+            server.port,
+            server.username,
+            server.password,
+            ca_bundle=str(server.certificate),
+            attempts=1,
+        )
+        database = database_with_study(tmp_path)
+        with pytest.raises(TransientUploadError, match="interrupted"):
+            upload_study_once(database, 1, uploader, study, TARGET)
+        assert export_count(database) == 0
+        assert not (server.root / TARGET.relative_zip_path).exists()
+        assert upload_study_once(database, 1, uploader, study, TARGET) is not None
+        assert export_count(database) == 1
+        assert zip_names(server.root / TARGET.relative_zip_path) == {p.name for p in study}
+    finally:
+        server.stop()
+
+
+def test_missing_secret_names_the_variable(ftps_server: FtpServer) -> None:
+    with pytest.raises(UploadError, match="FTPS_PASSWORD"):
+        make_image_uploader(_destination(ftps_server), {"FTPS_USER": "voxl"})
