@@ -25,6 +25,7 @@ TOKEN_PATTERN = r"[^0-9a-z.]+"  # split on everything but letters, digits and '.
 MAX_JOINED_TOKENS = 3  # "943 476 5919": three tokens make one NHS number
 MIN_IDENTIFIER_LENGTH = 4  # shorter values (a sex code, a count) would hit everywhere
 BATCH_ROWS = 65_536
+MAX_WHOLE_CELL = 128  # longer cells hold an identifier only as tokens, which are checked anyway
 
 
 def normalise(value: object) -> str:
@@ -86,8 +87,14 @@ def _hit_rows(column: pa.Array, identifiers: pa.Array) -> list[int]:
     text = pc.cast(column, pa.string(), safe=False) if column.type != pa.string() else column
     lowered = pc.utf8_lower(text)
     rows: set[int] = set()
-    whole = pc.is_in(pc.replace_substring_regex(lowered, r"\s+", ""), value_set=identifiers)
-    rows.update(pc.indices_nonzero(pc.fill_null(whole, False)).to_pylist())
+    # Whole cells, spacing removed: only short cells can equal an identifier.
+    short = pc.indices_nonzero(
+        pc.fill_null(pc.less_equal(pc.utf8_length(lowered), MAX_WHOLE_CELL), False)
+    )
+    if len(short):
+        cells = pc.take(lowered, short)
+        whole = pc.is_in(pc.replace_substring_regex(cells, r"\s+", ""), value_set=identifiers)
+        rows.update(pc.take(short, pc.indices_nonzero(pc.fill_null(whole, False))).to_pylist())
     tokens = pc.split_pattern_regex(lowered, TOKEN_PATTERN)
     flat = pc.list_flatten(tokens)
     if len(flat) == 0:
