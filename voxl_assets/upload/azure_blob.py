@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import base64
 import threading
-import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
@@ -27,16 +26,18 @@ from azure.core.exceptions import (
 )
 from azure.storage.blob import BlobBlock, BlobClient, BlobServiceClient, ContentSettings
 
-from voxl_assets.upload.base import TransientUploadError, UploadError, UploadReport, UploadTarget
-from voxl_assets.upload.retrying import DEFAULT_ATTEMPTS, DEFAULT_RETRY_DELAY, retry_transient
+from voxl_assets.upload.base import TransientUploadError, UploadError
+from voxl_assets.upload.remote_files import RemoteFileUploader
+from voxl_assets.upload.retrying import DEFAULT_ATTEMPTS, DEFAULT_RETRY_DELAY
 from voxl_assets.upload.zipping import StudyZipSource, stream_source
 
 T = TypeVar("T")
 BLOCK_SIZE = 8 << 20  # 8 MiB: few requests per study, bounded memory, fast on Azurite and Azure
 
 
-class AzureBlobUploader:
+class AzureBlobUploader(RemoteFileUploader):
     kind = "azure_blob"
+    transfer = "Azure Blob upload"
 
     def __init__(
         self,
@@ -71,7 +72,7 @@ class AzureBlobUploader:
     def describe(self) -> str:
         return f"azure-blob://{self._service.account_name}/{self.container}/{self.prefix}"
 
-    def _name(self, relative: str) -> str:
+    def _remote(self, relative: str) -> str:
         return f"{self.prefix}/{relative}" if self.prefix else relative
 
     def _classified(self, operation: Callable[[], T]) -> T:
@@ -136,32 +137,6 @@ class AzureBlobUploader:
             )
         )
         return size
-
-    def _put_with_retries(self, source: Path | StudyZipSource, name: str) -> int:
-        return retry_transient(
-            lambda: self._put(source, name),
-            what="Azure Blob upload",
-            attempts=self.attempts,
-            initial_delay=self.retry_delay,
-        )
-
-    def upload_study(self, files: Sequence[Path], target: UploadTarget) -> UploadReport:
-        started = time.monotonic()
-        size = self._put_with_retries(StudyZipSource(files), self._name(target.relative_zip_path))
-        return UploadReport(
-            self.kind, self.describe(), len(files), size, time.monotonic() - started
-        )
-
-    def upload_tree(self, local_dir: Path, remote_prefix: str) -> UploadReport:
-        started = time.monotonic()
-        files = sorted(p for p in local_dir.rglob("*") if p.is_file())
-        total = 0
-        for path in files:
-            name = self._name(f"{remote_prefix}/{path.relative_to(local_dir).as_posix()}")
-            total += self._put_with_retries(path, name)
-        return UploadReport(
-            self.kind, self.describe(), len(files), total, time.monotonic() - started
-        )
 
 
 def _stage(blob: BlobClient, block_id: str, block: bytes) -> None:

@@ -11,13 +11,12 @@ import contextlib
 import ftplib
 import posixpath
 import ssl
-import time
-from collections.abc import Sequence
 from pathlib import Path
 
-from voxl_assets.upload.base import TransientUploadError, UploadError, UploadReport, UploadTarget
+from voxl_assets.upload.base import TransientUploadError, UploadError
 from voxl_assets.upload.local import partial_name
-from voxl_assets.upload.retrying import DEFAULT_ATTEMPTS, DEFAULT_RETRY_DELAY, retry_transient
+from voxl_assets.upload.remote_files import RemoteFileUploader
+from voxl_assets.upload.retrying import DEFAULT_ATTEMPTS, DEFAULT_RETRY_DELAY
 from voxl_assets.upload.zipping import StudyZipSource, stream_source
 
 # Errors of the connection itself (peer gone, reset, timeout, TLS record cut): worth a retry.
@@ -28,8 +27,9 @@ def _remote_path(root: str, relative: str) -> str:
     return posixpath.join(root, relative) if root not in ("", ".") else relative
 
 
-class FtpsUploader:
+class FtpsUploader(RemoteFileUploader):
     kind = "ftps"
+    transfer = "FTPS upload"
 
     def __init__(
         self,
@@ -162,33 +162,5 @@ class FtpsUploader:
             except (*_NETWORK_ERRORS, ftplib.Error):
                 ftp.close()
 
-    def _put_with_retries(self, source: Path | StudyZipSource, remote: str) -> int:
-        return retry_transient(
-            lambda: self._put(source, remote),
-            what="FTPS upload",
-            attempts=self.attempts,
-            initial_delay=self.retry_delay,
-        )
-
-    def upload_study(self, files: Sequence[Path], target: UploadTarget) -> UploadReport:
-        started = time.monotonic()
-        size = self._put_with_retries(
-            StudyZipSource(files), _remote_path(self.remote_root, target.relative_zip_path)
-        )
-        return UploadReport(
-            self.kind, self.describe(), len(files), size, time.monotonic() - started
-        )
-
-    def upload_tree(self, local_dir: Path, remote_prefix: str) -> UploadReport:
-        started = time.monotonic()
-        files = sorted(p for p in local_dir.rglob("*") if p.is_file())
-        total = 0
-        for path in files:
-            remote = _remote_path(
-                self.remote_root,
-                posixpath.join(remote_prefix, path.relative_to(local_dir).as_posix()),
-            )
-            total += self._put_with_retries(path, remote)
-        return UploadReport(
-            self.kind, self.describe(), len(files), total, time.monotonic() - started
-        )
+    def _remote(self, relative: str) -> str:
+        return _remote_path(self.remote_root, relative)

@@ -13,16 +13,15 @@ import binascii
 import contextlib
 import posixpath
 import socket
-import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import paramiko
 from paramiko.ssh_exception import IncompatiblePeer
 
-from voxl_assets.upload.base import TransientUploadError, UploadError, UploadReport, UploadTarget
+from voxl_assets.upload.base import TransientUploadError, UploadError
 from voxl_assets.upload.local import partial_name
-from voxl_assets.upload.retrying import DEFAULT_ATTEMPTS, DEFAULT_RETRY_DELAY, retry_transient
+from voxl_assets.upload.remote_files import RemoteFileUploader
+from voxl_assets.upload.retrying import DEFAULT_ATTEMPTS, DEFAULT_RETRY_DELAY
 from voxl_assets.upload.zipping import StudyZipSource, stream_source
 
 # paramiko splits an SFTP write of 32 KiB into two SSH packets (a channel packet carries at most
@@ -62,8 +61,9 @@ def _load_private_key(path: str) -> paramiko.PKey:
         ) from None
 
 
-class SftpUploader:
+class SftpUploader(RemoteFileUploader):
     kind = "sftp"
+    transfer = "SFTP upload"
 
     def __init__(
         self,
@@ -193,32 +193,5 @@ class SftpUploader:
                 client.close()
             transport.close()
 
-    def _put_with_retries(self, source: Path | StudyZipSource, remote: str) -> int:
-        return retry_transient(
-            lambda: self._put(source, remote),
-            what="SFTP upload",
-            attempts=self.attempts,
-            initial_delay=self.retry_delay,
-        )
-
-    def upload_study(self, files: Sequence[Path], target: UploadTarget) -> UploadReport:
-        started = time.monotonic()
-        size = self._put_with_retries(
-            StudyZipSource(files), posixpath.join(self.remote_root, target.relative_zip_path)
-        )
-        return UploadReport(
-            self.kind, self.describe(), len(files), size, time.monotonic() - started
-        )
-
-    def upload_tree(self, local_dir: Path, remote_prefix: str) -> UploadReport:
-        started = time.monotonic()
-        files = sorted(p for p in local_dir.rglob("*") if p.is_file())
-        total = 0
-        for path in files:
-            remote = posixpath.join(
-                self.remote_root, remote_prefix, path.relative_to(local_dir).as_posix()
-            )
-            total += self._put_with_retries(path, remote)
-        return UploadReport(
-            self.kind, self.describe(), len(files), total, time.monotonic() - started
-        )
+    def _remote(self, relative: str) -> str:
+        return posixpath.join(self.remote_root, relative)
