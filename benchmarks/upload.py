@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import ipaddress
 import json
 import os
 import shutil
@@ -46,6 +45,8 @@ import requests
 
 from benchmarks._common import measure, median, write_result
 from tests.peers import free_port, wait_for_port
+from tests.peers.ftps import make_certificate
+from tests.peers.sftp import write_sshd_config
 from voxl_assets.project_config import (
     AzureBlobDestination,
     DicomWebDestination,
@@ -207,41 +208,6 @@ class OrthancPeer(Peer):
             requests.delete(f"{self.url}/studies/{study}", timeout=120).raise_for_status()
 
 
-def _self_signed(directory: Path) -> Path:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = dt.datetime.now(dt.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=2))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    path = directory / "server.pem"
-    path.write_bytes(
-        certificate.public_bytes(serialization.Encoding.PEM)
-        + key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return path
-
-
 _FTPS_SERVER = """
 import sys
 from pyftpdlib.authorizers import DummyAuthorizer
@@ -266,7 +232,7 @@ class FtpsPeer(Peer):
     def start(self) -> None:
         self.home = self.root / "home"
         self.home.mkdir(parents=True)
-        self.certificate = _self_signed(self.root)
+        self.certificate = make_certificate(self.root)
         self.port = free_port()
         self.processes.append(
             subprocess.Popen(
@@ -330,24 +296,7 @@ class SftpPeer(Peer):
         self.home = base / "sftp-root"
         self.home.mkdir()
         self.port = free_port()
-        (base / "sshd_config").write_text(
-            "\n".join(
-                [
-                    f"Port {self.port}",
-                    "ListenAddress 127.0.0.1",
-                    f"HostKey {base / 'host_key'}",
-                    f"PidFile {base / 'sshd.pid'}",
-                    f"AuthorizedKeysFile {base / 'authorized_keys'}",
-                    "PasswordAuthentication no",
-                    "KbdInteractiveAuthentication no",
-                    "UsePAM no",
-                    "StrictModes no",
-                    "PermitRootLogin yes",
-                    "Subsystem sftp internal-sftp",
-                    "",
-                ]
-            )
-        )
+        write_sshd_config(base, self.port)
         Path("/run/sshd").mkdir(exist_ok=True)
         self.processes.append(
             subprocess.Popen(

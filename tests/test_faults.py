@@ -48,22 +48,32 @@ def _statuses(database: VoxlDatabase) -> dict[str, int]:
     return {status: count for status, count in rows}
 
 
-def test_vna_down_mid_run_then_backfill_failed_only(
-    env: dict[str, str], orthanc: OrthancServer, tmp_path: Path
-) -> None:
+def _populated(
+    orthanc: OrthancServer, root: Path, studies: int, instances: int, size: int
+) -> tuple[VoxlDatabase, str]:
+    """A scenario loaded into Orthanc and its cohort materialised; returns (db, project slug)."""
     from voxl_assets.dagster_home import ensure_dagster_home
-    from voxl_assets.orchestration import materialize_cohort, materialize_studies
+    from voxl_assets.orchestration import materialize_cohort
 
     scenario = build_scenario(
-        tmp_path / "input", studies=8, missing=0, instances=2, rows_columns=32
+        root, studies=studies, missing=0, instances=instances, rows_columns=size
     )
     orthanc.upload_folder(scenario.archive_dir)
     ensure_dagster_home()
     database = VoxlDatabase()
     summary = read_any_summary(scenario.extract_dir)
     key = register_extract(database, summary, summary.project_slug)
+    materialize_cohort(DagsterInstance.get(), key, "test")
+    return database, summary.project_slug
+
+
+def test_vna_down_mid_run_then_backfill_failed_only(
+    env: dict[str, str], orthanc: OrthancServer, tmp_path: Path
+) -> None:
+    from voxl_assets.orchestration import materialize_studies
+
+    database, project = _populated(orthanc, tmp_path / "input", studies=8, instances=2, size=32)
     instance = DagsterInstance.get()
-    materialize_cohort(instance, key, "test")
     keys = list(instance.get_dynamic_partitions(STUDIES))
     materialize_studies(instance, keys[:4], "test")  # the first half goes through
     orthanc.stop()  # the VNA goes away for the rest of the run
@@ -78,8 +88,8 @@ def test_vna_down_mid_run_then_backfill_failed_only(
         assert all("VNA" in (r or "") for r in reasons), reasons
     finally:
         orthanc.start()
-    orthanc.upload_folder(scenario.archive_dir)
-    assert voxl_main(["backfill", summary.project_slug, "--failed-only", "--in-process"]) == 0
+    orthanc.upload_folder(tmp_path / "input" / "archive")
+    assert voxl_main(["backfill", project, "--failed-only", "--in-process"]) == 0
     statuses = _statuses(database)
     assert statuses.get(StudyStatus.FAILED.value, 0) == 0
     assert statuses[StudyStatus.UPLOADED.value] == 7 and statuses[StudyStatus.FILTERED.value] == 1
@@ -88,24 +98,13 @@ def test_vna_down_mid_run_then_backfill_failed_only(
 def test_worker_killed_mid_batch_then_rerun_uploads_nothing_twice(
     env: dict[str, str], orthanc: OrthancServer, tmp_path: Path
 ) -> None:
-    from voxl_assets.dagster_home import ensure_dagster_home
-    from voxl_assets.orchestration import materialize_cohort
-
-    scenario = build_scenario(
-        tmp_path / "input", studies=20, missing=0, instances=4, rows_columns=128
-    )
-    orthanc.upload_folder(scenario.archive_dir)
-    ensure_dagster_home()
-    database = VoxlDatabase()
-    summary = read_any_summary(scenario.extract_dir)
-    key = register_extract(database, summary, summary.project_slug)
-    materialize_cohort(DagsterInstance.get(), key, "test")
+    database, project = _populated(orthanc, tmp_path / "input", studies=20, instances=4, size=128)
     command = [
         sys.executable,
         "-m",
         "voxl_assets.cli",
         "backfill",
-        summary.project_slug,
+        project,
         "--in-process",
     ]
     worker = subprocess.Popen(
@@ -127,7 +126,7 @@ def test_worker_killed_mid_batch_then_rerun_uploads_nothing_twice(
     with database.session() as session:
         before = session.scalar(select(func.count()).select_from(StudyExport)) or 0
     assert 3 <= before < 19, "the worker was not killed mid-batch"
-    assert voxl_main(["backfill", summary.project_slug, "--in-process"]) == 0  # resume
+    assert voxl_main(["backfill", project, "--in-process"]) == 0  # resume
     with database.session() as session:
         exports = session.execute(
             select(StudyExport.study_id, func.count()).group_by(StudyExport.study_id)

@@ -20,9 +20,9 @@ from azure.core.exceptions import ClientAuthenticationError
 
 from tests.peers import free_port
 from tests.peers._dropping_proxy import DroppingProxy
-from tests.peers._orthanc_dicomweb import DicomWebOrthanc, dicomweb_orthanc
 from tests.peers._upload_study import TARGET, anonymised_study, database_with_study, export_count
 from tests.peers.ftps import make_certificate
+from tests.peers.orthanc import OrthancServer, start_orthanc
 from voxl_assets.project_config import AzureDicomDestination, DicomWebDestination
 from voxl_assets.upload.azure_dicom import AzureDicomUploader
 from voxl_assets.upload.base import TransientUploadError, UploadError
@@ -35,21 +35,19 @@ SCOPE = "https://dicom.healthcareapis.azure.com/.default"
 
 
 @pytest.fixture(scope="module")
-def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DicomWebOrthanc]:
+def orthanc() -> Iterator[OrthancServer]:
     """Basic authentication required (AuthenticationEnabled + RegisteredUsers)."""
-    with dicomweb_orthanc(tmp_path_factory.mktemp("orthanc-auth"), USERS) as server:
-        yield server
+    yield from start_orthanc(users=USERS)
 
 
 @pytest.fixture(scope="module")
-def open_orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DicomWebOrthanc]:
+def open_orthanc() -> Iterator[OrthancServer]:
     """No authentication: Orthanc ignores a bearer token, which the proxy checks instead."""
-    with dicomweb_orthanc(tmp_path_factory.mktemp("orthanc-open")) as server:
-        yield server
+    yield from start_orthanc()
 
 
 @pytest.fixture
-def clean_orthanc(orthanc: DicomWebOrthanc) -> DicomWebOrthanc:
+def clean_orthanc(orthanc: OrthancServer) -> OrthancServer:
     orthanc.clear()
     return orthanc
 
@@ -68,7 +66,7 @@ ENV = {"DW_USER": "researcher", "DW_PASSWORD": USERS["researcher"]}
 
 
 def test_stow_in_batches_arrives_and_reruns_send_nothing(
-    clean_orthanc: DicomWebOrthanc, tmp_path: Path
+    clean_orthanc: OrthancServer, tmp_path: Path
 ) -> None:
     study = anonymised_study(tmp_path / "anon", instances=7)
     uploader = make_image_uploader(_destination(clean_orthanc.dicomweb_url), ENV)
@@ -87,7 +85,7 @@ def test_stow_in_batches_arrives_and_reruns_send_nothing(
 
 
 def test_wrong_password_fails_at_once_without_the_secret(
-    clean_orthanc: DicomWebOrthanc, tmp_path: Path
+    clean_orthanc: OrthancServer, tmp_path: Path
 ) -> None:
     study = anonymised_study(tmp_path / "anon")
     env = {"DW_USER": "researcher", "DW_PASSWORD": "tr0ub4dor-wrong"}
@@ -99,7 +97,7 @@ def test_wrong_password_fails_at_once_without_the_secret(
     assert "tr0ub4dor" not in str(caught.value) and clean_orthanc.instance_count() == 0
 
 
-def test_missing_password_variable_is_named(clean_orthanc: DicomWebOrthanc) -> None:
+def test_missing_password_variable_is_named(clean_orthanc: OrthancServer) -> None:
     with pytest.raises(UploadError, match="DW_PASSWORD"):
         make_image_uploader(_destination(clean_orthanc.dicomweb_url), {"DW_USER": "researcher"})
     with pytest.raises(UploadError, match="cannot receive files"):
@@ -137,15 +135,15 @@ def test_tls_verification_is_on_by_default(tmp_path: Path) -> None:
 
 
 def test_connection_cut_midway_is_retried_without_duplicates(
-    clean_orthanc: DicomWebOrthanc, tmp_path: Path
+    clean_orthanc: OrthancServer, tmp_path: Path
 ) -> None:
     """The first connection is reset in the middle of a batch: that batch is sent again; the
     server ends up with each instance once."""
     study = anonymised_study(tmp_path / "anon", instances=6, size=256)
-    proxy = DroppingProxy(clean_orthanc.port, after_bytes=300_000)
+    proxy = DroppingProxy(clean_orthanc.http_port, after_bytes=300_000)
     try:
         uploader = make_image_uploader(
-            _destination(clean_orthanc.dicomweb_url_via(proxy.port), batch_size=6), ENV
+            _destination(f"http://127.0.0.1:{proxy.port}/dicom-web", batch_size=6), ENV
         )
         assert uploader is not None
         uploader.retry_delay = 0.05  # type: ignore[attr-defined]
@@ -174,7 +172,7 @@ class FakeCredential:
 
 
 def test_azure_dicom_sends_a_cached_token_refreshed_before_expiry(
-    open_orthanc: DicomWebOrthanc, tmp_path: Path
+    open_orthanc: OrthancServer, tmp_path: Path
 ) -> None:
     """One STOW request per instance; the fake clock moves 1000 s per request, so the token is
     reused while more than five minutes remain (3 times), then refreshed."""
@@ -187,10 +185,10 @@ def test_azure_dicom_sends_a_cached_token_refreshed_before_expiry(
         clock[0] += 1000
         return clock[0]
 
-    proxy = DroppingProxy(open_orthanc.port, after_bytes=1, drops=0, capture=True)
+    proxy = DroppingProxy(open_orthanc.http_port, after_bytes=1, drops=0, capture=True)
     try:
         uploader = AzureDicomUploader(
-            open_orthanc.dicomweb_url_via(proxy.port), credential, SCOPE, batch_size=1, clock=tick
+            f"http://127.0.0.1:{proxy.port}/dicom-web", credential, SCOPE, batch_size=1, clock=tick
         )
         uploader.in_flight = 1  # one request at a time, so the clock order is the send order
         assert uploader.upload_study(study, TARGET).instances == 6
@@ -203,7 +201,7 @@ def test_azure_dicom_sends_a_cached_token_refreshed_before_expiry(
 
 
 def test_azure_dicom_through_the_factory_and_refused_credentials(
-    open_orthanc: DicomWebOrthanc, tmp_path: Path
+    open_orthanc: OrthancServer, tmp_path: Path
 ) -> None:
     study = anonymised_study(tmp_path / "anon", instances=2)
     open_orthanc.clear()

@@ -34,7 +34,6 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     for path in paths:
         try:
             project = load_project(path)
-            _check_tag_operations(directory, path, project)
         except ProjectConfigError as exc:
             failures += 1
             print(str(exc), file=sys.stderr)
@@ -55,23 +54,13 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _check_tag_operations(directory: Path, path: Path, project: object) -> None:
-    """Validate the content of the tag-operation files too, when the de-id engine is present."""
-    try:
-        from voxl_assets.deid.tag_operations import validate_project_tag_operations
-    except ImportError:  # the engine arrives with the anonymisation work
-        return
-    validate_project_tag_operations(directory, path, project)
-
-
 def cmd_populate(args: argparse.Namespace) -> int:
-    from dagster import DagsterInstance, materialize
+    from dagster import DagsterInstance
 
     from voxl_assets.cohort.extract_reader import ExtractError, read_any_summary
     from voxl_assets.cohort.ingest import register_extract
     from voxl_assets.dagster_home import ensure_dagster_home
-    from voxl_assets.definitions import defs
-    from voxl_assets.partitions import EXTRACTS
+    from voxl_assets.orchestration import RunFailed, materialize_cohort
 
     path = Path(args.path).resolve()
     if not path.exists():
@@ -95,25 +84,10 @@ def cmd_populate(args: argparse.Namespace) -> int:
 
     database = VoxlDatabaseResource().database
     key = register_extract(database, summary, slug)
-    instance = DagsterInstance.get()
-    instance.add_dynamic_partitions(EXTRACTS, [key])
-    assets = [defs.get_assets_def("cohort_messages")]
-    result = materialize(
-        assets,
-        instance=instance,
-        partition_key=key,
-        resources=defs.resources,
-        raise_on_error=False,
-        tags={"voxl/source": "cli-populate"},
-    )
-    if not result.success:
-        failure = next((e for e in result.all_events if e.is_step_failure), None)
-        detail = (
-            failure.step_failure_data.error.message.strip()
-            if failure and failure.step_failure_data.error
-            else ""
-        )
-        _error(f"cohort_messages failed for {key}: {detail}")
+    try:
+        result = materialize_cohort(DagsterInstance.get(), key, "cli-populate")
+    except RunFailed as exc:
+        _error(str(exc))
         return EXIT_FAILED
     materialization = result.asset_materializations_for_node("cohort_messages")[0]
     counts = {k: v.value for k, v in materialization.metadata.items() if k != "progress"}

@@ -66,20 +66,28 @@ def _failure_detail(result: Any) -> str:
     return "see the run's logs in the Dagster UI"
 
 
-def materialize_cohort(instance: DagsterInstance, extract_key: str, source: str) -> Any:
+def _materialize_partition(
+    instance: DagsterInstance, asset: str, partition_key: str, source: str, what: str
+) -> Any:
     reclaim_dead_runs(instance)
-    instance.add_dynamic_partitions(EXTRACTS, [extract_key])
     result = materialize(
-        [defs.get_assets_def("cohort_messages")],
+        [defs.get_assets_def(asset)],
         instance=instance,
-        partition_key=extract_key,
+        partition_key=partition_key,
         resources=defs.resources,
         raise_on_error=False,
         tags=_tags(source),
     )
     if not result.success:
-        raise RunFailed(f"cohort_messages failed for {extract_key}: {_failure_detail(result)}")
+        raise RunFailed(f"{what} failed for {partition_key}: {_failure_detail(result)}")
     return result
+
+
+def materialize_cohort(instance: DagsterInstance, extract_key: str, source: str) -> Any:
+    instance.add_dynamic_partitions(EXTRACTS, [extract_key])
+    return _materialize_partition(
+        instance, "cohort_messages", extract_key, source, "cohort_messages"
+    )
 
 
 def materialize_studies(
@@ -111,15 +119,5 @@ def materialize_studies(
 
 
 def materialize_export(instance: DagsterInstance, extract_key: str, source: str) -> Any:
-    reclaim_dead_runs(instance)
-    result = materialize(
-        [defs.get_assets_def("mapping_table")],
-        instance=instance,
-        partition_key=extract_key,
-        resources=defs.resources,
-        raise_on_error=False,
-        tags=_tags(source),
-    )
-    if not result.success:
-        raise RunFailed(f"export failed for {extract_key}: {_failure_detail(result)}")
-    return result
+    # mapping_table selects its multi-asset, so ehr_bundle and the leak guard run with it.
+    return _materialize_partition(instance, "mapping_table", extract_key, source, "export")

@@ -31,22 +31,8 @@ class SshServer:
         self.process.wait(10)
 
 
-def _keygen(path: Path) -> None:
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
-
-
-@pytest.fixture
-def sftp_server(tmp_path: Path) -> Iterator[SshServer]:
-    if not Path(SSHD).exists() or shutil.which("ssh-keygen") is None:
-        peer_missing("OpenSSH server not installed (apt-get install openssh-server)")
-    base = tmp_path / "sshd"
-    base.mkdir()
-    _keygen(base / "host_key")
-    _keygen(base / "user_key")
-    (base / "authorized_keys").write_text((base / "user_key.pub").read_text())
-    root = tmp_path / "sftp-root"
-    root.mkdir()
-    port = free_port()
+def write_sshd_config(base: Path, port: int) -> Path:
+    """A loopback sshd for SFTP only, keys in ``base`` (host_key, authorized_keys)."""
     config = base / "sshd_config"
     config.write_text(
         "\n".join(
@@ -67,6 +53,26 @@ def sftp_server(tmp_path: Path) -> Iterator[SshServer]:
             ]
         )
     )
+    return config
+
+
+def _keygen(path: Path) -> None:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
+
+
+@pytest.fixture
+def sftp_server(tmp_path: Path) -> Iterator[SshServer]:
+    if not Path(SSHD).exists() or shutil.which("ssh-keygen") is None:
+        peer_missing("OpenSSH server not installed (apt-get install openssh-server)")
+    base = tmp_path / "sshd"
+    base.mkdir()
+    _keygen(base / "host_key")
+    _keygen(base / "user_key")
+    (base / "authorized_keys").write_text((base / "user_key.pub").read_text())
+    root = tmp_path / "sftp-root"
+    root.mkdir()
+    port = free_port()
+    config = write_sshd_config(base, port)
     Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation directory
     process = subprocess.Popen(
         [SSHD, "-D", "-e", "-f", str(config)],

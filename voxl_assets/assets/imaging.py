@@ -31,7 +31,11 @@ from voxl_assets.db import StudyStatus, VoxlDatabase
 from voxl_assets.deid.study import ALLOW_LIST_CHECK, IDENTIFIER_CHECK
 from voxl_assets.imaging.pipeline import Stage, StageOutcome, StageResult, run_studies
 from voxl_assets.imaging.stages import StudyStages
-from voxl_assets.imaging.study_state import load_study_requests, set_status
+from voxl_assets.imaging.study_state import (
+    load_study_requests,
+    set_status,
+    study_id_from_partition_key,
+)
 from voxl_assets.partitions import study_partitions
 
 STATUS_BY_RESULT = {
@@ -155,8 +159,6 @@ def study_pipeline(
 
 
 def _record_end(database: VoxlDatabase, outcome: StageOutcome) -> None:
-    from voxl_assets.imaging.study_state import study_id_from_partition_key
-
     set_status(
         database,
         study_id_from_partition_key(outcome.study_key),

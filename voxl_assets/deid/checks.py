@@ -100,7 +100,7 @@ def disallowed_tags(ds: Dataset, operations: TagOperations) -> list[str]:
                 ok = tag in allowed_public
             if not ok:
                 found.append(f"{prefix}{tag}")
-            if _element_vr(item.get_item(tag)) == "SQ":
+            if element_vr(item.get_item(tag)) == "SQ":
                 for index, child in enumerate(item[tag].value):
                     visit(child, f"{prefix}{tag}[{index}].")
 
@@ -117,7 +117,8 @@ def _tokens(text: str) -> Iterator[str]:
                 yield token
 
 
-def _element_vr(elem: DataElement | RawDataElement) -> str:
+def element_vr(elem: DataElement | RawDataElement) -> str:
+    """The element's VR, from the dictionary when the file is implicit VR."""
     if elem.VR:
         return str(elem.VR)
     try:
@@ -137,7 +138,7 @@ def identifier_hits(ds: Dataset, identifiers: StudyIdentifiers) -> list[str]:
     def visit(item: Dataset, prefix: str) -> None:
         for tag in sorted(item.keys()):
             elem = item.get_item(tag)
-            vr = _element_vr(elem)
+            vr = element_vr(elem)
             path = f"{prefix}{tag}"
             if vr == "SQ":
                 for index, child in enumerate(item[tag].value):

@@ -12,7 +12,7 @@ import os
 import re
 import struct
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -20,7 +20,6 @@ from typing import Any, BinaryIO
 
 import numpy as np
 from pydicom import dcmread
-from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
@@ -31,7 +30,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.tag import BaseTag
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID
 
-from voxl_assets.deid.checks import disallowed_tags, identifier_hits
+from voxl_assets.deid.checks import disallowed_tags, element_vr, identifier_hits
 from voxl_assets.deid.hashing import ProjectHasher
 from voxl_assets.deid.identifiers import ENGINE_TAGS, StudyIdentifiers
 from voxl_assets.deid.operations import Op, Operation, TagOperations, TagPolicy
@@ -49,18 +48,6 @@ from voxl_assets.project_config import ProjectDefinition
 SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
 ULTRASOUND_SOP_PREFIXES = ("1.2.840.10008.5.1.4.1.1.6.", "1.2.840.10008.5.1.4.1.1.3.")
 UNCOMPRESSED_SYNTAXES = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
-
-
-FILTER_TAGS = [
-    "Modality",
-    "SOPClassUID",
-    "SeriesInstanceUID",
-    "SeriesDescription",
-    "SeriesNumber",
-    "Manufacturer",
-    "BurnedInAnnotation",
-    "ImageType",
-]
 
 
 class FilterReason(StrEnum):
@@ -354,7 +341,7 @@ def write_instance_header(out: BinaryIO, ds: Dataset) -> None:
             and elem.is_implicit_VR == implicit
             and elem.value is not None
             and elem.length != 0xFFFFFFFF
-            and _vr_of(elem, tag) != "SQ"
+            and element_vr(elem) != "SQ"
         ):
             value = elem.value
             header = struct.pack("<HH", tag.group, tag.element)
@@ -533,7 +520,7 @@ class _Walker:
 
     def apply(self, ds: Dataset, tag: BaseTag, operation: Operation) -> None:
         raw = ds.get_item(tag)
-        vr = _vr_of(raw, tag)
+        vr = element_vr(raw)
         if operation.op is Op.KEEP:
             if vr == "SQ":
                 for item in ds[tag].value:
@@ -599,27 +586,9 @@ class _Walker:
             )
 
 
-def _vr_of(raw: DataElement | RawDataElement, tag: BaseTag) -> str:
-    vr = raw.VR
-    if vr:
-        return str(vr)
-    try:
-        return str(dictionary_VR(tag))
-    except KeyError:
-        return "UN"
-
-
 def iter_study_files(directory: Path) -> list[Path]:
     """The instance files of a study folder, in a stable order."""
     return sorted(p for p in directory.rglob("*") if p.is_file() and not p.name.startswith("."))
-
-
-def study_identifiers(values: Iterable[str]) -> StudyIdentifiers:
-    identifiers = StudyIdentifiers()
-    for value in values:
-        if value:
-            identifiers.add(value)
-    return identifiers
 
 
 def replace_tree(staging: Path, final: Path) -> None:

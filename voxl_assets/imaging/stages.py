@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from voxl_assets.db import Extract, ExtractStudy, StudyStatus, VoxlDatabase
+from voxl_assets.db import Extract, ExtractStudy, Study, StudyStatus, VoxlDatabase
 from voxl_assets.deid.engine import Deidentifier
 from voxl_assets.deid.hashing import HashingBackend
 from voxl_assets.deid.store import AnonymisedStore
@@ -139,8 +139,6 @@ class StudyStages:
         if not files:
             raise StudyFailure("no anonymised study to upload: materialise anonymised_study first")
         with self.database.session() as session:
-            from voxl_assets.db import Study
-
             study = session.get(Study, request.study_id)
             pseudo_uid = study.pseudo_study_uid if study else None
         if not pseudo_uid:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from voxl_assets.imaging.study_state import StudyRequest
@@ -15,10 +16,14 @@ from voxl_assets.vna.client import StudyQuery, VnaClient, VnaUnavailable
 @dataclass(frozen=True)
 class RawStudyResult:
     study: CachedStudy
-    series: int
     cache_hit: bool
     found_by: str
     seconds: float
+
+    @cached_property
+    def series(self) -> int:
+        """Counted on demand: it reads every instance's header, which only the metadata needs."""
+        return _count_series(self.study.directory)
 
     def metadata(self) -> dict[str, object]:
         return {
@@ -73,9 +78,7 @@ def retrieve_raw_study(
     for key in keys:
         hit = cache.lookup(key)
         if hit is not None:
-            return RawStudyResult(
-                hit, _count_series(hit.directory), True, "cache", time.monotonic() - started
-            )
+            return RawStudyResult(hit, True, "cache", time.monotonic() - started)
     query = StudyQuery(request.study_uid, request.mrn, request.accession_number, request.series_uid)
     location = retry_with_backoff(
         lambda: client.find_study(query),
@@ -93,6 +96,4 @@ def retrieve_raw_study(
     study = cache.lookup(key)
     if study is None:  # evicted between commit and lookup: only under extreme cache pressure
         raise VnaUnavailable("the retrieved study was evicted at once: the raw cache is too small")
-    return RawStudyResult(
-        study, _count_series(study.directory), False, location.found_by, time.monotonic() - started
-    )
+    return RawStudyResult(study, False, location.found_by, time.monotonic() - started)
