@@ -14,10 +14,12 @@ from dagster import ConfigurableResource
 
 from voxl_assets import settings
 from voxl_assets.deid.store import AnonymisedStore
+from voxl_assets.vna.archives import ArchiveConfig, ArchiveSet, archives_file, load_archive_configs
 from voxl_assets.vna.cache import RawCache
 from voxl_assets.vna.client import DicomWebVna, DimseVna, VnaSettings, make_vna_client
 
 _clients: dict[VnaSettings, DimseVna | DicomWebVna] = {}
+_archive_sets: dict[tuple[ArchiveConfig, ...], ArchiveSet] = {}
 _caches: dict[tuple[str, int], RawCache] = {}
 _lock = threading.Lock()
 
@@ -27,7 +29,11 @@ def _env(name: str, default: str) -> str:
 
 
 class VnaResource(ConfigurableResource):
-    """The hospital VNA. Empty fields fall back to ``VOXL_VNA_*`` environment variables."""
+    """The hospital's archives. Empty fields fall back to ``VOXL_VNA_*`` environment variables,
+    which describe the one archive most sites have; ``archives_file`` (``VOXL_ARCHIVES_FILE``)
+    lists several, each with its own priority, rate limit and time window."""
+
+    archives_file: str = ""
 
     kind: str = ""
     host: str = ""
@@ -62,11 +68,34 @@ class VnaResource(ConfigurableResource):
 
     def client(self) -> DimseVna | DicomWebVna:
         """One client per process and settings: the C-MOVE Storage SCP is started once."""
-        settings_ = self.settings()
+        return _client(self.settings())
+
+    def archive_configs(self) -> list[ArchiveConfig]:
+        from pathlib import Path
+
+        path = Path(self.archives_file) if self.archives_file else archives_file()
+        if path is None:
+            return [ArchiveConfig("vna", self.settings())]
+        return load_archive_configs(path, self.settings())
+
+    def archives(self) -> ArchiveSet:
+        """The archives in priority order, with one client each (shared per process)."""
+        configs = tuple(self.archive_configs())
         with _lock:
-            if settings_ not in _clients:
-                _clients[settings_] = make_vna_client(settings_)
-            return _clients[settings_]
+            if configs not in _archive_sets:
+                _archive_sets[configs] = ArchiveSet.from_configs(list(configs), _client_unlocked)
+            return _archive_sets[configs]
+
+
+def _client_unlocked(settings_: VnaSettings) -> DimseVna | DicomWebVna:
+    if settings_ not in _clients:
+        _clients[settings_] = make_vna_client(settings_)
+    return _clients[settings_]
+
+
+def _client(settings_: VnaSettings) -> DimseVna | DicomWebVna:
+    with _lock:
+        return _client_unlocked(settings_)
 
 
 class StoresResource(ConfigurableResource):

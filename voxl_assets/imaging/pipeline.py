@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from queue import Empty, Queue
 from typing import Any
@@ -50,6 +51,7 @@ class StageOutcome:
     reason: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     checks: dict[str, tuple[bool, str]] = field(default_factory=dict)
+    not_before: datetime | None = None  # for WAITING: when the study may be tried again
 
 
 StageFunction = Callable[[StudyRequest, dict[Stage, StageOutcome]], StageOutcome]
@@ -64,7 +66,12 @@ class StudyFiltered(Exception):
 
 
 class StudyWaiting(Exception):
-    """The study must wait (an archive's window is closed); the message says for what."""
+    """The study must wait (an archive's window is closed); the message says for what, and
+    ``not_before`` when to try again."""
+
+    def __init__(self, message: str, not_before: datetime | None = None) -> None:
+        super().__init__(message)
+        self.not_before = not_before
 
 
 def run_stage(
@@ -83,7 +90,12 @@ def run_stage(
         )
     except StudyWaiting as exc:
         return StageOutcome(
-            request.partition_key, stage, StageResult.WAITING, time.monotonic() - started, str(exc)
+            request.partition_key,
+            stage,
+            StageResult.WAITING,
+            time.monotonic() - started,
+            str(exc),
+            not_before=exc.not_before,
         )
     except StudyFailure as exc:
         return StageOutcome(

@@ -24,8 +24,8 @@ from voxl_assets.retry import TransientError
 from voxl_assets.upload.base import UploadError, UploadTarget
 from voxl_assets.upload.exactly_once import upload_study_once
 from voxl_assets.upload.factory import make_uploader
+from voxl_assets.vna.archives import ArchiveSet
 from voxl_assets.vna.cache import CacheFull, RawCache
-from voxl_assets.vna.client import VnaClient
 from voxl_assets.vna.raw import RawStudyResult, retrieve_raw_study
 
 NO_DESTINATION = "none"
@@ -36,11 +36,12 @@ class StudyStages:
     database: VoxlDatabase
     registry: ProjectRegistry
     hashing: HashingBackend
-    vna: VnaClient
+    archives: ArchiveSet
     raw_cache: RawCache
     anonymised: AnonymisedStore
     force_upload: bool = False
     retry_delay: float = 2.0
+    top_up_cached: bool = False  # check cached studies for instances the archive gained since
 
     def __post_init__(self) -> None:
         self._deidentifiers: dict[str, Deidentifier] = {}
@@ -79,10 +80,14 @@ class StudyStages:
                     raise StudyFailure(str(exc)) from None
             return self._uploaders[request.project]
 
-    def _raw(self, request: StudyRequest) -> RawStudyResult:
+    def _raw(self, request: StudyRequest, *, top_up: bool = False) -> RawStudyResult:
         try:
             return retrieve_raw_study(
-                request, self.vna, self.raw_cache, initial_delay=self.retry_delay
+                request,
+                self.archives,
+                self.raw_cache,
+                initial_delay=self.retry_delay,
+                top_up_cached=top_up,
             )
         except (TransientError, CacheFull) as exc:
             raise StudyFailure(str(exc)) from None
@@ -90,7 +95,7 @@ class StudyStages:
     # --- stages ----------------------------------------------------------------------------
 
     def raw(self, request: StudyRequest, _previous: dict[Stage, StageOutcome]) -> dict[str, Any]:
-        result = self._raw(request)
+        result = self._raw(request, top_up=self.top_up_cached)
         set_status(self.database, request.study_id, StudyStatus.RETRIEVED, count_attempt=True)
         return result.metadata()
 

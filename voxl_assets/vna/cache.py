@@ -5,6 +5,10 @@ MRN + accession for the fallback search), so folder names reveal nothing. An ind
 cache folder) records size and last use. A study is written into ``.staging`` and renamed into
 place when complete, so a crashed retrieval never leaves a study that looks complete. When a new
 study would not fit, the least recently used studies that no running work holds are evicted.
+
+A retrieval that breaks off part-way keeps what arrived as a *partial* entry: ``lookup`` does not
+return it, but the next retrieval tops it up with only the missing instances (files are named by
+a hash of their SOP Instance UID, so the cache knows which instances it holds without reading them).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,9 +46,13 @@ class CachedStudy:
     directory: Path
     instances: int
     bytes: int
+    complete: bool = True
 
     def files(self) -> list[Path]:
         return sorted(p for p in self.directory.iterdir() if p.is_file())
+
+    def file_names(self) -> set[str]:
+        return {p.name for p in self.directory.iterdir() if p.is_file()}
 
 
 def folder_size(directory: Path) -> tuple[int, int]:
@@ -73,6 +81,9 @@ class RawCache:
                 "CREATE TABLE IF NOT EXISTS studies (key TEXT PRIMARY KEY, instances INTEGER,"
                 " bytes INTEGER, last_used REAL)"
             )
+            columns = {row[1] for row in db.execute("PRAGMA table_info(studies)")}
+            if "complete" not in columns:  # caches made before partial entries existed
+                db.execute("ALTER TABLE studies ADD COLUMN complete INTEGER NOT NULL DEFAULT 1")
         self._forget_missing()
 
     @contextmanager
@@ -105,16 +116,19 @@ class RawCache:
 
     # --- reading ---------------------------------------------------------------------------
 
-    def lookup(self, key: str) -> CachedStudy | None:
-        """The complete cached study, marking it used; None on a miss."""
+    def lookup(self, key: str, *, partial: bool = False) -> CachedStudy | None:
+        """The complete cached study, marking it used; None on a miss. With ``partial``, an
+        incomplete entry (an interrupted retrieval) is returned too."""
         with self._lock, self._index() as db:
             row = db.execute(
-                "SELECT instances, bytes FROM studies WHERE key = ?", (key,)
+                "SELECT instances, bytes, complete FROM studies WHERE key = ?", (key,)
             ).fetchone()
             if row is None or not (self._studies / key).is_dir():
                 return None
+            if not row[2] and not partial:
+                return None
             db.execute("UPDATE studies SET last_used = ? WHERE key = ?", (time.time(), key))
-        return CachedStudy(key, self._studies / key, int(row[0]), int(row[1]))
+        return CachedStudy(key, self._studies / key, int(row[0]), int(row[1]), bool(row[2]))
 
     def used_bytes(self) -> int:
         with self._index() as db:
@@ -142,11 +156,19 @@ class RawCache:
     # --- writing ---------------------------------------------------------------------------
 
     @contextmanager
-    def writing(self, key: str, *, keep_existing: bool = False) -> Iterator[Path]:
+    def writing(
+        self,
+        key: str,
+        *,
+        keep_existing: bool = False,
+        keep_partial_on: tuple[type[BaseException], ...] = (),
+    ) -> Iterator[Path]:
         """A staging folder to write the study into; committed atomically on success.
 
         With ``keep_existing``, the staging folder starts as a copy (hard links) of the cached
-        study, so a top-up only adds the missing instances.
+        study, so a top-up only adds the missing instances. When the body raises one of
+        ``keep_partial_on`` (an interrupted transfer), what arrived is committed as a partial entry
+        for the next attempt to top up; any other error discards the staging folder.
         """
         staging = self._staging / f"{key}-{uuid.uuid4().hex[:8]}"
         existing = self._studies / key
@@ -156,12 +178,21 @@ class RawCache:
             staging.mkdir(parents=True)
         try:
             yield staging
+        except keep_partial_on:
+            if any(staging.iterdir()):
+                # If even the partial study does not fit, nothing is kept: the retrieval's own
+                # error is the one to report.
+                with suppress(CacheFull):
+                    self._commit(key, staging, complete=False)
+            else:
+                shutil.rmtree(staging, ignore_errors=True)
+            raise
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         self._commit(key, staging)
 
-    def _commit(self, key: str, staging: Path) -> None:
+    def _commit(self, key: str, staging: Path, *, complete: bool = True) -> None:
         instances, size = folder_size(staging)
         with self._lock:
             if size > self.max_bytes:
@@ -181,10 +212,11 @@ class RawCache:
                 shutil.rmtree(old, ignore_errors=True)
             with self._index() as db:
                 db.execute(
-                    "INSERT INTO studies (key, instances, bytes, last_used) VALUES (?, ?, ?, ?)"
-                    " ON CONFLICT(key) DO UPDATE SET instances = excluded.instances,"
-                    " bytes = excluded.bytes, last_used = excluded.last_used",
-                    (key, instances, size, time.time()),
+                    "INSERT INTO studies (key, instances, bytes, last_used, complete)"
+                    " VALUES (?, ?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET"
+                    " instances = excluded.instances, bytes = excluded.bytes,"
+                    " last_used = excluded.last_used, complete = excluded.complete",
+                    (key, instances, size, time.time(), int(complete)),
                 )
 
     def _evict_for(self, incoming: int, keep: str) -> None:

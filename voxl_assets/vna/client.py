@@ -8,7 +8,7 @@ exceptions name outcomes and counts, never the identifiers searched for.
 
 from __future__ import annotations
 
-import itertools
+import hashlib
 import logging
 import socket
 import threading
@@ -123,10 +123,42 @@ class StudyLocation:
         return f"StudyLocation(found_by={self.found_by}, instances={self.instances})"
 
 
+@dataclass(frozen=True)
+class InstanceRef:
+    """One instance the archive holds. Holds source UIDs: never log it."""
+
+    series_uid: str
+    sop_uid: str
+
+    def __repr__(self) -> str:
+        return "InstanceRef(<identifiers hidden>)"
+
+
+@dataclass(frozen=True)
+class Retrieved:
+    """What one retrieval brought: instances written, and what the archive says it sent (the
+    C-GET/C-MOVE completed sub-operations; None where the protocol does not say)."""
+
+    received: int
+    archive_sent: int | None = None
+
+
+def instance_file_name(sop_uid: str) -> str:
+    """Cached files are named by a hash of their SOP Instance UID: the name reveals nothing, a
+    re-sent instance overwrites itself, and a top-up can tell which instances are already here."""
+    return hashlib.sha256(sop_uid.encode()).hexdigest()[:32] + ".dcm"
+
+
 class VnaClient(Protocol):
     def find_study(self, query: StudyQuery) -> StudyLocation: ...
 
-    def retrieve(self, location: StudyLocation, staging: Path) -> int: ...
+    def retrieve(self, location: StudyLocation, staging: Path) -> Retrieved: ...
+
+    def list_instances(self, location: StudyLocation) -> list[InstanceRef]: ...
+
+    def retrieve_instances(
+        self, location: StudyLocation, wanted: list[InstanceRef], staging: Path
+    ) -> Retrieved: ...
 
     def close(self) -> None: ...
 
@@ -143,20 +175,23 @@ class InstanceWriter:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self.count = 0
-        self._numbers = itertools.count(1)
+        self._names: set[str] = set()
         self._lock = threading.Lock()
 
+    @property
+    def count(self) -> int:
+        """Distinct instances written by this writer."""
+        return len(self._names)
+
     def write(self, file_meta: Dataset, encoded_dataset: bytes) -> None:
-        with self._lock:
-            number = next(self._numbers)
-        path = self.directory / f"{number:06d}.dcm"
+        name = instance_file_name(str(file_meta.MediaStorageSOPInstanceUID))
+        path = self.directory / name
         with path.open("wb") as out:
             out.write(b"\0" * 128 + b"DICM")
             write_file_meta_info(out, file_meta, enforce_standard=True)  # type: ignore[arg-type]
             out.write(encoded_dataset)
         with self._lock:
-            self.count += 1
+            self._names.add(name)
 
     def handle_store(self, event: Any) -> int:
         try:
@@ -167,13 +202,69 @@ class InstanceWriter:
         return 0x0000
 
 
+class MoveReceiver:
+    """VOXL's Storage SCP for C-MOVE, one per AE title and port, shared by every archive that
+    moves to it (a site registers one VOXL destination with all its archives). Instances are
+    routed to the retrieval waiting for their study."""
+
+    _shared: dict[tuple[str, int], MoveReceiver] = {}
+    _shared_lock = threading.Lock()
+
+    def __init__(self, ae_title: str, port: int, network_timeout: float) -> None:
+        self.routes: dict[str, InstanceWriter] = {}
+        self.users = 0
+        ae = AE(ae_title=ae_title)
+        ae.maximum_pdu_size = 0
+        ae.network_timeout = network_timeout
+        for sop_class in STORAGE_CLASSES:
+            ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
+        self.server: Any = None
+        self.server = ae.start_server(
+            ("0.0.0.0", port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._route_store)]
+        )
+        self.server.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    @classmethod
+    def acquire(cls, ae_title: str, port: int, network_timeout: float) -> MoveReceiver:
+        with cls._shared_lock:
+            receiver = cls._shared.get((ae_title, port)) if port else None
+            if receiver is None:
+                receiver = cls(ae_title, port, network_timeout)
+                if port:
+                    cls._shared[(ae_title, port)] = receiver
+            receiver.users += 1
+            return receiver
+
+    def release(self) -> None:
+        with self._shared_lock:
+            self.users -= 1
+            if self.users:
+                return
+            for key, receiver in list(self._shared.items()):
+                if receiver is self:
+                    del self._shared[key]
+        self.server.shutdown()
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_address[1])
+
+    def _route_store(self, event: Any) -> int:
+        # Route by the study the instance belongs to (decoding only that element).
+        study_uid = str(event.dataset.get("StudyInstanceUID", ""))
+        writer = self.routes.get(study_uid)
+        if writer is None:
+            log.warning("C-MOVE instance for a study no retrieval is waiting for: refused")
+            return 0xA801
+        return int(writer.handle_store(event))
+
+
 class DimseVna:
     def __init__(self, settings: VnaSettings) -> None:
         self.settings = settings
         self._bucket = TokenBucket(settings.queries_per_second)
-        self._move_routes: dict[str, InstanceWriter] = {}
-        self._scp: Any = None
-        self._scp_lock = threading.Lock()
+        self._receiver: MoveReceiver | None = None
+        self._receiver_lock = threading.Lock()
 
     def _ae(self) -> AE:
         ae = AE(ae_title=self.settings.calling_ae_title)
@@ -199,69 +290,129 @@ class DimseVna:
 
     # --- find ------------------------------------------------------------------------------
 
-    def _find(
-        self, identifier: Dataset, found_by: Literal["study_uid", "mrn_accession"]
-    ) -> list[StudyLocation]:
+    def _c_find(self, identifier: Dataset) -> list[Dataset]:
         ae = self._ae()
         ae.add_requested_context(STUDY_ROOT_FIND)
         assoc = self._associate(ae)
-        matches: list[StudyLocation] = []
+        answers: list[Dataset] = []
         try:
             for status, answer in assoc.send_c_find(identifier, STUDY_ROOT_FIND):
                 if status is None:
                     raise VnaUnavailable("the VNA stopped answering during C-FIND")
                 code = int(status.Status)
                 if code in (0xFF00, 0xFF01) and answer is not None:
-                    count = answer.get("NumberOfStudyRelatedInstances")
-                    matches.append(
-                        StudyLocation(
-                            str(answer.StudyInstanceUID),
-                            int(count) if count not in (None, "") else None,
-                            found_by,
-                        )
-                    )
+                    answers.append(answer)
                 elif code not in (0x0000,):
                     raise StudyFailure(f"the VNA refused the C-FIND (status 0x{code:04X})")
         finally:
             assoc.release()
-        return matches
+        return answers
+
+    def _find(
+        self, identifier: Dataset, found_by: Literal["study_uid", "mrn_accession"]
+    ) -> list[StudyLocation]:
+        return [
+            StudyLocation(str(answer.StudyInstanceUID), _count(answer, "Study"), found_by)
+            for answer in self._c_find(identifier)
+        ]
+
+    def _find_series(self, location: StudyLocation, series_uid: str) -> list[Dataset]:
+        ds = Dataset()
+        ds.QueryRetrieveLevel = "SERIES"
+        ds.StudyInstanceUID = location.study_uid
+        ds.SeriesInstanceUID = series_uid
+        ds.NumberOfSeriesRelatedInstances = ""
+        return self._c_find(ds)
 
     def find_study(self, query: StudyQuery) -> StudyLocation:
+        found: StudyLocation | None = None
         if query.study_uid:
-            by_uid = _unique(
+            found = _unique(
                 self._find(_study_query(study_uid=query.study_uid), "study_uid"), "study UID"
             )
-            if by_uid is not None:
-                return _with_series(by_uid, query)
-        if query.mrn and query.accession_number:
+        if found is None and query.mrn and query.accession_number:
             identifier = _study_query(mrn=query.mrn, accession=query.accession_number)
-            by_ids = _unique(self._find(identifier, "mrn_accession"), "MRN + accession")
-            if by_ids is not None:
-                return _with_series(by_ids, query)
-        raise StudyNotFound("study not found on the VNA by study UID nor by MRN + accession")
+            found = _unique(self._find(identifier, "mrn_accession"), "MRN + accession")
+        if found is None:
+            raise StudyNotFound("study not found on the VNA by study UID nor by MRN + accession")
+        if not query.series_uid:
+            return found
+        series = self._find_series(found, query.series_uid)
+        if not series:
+            raise StudyNotFound("the study is on the VNA but the requested series is not")
+        return StudyLocation(
+            found.study_uid, _count(series[0], "Series"), found.found_by, query.series_uid
+        )
+
+    def list_instances(self, location: StudyLocation) -> list[InstanceRef]:
+        """Every instance of the study (or of its requested series): a SERIES-level C-FIND, then
+        an IMAGE-level one per series, as the study-root hierarchy asks."""
+        if location.series_uid:
+            series_uids = [location.series_uid]
+        else:
+            series_uids = [
+                str(answer.SeriesInstanceUID) for answer in self._find_series(location, "")
+            ]
+        instances: list[InstanceRef] = []
+        for series_uid in series_uids:
+            ds = Dataset()
+            ds.QueryRetrieveLevel = "IMAGE"
+            ds.StudyInstanceUID = location.study_uid
+            ds.SeriesInstanceUID = series_uid
+            ds.SOPInstanceUID = ""
+            instances.extend(
+                InstanceRef(series_uid, str(answer.SOPInstanceUID)) for answer in self._c_find(ds)
+            )
+        return instances
 
     # --- retrieve --------------------------------------------------------------------------
 
-    def retrieve(self, location: StudyLocation, staging: Path) -> int:
+    def retrieve(self, location: StudyLocation, staging: Path) -> Retrieved:
         writer = InstanceWriter(staging)
-        identifier = _retrieve_identifier(location)
-        if self.settings.retrieve == "c-move":
-            self._move(identifier, writer)
-        else:
-            self._get(identifier, writer)
-        if (
-            location.instances is not None
-            and not location.series_uid
-            and writer.count < location.instances
-        ):
+        try:
+            sent = self._send(
+                _retrieve_identifier(location.study_uid, location.series_uid), writer, location
+            )
+        except VnaUnavailable as exc:
+            raise VnaUnavailable(f"{exc}: {_arrived(writer.count, location.instances)}") from None
+        if location.instances is not None and writer.count < location.instances:
             raise PartialRetrieval(
                 f"partial retrieval: {writer.count} of {location.instances} instances arrived"
             )
         if writer.count == 0:
             raise PartialRetrieval("the VNA sent no instance for a study it had found")
-        return writer.count
+        return Retrieved(writer.count, sent)
 
-    def _get(self, identifier: Dataset, writer: InstanceWriter) -> None:
+    def retrieve_instances(
+        self, location: StudyLocation, wanted: list[InstanceRef], staging: Path
+    ) -> Retrieved:
+        """Retrieve exactly ``wanted``: IMAGE-level requests naming the SOP Instance UIDs (a UID
+        list, PS3.4 C.4.2.2.1), one per series and at most 500 UIDs each."""
+        writer = InstanceWriter(staging)
+        sent_total = 0
+        for series_uid, sop_uids in _by_series(wanted):
+            for start in range(0, len(sop_uids), 500):
+                identifier = _retrieve_identifier(
+                    location.study_uid, series_uid, sop_uids[start : start + 500]
+                )
+                try:
+                    sent_total += self._send(identifier, writer, location) or 0
+                except VnaUnavailable as exc:
+                    raise VnaUnavailable(f"{exc}: {_arrived(writer.count, len(wanted))}") from None
+        if writer.count < len(wanted):
+            raise PartialRetrieval(
+                f"partial top-up: {writer.count} of {len(wanted)} missing instances arrived"
+            )
+        return Retrieved(writer.count, sent_total)
+
+    def _send(
+        self, identifier: Dataset, writer: InstanceWriter, location: StudyLocation
+    ) -> int | None:
+        if self.settings.retrieve == "c-move":
+            return self._move(identifier, writer, location.study_uid)
+        return self._get(identifier, writer)
+
+    def _get(self, identifier: Dataset, writer: InstanceWriter) -> int | None:
         ae = self._ae()
         ae.add_requested_context(STUDY_ROOT_GET)
         roles = []
@@ -271,46 +422,27 @@ class DimseVna:
         handlers = [(evt.EVT_C_STORE, writer.handle_store)]
         assoc = self._associate(ae, ext_neg=roles, evt_handlers=handlers)
         try:
-            self._check_statuses(assoc.send_c_get(identifier, STUDY_ROOT_GET), "C-GET")
+            return self._check_statuses(assoc.send_c_get(identifier, STUDY_ROOT_GET), "C-GET")
         finally:
             assoc.release()
 
-    def _ensure_scp(self) -> None:
-        with self._scp_lock:
-            if self._scp is not None:
-                return
-            ae = AE(ae_title=self.settings.move_destination_ae)
-            ae.maximum_pdu_size = 0
-            ae.network_timeout = self.settings.network_timeout
-            for sop_class in STORAGE_CLASSES:
-                ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
-            self._scp = ae.start_server(
-                ("0.0.0.0", self.settings.store_scp_port),
-                block=False,
-                evt_handlers=[(evt.EVT_C_STORE, self._route_store)],
-            )
-            self._scp.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def _route_store(self, event: Any) -> int:
-        # Route by the study the instance belongs to (decoding only that element).
-        study_uid = str(event.dataset.get("StudyInstanceUID", ""))
-        meta, raw = event.file_meta, event.request.DataSet.getvalue()
-        writer = self._move_routes.get(study_uid)
-        if writer is None:
-            log.warning("C-MOVE instance for a study no retrieval is waiting for: refused")
-            return 0xA801
-        writer.write(meta, raw)
-        return 0x0000
+    def _move_receiver(self) -> MoveReceiver:
+        with self._receiver_lock:
+            if self._receiver is None:
+                self._receiver = MoveReceiver.acquire(
+                    self.settings.move_destination_ae,
+                    self.settings.store_scp_port,
+                    self.settings.network_timeout,
+                )
+            return self._receiver
 
     @property
     def store_scp_port(self) -> int:
-        self._ensure_scp()
-        return int(self._scp.server_address[1])
+        return self._move_receiver().port
 
-    def _move(self, identifier: Dataset, writer: InstanceWriter) -> None:
-        self._ensure_scp()
-        study_uid = str(identifier.StudyInstanceUID)
-        self._move_routes[study_uid] = writer
+    def _move(self, identifier: Dataset, writer: InstanceWriter, study_uid: str) -> int | None:
+        receiver = self._move_receiver()
+        receiver.routes[study_uid] = writer
         ae = self._ae()
         ae.add_requested_context(STUDY_ROOT_MOVE)
         assoc = self._associate(ae)
@@ -318,30 +450,62 @@ class DimseVna:
             responses = assoc.send_c_move(
                 identifier, self.settings.move_destination_ae, STUDY_ROOT_MOVE
             )
-            self._check_statuses(responses, "C-MOVE")
+            return self._check_statuses(responses, "C-MOVE")
         finally:
             assoc.release()
-            self._move_routes.pop(study_uid, None)
+            receiver.routes.pop(study_uid, None)
 
     @staticmethod
-    def _check_statuses(responses: Iterator[tuple[Any, Any]], what: str) -> None:
+    def _check_statuses(responses: Iterator[tuple[Any, Any]], what: str) -> int | None:
+        """The completed sub-operations the archive reported. Raises on a failure status, except
+        one caused by failed sub-operations (VOXL could not store some instances): the caller
+        counts what arrived and reports a partial retrieval, keeping what did arrive."""
+        completed: int | None = None
+        failed = 0
         for status, _ in responses:
             if status is None:
                 raise VnaUnavailable(f"the VNA stopped answering during {what}")
             code = int(status.Status)
+            completed = _suboperations(status, "Completed", completed)
+            failed = _suboperations(status, "Failed", failed) or 0
             if code in (0xFF00, 0xFF01, 0x0000, 0xB000):
                 continue
             if code == 0xA801:
                 raise StudyFailure(
                     f"{what} refused: the VNA does not know VOXL's move destination AE title"
                 )
+            if failed:
+                continue
             raise VnaUnavailable(f"{what} failed with status 0x{code:04X}")
+        return completed
 
     def close(self) -> None:
-        with self._scp_lock:
-            if self._scp is not None:
-                self._scp.shutdown()
-                self._scp = None
+        with self._receiver_lock:
+            if self._receiver is not None:
+                self._receiver.release()
+                self._receiver = None
+
+
+def _arrived(count: int, expected: int | None) -> str:
+    of = f" of {expected}" if expected is not None else ""
+    return f"{count}{of} instances arrived (kept for a top-up)"
+
+
+def _suboperations(status: Dataset, which: str, default: int | None) -> int | None:
+    value = status.get(f"NumberOf{which}Suboperations")
+    return int(value) if value not in (None, "") else default
+
+
+def _by_series(refs: list[InstanceRef]) -> list[tuple[str, list[str]]]:
+    grouped: dict[str, list[str]] = {}
+    for ref in refs:
+        grouped.setdefault(ref.series_uid, []).append(ref.sop_uid)
+    return list(grouped.items())
+
+
+def _count(answer: Dataset, level: Literal["Study", "Series"]) -> int | None:
+    value = answer.get(f"NumberOf{level}RelatedInstances")
+    return int(value) if value not in (None, "") else None
 
 
 def _study_query(study_uid: str = "", mrn: str = "", accession: str = "") -> Dataset:
@@ -354,18 +518,18 @@ def _study_query(study_uid: str = "", mrn: str = "", accession: str = "") -> Dat
     return ds
 
 
-def _with_series(location: StudyLocation, query: StudyQuery) -> StudyLocation:
-    if not query.series_uid:
-        return location
-    return StudyLocation(location.study_uid, None, location.found_by, query.series_uid)
-
-
-def _retrieve_identifier(location: StudyLocation) -> Dataset:
+def _retrieve_identifier(
+    study_uid: str, series_uid: str = "", sop_uids: list[str] | None = None
+) -> Dataset:
     ds = Dataset()
-    ds.StudyInstanceUID = location.study_uid
-    if location.series_uid:
+    ds.StudyInstanceUID = study_uid
+    if sop_uids:
+        ds.QueryRetrieveLevel = "IMAGE"
+        ds.SeriesInstanceUID = series_uid
+        ds.SOPInstanceUID = sop_uids
+    elif series_uid:
         ds.QueryRetrieveLevel = "SERIES"
-        ds.SeriesInstanceUID = location.series_uid
+        ds.SeriesInstanceUID = series_uid
     else:
         ds.QueryRetrieveLevel = "STUDY"
     return ds
@@ -381,70 +545,105 @@ class DicomWebVna:
         self._bucket = TokenBucket(settings.queries_per_second)
         self._client = DICOMwebClient(url=settings.dicomweb_url, session=session)
 
-    def _search(
-        self, filters: dict[str, str], found_by: Literal["study_uid", "mrn_accession"]
-    ) -> list[StudyLocation]:
+    def _qido(self, search: Any, **kwargs: Any) -> list[Dataset]:
         import requests
 
         self._bucket.acquire()
         try:
-            answers = self._client.search_for_studies(
-                search_filters=filters, fields=["NumberOfStudyRelatedInstances"]
-            )
+            answers = search(**kwargs)
         except requests.RequestException as exc:
             raise VnaUnavailable(f"DICOMweb VNA unreachable ({type(exc).__name__})") from None
-        matches = []
-        for answer in answers:
-            ds = Dataset.from_json(answer)
-            count = ds.get("NumberOfStudyRelatedInstances")
-            matches.append(
-                StudyLocation(
-                    str(ds.StudyInstanceUID),
-                    int(count) if count not in (None, "") else None,
-                    found_by,
-                )
-            )
-        return matches
+        return [Dataset.from_json(answer) for answer in answers]
+
+    def _search(
+        self, filters: dict[str, str], found_by: Literal["study_uid", "mrn_accession"]
+    ) -> list[StudyLocation]:
+        answers = self._qido(
+            self._client.search_for_studies,
+            search_filters=filters,
+            fields=["NumberOfStudyRelatedInstances"],
+        )
+        return [
+            StudyLocation(str(ds.StudyInstanceUID), _count(ds, "Study"), found_by) for ds in answers
+        ]
 
     def find_study(self, query: StudyQuery) -> StudyLocation:
+        found: StudyLocation | None = None
         if query.study_uid:
             found = _unique(
                 self._search({"StudyInstanceUID": query.study_uid}, "study_uid"), "study UID"
             )
-            if found is not None:
-                return _with_series(found, query)
-        if query.mrn and query.accession_number:
+        if found is None and query.mrn and query.accession_number:
             filters = {"PatientID": query.mrn, "AccessionNumber": query.accession_number}
             found = _unique(self._search(filters, "mrn_accession"), "MRN + accession")
-            if found is not None:
-                return _with_series(found, query)
-        raise StudyNotFound("study not found on the VNA by study UID nor by MRN + accession")
+        if found is None:
+            raise StudyNotFound("study not found on the VNA by study UID nor by MRN + accession")
+        if not query.series_uid:
+            return found
+        series = self._qido(
+            self._client.search_for_series,
+            study_instance_uid=found.study_uid,
+            search_filters={"SeriesInstanceUID": query.series_uid},
+            fields=["NumberOfSeriesRelatedInstances"],
+        )
+        if not series:
+            raise StudyNotFound("the study is on the VNA but the requested series is not")
+        return StudyLocation(
+            found.study_uid, _count(series[0], "Series"), found.found_by, query.series_uid
+        )
 
-    def retrieve(self, location: StudyLocation, staging: Path) -> int:
+    def list_instances(self, location: StudyLocation) -> list[InstanceRef]:
+        kwargs: dict[str, Any] = {"study_instance_uid": location.study_uid}
+        if location.series_uid:
+            kwargs["series_instance_uid"] = location.series_uid
+        answers = self._qido(
+            self._client.search_for_instances, fields=["SeriesInstanceUID"], **kwargs
+        )
+        return [InstanceRef(str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)) for ds in answers]
+
+    def _write_all(self, instances: Iterator[Dataset], staging: Path) -> int:
         import requests
         from pydicom.filewriter import dcmwrite
 
-        self._bucket.acquire()
-        count = 0
+        names = set()
         try:
-            if location.series_uid:
-                instances = self._client.iter_series(location.study_uid, location.series_uid)
-            else:
-                instances = self._client.iter_study(location.study_uid)
             for ds in instances:
-                count += 1
-                dcmwrite(staging / f"{count:06d}.dcm", ds, enforce_file_format=True)
+                name = instance_file_name(str(ds.SOPInstanceUID))
+                dcmwrite(staging / name, ds, enforce_file_format=True)
+                names.add(name)
         except requests.RequestException as exc:
             raise VnaUnavailable(f"DICOMweb retrieval interrupted ({type(exc).__name__})") from None
-        if (
-            location.instances is not None
-            and not location.series_uid
-            and count < location.instances
-        ):
+        return len(names)
+
+    def retrieve(self, location: StudyLocation, staging: Path) -> Retrieved:
+        self._bucket.acquire()
+        if location.series_uid:
+            instances = self._client.iter_series(location.study_uid, location.series_uid)
+        else:
+            instances = self._client.iter_study(location.study_uid)
+        count = self._write_all(instances, staging)
+        if location.instances is not None and count < location.instances:
             raise PartialRetrieval(
                 f"partial retrieval: {count} of {location.instances} instances arrived"
             )
-        return count
+        return Retrieved(count)
+
+    def retrieve_instances(
+        self, location: StudyLocation, wanted: list[InstanceRef], staging: Path
+    ) -> Retrieved:
+        """WADO-RS per instance: one request each, paced by the rate limit."""
+
+        def fetch() -> Iterator[Dataset]:
+            for ref in wanted:
+                self._bucket.acquire()
+                yield self._client.retrieve_instance(
+                    location.study_uid, ref.series_uid, ref.sop_uid
+                )
+
+        count = self._write_all(fetch(), staging)
+        if count < len(wanted):
+            raise PartialRetrieval(f"partial top-up: {count} of {len(wanted)} instances arrived")
+        return Retrieved(count, count)
 
     def close(self) -> None:
         pass
