@@ -39,6 +39,26 @@ def test_check_config_ok_and_bad(
     assert "bad.yaml" in err and "project.slug" in err and "tag_operations" in err
 
 
+def test_check_config_validates_the_archives_file(
+    voxl_home: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["check-config"]) == 0
+    assert "archive vna: dimse, always open" in capsys.readouterr().out
+    archives = tmp_path / "archives.yaml"
+    monkeypatch.setenv("VOXL_ARCHIVES_FILE", str(archives))
+    archives.write_text(
+        "archives:\n  - name: pacs\n    window: {timezone: UTC, open: [{days: sat-sun, hours: all day}]}\n"
+    )
+    assert main(["check-config"]) == 0
+    assert "archive pacs: dimse, Sat-Sun all day (UTC)" in capsys.readouterr().out
+    archives.write_text("archives:\n  - name: pacs\n    window: {timezone: UTC}\n")
+    assert main(["check-config"]) == 2
+    assert f"{archives}: archive pacs: window needs 'open'" in capsys.readouterr().err
+
+
 def test_populate_then_status(
     voxl_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -51,6 +51,22 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         _error(f"{failures} of {len(paths)} project definitions are invalid")
         return EXIT_BAD_INPUT
     print(f"{len(paths)} project definitions valid")
+    return _check_archives()
+
+
+def _check_archives() -> int:
+    """Validate ``VOXL_ARCHIVES_FILE`` when set, and show the archives in the order they are asked."""
+    from resources.imaging import VnaResource
+    from voxl_assets.vna.archives import ArchiveConfigError
+
+    try:
+        configs = VnaResource().archive_configs()
+    except ArchiveConfigError as exc:
+        _error(str(exc))
+        return EXIT_BAD_INPUT
+    for config in configs:
+        window = config.window.describe() if config.window else "always open"
+        print(f"archive {config.name}: {config.settings.kind}, {window}")
     return EXIT_OK
 
 
@@ -187,12 +203,19 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     if not keys:
         print("nothing to backfill: no matching studies")
         return EXIT_OK
+    from dagster._core.storage.tags import PRIORITY_TAG
+
+    from voxl_assets.assets.imaging import TOP_UP_TAG
+
+    run_tags = {PRIORITY_TAG: str(registry.priority(args.project))}
+    if args.top_up_cache:
+        run_tags[TOP_UP_TAG] = "true"
     instance = DagsterInstance.get()
     if args.in_process:
         from voxl_assets.orchestration import RunFailed, materialize_export, materialize_studies
 
         try:
-            materialize_studies(instance, keys, "cli-backfill")
+            materialize_studies(instance, keys, "cli-backfill", tags=run_tags)
             for extract_key in extract_keys:
                 materialize_export(instance, extract_key, "cli-backfill")
         except RunFailed as exc:
@@ -213,7 +236,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
             AssetKey("destination_upload"),
         ],
         backfill_timestamp=time.time(),
-        tags={"voxl/source": "cli-backfill", "voxl/project": args.project},
+        tags={"voxl/source": "cli-backfill", "voxl/project": args.project, **run_tags},
         dynamic_partitions_store=instance,
         all_partitions=False,
         title=f"voxl backfill {args.project}" + (" (failed only)" if args.failed_only else ""),
@@ -279,6 +302,11 @@ def build_parser() -> argparse.ArgumentParser:
     backfill.add_argument("project", help="project slug")
     backfill.add_argument("--extract", help="only this extract (datetime as in `voxl status`)")
     backfill.add_argument("--failed-only", action="store_true", help="only studies that failed")
+    backfill.add_argument(
+        "--top-up-cache",
+        action="store_true",
+        help="ask the archive for instances added since a study was cached, and fetch only those",
+    )
     backfill.add_argument(
         "--in-process",
         action="store_true",

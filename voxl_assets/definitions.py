@@ -12,6 +12,7 @@ from resources.voxl_database import ProjectRegistryResource, VoxlDatabaseResourc
 from sensors.export_sensor import extract_export_sensor
 from sensors.extract_sensor import new_extract_sensor
 from sensors.study_sensor import study_batch_sensor
+from sensors.window_sensor import archive_window_sensor
 from voxl_assets.assets.cohort import cohort_messages
 from voxl_assets.assets.export import extract_export
 from voxl_assets.assets.imaging import study_pipeline
@@ -20,7 +21,12 @@ from voxl_assets.assets.imaging import study_pipeline
 def build_definitions() -> Definitions:
     return Definitions(
         assets=[cohort_messages, study_pipeline, extract_export],
-        sensors=[new_extract_sensor, study_batch_sensor, extract_export_sensor],
+        sensors=[
+            new_extract_sensor,
+            study_batch_sensor,
+            archive_window_sensor,
+            extract_export_sensor,
+        ],
         resources={
             "voxl_db": VoxlDatabaseResource(),
             "projects": ProjectRegistryResource(),

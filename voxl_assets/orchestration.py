@@ -91,7 +91,11 @@ def materialize_cohort(instance: DagsterInstance, extract_key: str, source: str)
 
 
 def materialize_studies(
-    instance: DagsterInstance, study_keys: list[str], source: str, batch: int = 200
+    instance: DagsterInstance,
+    study_keys: list[str],
+    source: str,
+    batch: int = 200,
+    tags: dict[str, str] | None = None,
 ) -> list[Any]:
     """Run raw -> anonymised -> upload over ``study_keys`` in contiguous batches."""
     reclaim_dead_runs(instance)
@@ -110,6 +114,7 @@ def materialize_studies(
                 ASSET_PARTITION_RANGE_START_TAG: chunk[0],
                 ASSET_PARTITION_RANGE_END_TAG: chunk[-1],
                 **_tags(source),
+                **(tags or {}),
             },
         )
         if not result.success:

@@ -43,6 +43,12 @@ class ProjectInfo(_Strict):
     slug: Annotated[str, Field(pattern=SLUG_PATTERN)]
     name: str
     modalities: list[Annotated[str, Field(pattern=r"^[A-Z]{2,16}$")]] = Field(min_length=1)
+    priority: int = Field(
+        default=0,
+        ge=-10,
+        le=10,
+        description="Higher first: the project's study runs are dequeued before lower ones",
+    )
 
 
 class TagOperationFiles(_Strict):
@@ -286,6 +292,11 @@ class ProjectRegistry:
 
     def get(self, slug: str) -> ProjectDefinition | None:
         return self._projects.get(slug)
+
+    def priority(self, slug: str) -> int:
+        """The project's queue priority (0 for an unknown project)."""
+        project = self._projects.get(slug)
+        return project.project.priority if project else 0
 
     def __contains__(self, slug: object) -> bool:
         return slug in self._projects

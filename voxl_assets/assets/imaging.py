@@ -8,6 +8,7 @@ with their reason and do not stop the batch. Metadata holds counts and pseudonym
 
 import os
 from collections import Counter
+from datetime import UTC
 
 from dagster import (
     AllPartitionMapping,
@@ -29,6 +30,7 @@ from resources.imaging import StoresResource, VnaResource
 from resources.voxl_database import ProjectRegistryResource, VoxlDatabaseResource
 from voxl_assets.db import StudyStatus, VoxlDatabase
 from voxl_assets.deid.study import ALLOW_LIST_CHECK, IDENTIFIER_CHECK
+from voxl_assets.imaging.batches import ONLY_STATUS_TAG
 from voxl_assets.imaging.pipeline import Stage, StageOutcome, StageResult, run_studies
 from voxl_assets.imaging.stages import StudyStages
 from voxl_assets.imaging.study_state import (
@@ -43,6 +45,9 @@ STATUS_BY_RESULT = {
     StageResult.FILTERED: StudyStatus.FILTERED,
     StageResult.WAITING: StudyStatus.WAITING,
 }
+
+
+TOP_UP_TAG = "voxl/top-up-cache"  # "true": check cached studies for instances added since
 
 
 def _workers() -> int:
@@ -107,13 +112,17 @@ def study_pipeline(
         database=database,
         registry=projects.load(),
         hashing=hashing.backend(database),
-        vna=vna.client(),
+        archives=vna.archives(),
         raw_cache=stores.raw_cache(),
         anonymised=stores.anonymised(),
         retry_delay=float(os.environ.get("VOXL_VNA_RETRY_DELAY_SECONDS", "2")),
+        top_up_cached=context.run.tags.get(TOP_UP_TAG) == "true",
     )
     functions = {s: f for s, f in stages.functions().items() if s.value in selected}
     requests = load_study_requests(database, context.partition_keys)
+    only_status = context.run.tags.get(ONLY_STATUS_TAG)
+    if only_status:
+        requests = [r for r in requests if r.status.value == only_status]
     context.log.info(f"{len(requests)} studies, stages {sorted(selected)}, {_workers()} workers")
     results: Counter[str] = Counter()
     check_failures: dict[str, list[str]] = {ALLOW_LIST_CHECK: [], IDENTIFIER_CHECK: []}
@@ -159,10 +168,14 @@ def study_pipeline(
 
 
 def _record_end(database: VoxlDatabase, outcome: StageOutcome) -> None:
+    study_id = study_id_from_partition_key(outcome.study_key)
+    status = STATUS_BY_RESULT[outcome.result]
+    if status is StudyStatus.WAITING:
+        not_before = outcome.not_before
+        if not_before is not None and not_before.tzinfo is not None:  # the db holds naive UTC
+            not_before = not_before.astimezone(UTC).replace(tzinfo=None)
+        set_status(database, study_id, status, reason=outcome.reason, not_before=not_before)
+        return
     set_status(
-        database,
-        study_id_from_partition_key(outcome.study_key),
-        STATUS_BY_RESULT[outcome.result],
-        reason=outcome.reason,
-        count_attempt=outcome.stage is Stage.RAW,
+        database, study_id, status, reason=outcome.reason, count_attempt=outcome.stage is Stage.RAW
     )
