@@ -32,7 +32,7 @@ def voxl_retrieve(settings: VnaSettings, study_uid: str, out: Path) -> None:
     try:
         location = client.find_study(StudyQuery(study_uid, "", ""))
         out.mkdir(parents=True)
-        count = client.retrieve(location, out)
+        count = client.retrieve(location, out).received
     finally:
         client.close()
     assert count == location.instances, (count, location.instances)
