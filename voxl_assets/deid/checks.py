@@ -73,17 +73,39 @@ class CheckResult:
         )
 
 
+_ALLOWED_CACHE: dict[
+    int,
+    tuple[
+        TagOperations, frozenset[int], frozenset[tuple[int, str, int]], frozenset[tuple[int, str]]
+    ],
+] = {}
+
+
+def _allowed_sets(
+    operations: TagOperations,
+) -> tuple[frozenset[int], frozenset[tuple[int, str, int]], frozenset[tuple[int, str]]]:
+    """(public tags, private (group, creator, element), private (group, creator)) kept by
+    ``operations``; computed once per operations object (one per manufacturer override)."""
+    cached = _ALLOWED_CACHE.get(id(operations))
+    if cached is not None and cached[0] is operations:
+        return cached[1], cached[2], cached[3]
+    public = frozenset(
+        {tag for tag, op in operations.public.items() if op.op is not Op.DELETE} | ENGINE_TAGS
+    )
+    private = frozenset(key for key, op in operations.private.items() if op.op is not Op.DELETE)
+    creators = frozenset((g, c) for (g, c, _e) in private)
+    _ALLOWED_CACHE[id(operations)] = (operations, public, private, creators)
+    return public, private, creators
+
+
 def disallowed_tags(ds: Dataset, operations: TagOperations) -> list[str]:
     """Tag paths in ``ds`` (recursively) that the allow-list does not keep."""
-    allowed_public = {tag for tag, op in operations.public.items() if op.op is not Op.DELETE}
-    allowed_public |= ENGINE_TAGS
-    allowed_private = {key for key, op in operations.private.items() if op.op is not Op.DELETE}
-    creators = {(g, c) for (g, c, _e) in allowed_private}
+    allowed_public, allowed_private, creators = _allowed_sets(operations)
     found: list[str] = []
 
     def visit(item: Dataset, prefix: str) -> None:
         block_creators: dict[tuple[int, int], str] = {}
-        tags = sorted(item.keys())
+        tags = sorted(item.keys(), key=int)  # int keys: BaseTag compares in Python
         for tag in tags:
             if tag.is_private and 0x10 <= tag.element <= 0xFF:
                 block_creators[(tag.group, tag.element)] = str(item[tag].value)
@@ -135,14 +157,15 @@ def identifier_hits(ds: Dataset, identifiers: StudyIdentifiers) -> list[str]:
     """
     hits: list[str] = []
 
+    values, birth_dates = identifiers.values, identifiers.birth_dates
+
     def visit(item: Dataset, prefix: str) -> None:
-        for tag in sorted(item.keys()):
+        for tag in sorted(item.keys(), key=int):
             elem = item.get_item(tag)
             vr = element_vr(elem)
-            path = f"{prefix}{tag}"
             if vr == "SQ":
                 for index, child in enumerate(item[tag].value):
-                    visit(child, f"{path}[{index}].")
+                    visit(child, f"{prefix}{tag}[{index}].")
                 continue
             if int(tag) in PIXEL_TAGS or elem.value is None:
                 continue
@@ -158,12 +181,11 @@ def identifier_hits(ds: Dataset, identifiers: StudyIdentifiers) -> list[str]:
                     texts = [str(value)]
             check_birth = vr not in DATE_VRS
             for text in texts:
-                if any(
-                    token in identifiers.values
-                    or (check_birth and token in identifiers.birth_dates)
-                    for token in _tokens(text)
+                tokens = set(_tokens(text))
+                if not tokens.isdisjoint(values) or (
+                    check_birth and not tokens.isdisjoint(birth_dates)
                 ):
-                    hits.append(path)
+                    hits.append(f"{prefix}{tag}")  # the path is built only for a finding
                     break
 
     visit(ds, "")

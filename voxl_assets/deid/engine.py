@@ -20,17 +20,25 @@ from typing import Any, BinaryIO
 
 import numpy as np
 from pydicom import dcmread
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_data_element, write_file_meta_info
+from pydicom.filewriter import write_data_element
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.tag import BaseTag
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
 
 from voxl_assets.deid.checks import disallowed_tags, element_vr, identifier_hits
+from voxl_assets.deid.encoding import (
+    TEXT_VRS,
+    element_header,
+    encode_element,
+    encode_file_meta,
+    encode_value,
+)
 from voxl_assets.deid.hashing import ProjectHasher
 from voxl_assets.deid.identifiers import ENGINE_TAGS, StudyIdentifiers
 from voxl_assets.deid.operations import Op, Operation, TagOperations, TagPolicy
@@ -112,33 +120,33 @@ class Deidentifier:
     # --- filters ---------------------------------------------------------------------------
     def instance_filter(self, header: Dataset) -> FilterReason | None:
         """Why this instance (headers only) is left out, or None to keep it."""
-        modality = str(header.get("Modality", "") or "").upper()
-        sop_class = str(header.get("SOPClassUID", "") or "")
+        modality = header_value(header, "Modality").upper()
+        sop_class = header_value(header, "SOPClassUID")
         if modality not in self.modalities:
             return FilterReason.MODALITY
-        description = str(header.get("SeriesDescription", "") or "")
+        description = header_value(header, "SeriesDescription")
         if any(p.search(description) for p in self.description_patterns):
             return FilterReason.SERIES_DESCRIPTION
-        manufacturer = str(header.get("Manufacturer", "") or "")
+        manufacturer = header_value(header, "Manufacturer")
         matching = [
             excluded for pattern, excluded in self.manufacturers if pattern.search(manufacturer)
         ]
         if not matching:
             return FilterReason.MANUFACTURER
-        series_number = header.get("SeriesNumber")
-        if series_number is not None and series_number != "":
+        series_number = header_value(header, "SeriesNumber")
+        if series_number:
             try:
-                number = int(series_number)
+                number: int | None = int(float(series_number))
             except (TypeError, ValueError):
                 number = None
             if number is not None and all(number in excluded for excluded in matching):
                 return FilterReason.SERIES_NUMBER
-        image_type = [str(v).upper() for v in _as_list(header.get("ImageType"))]
+        image_type = [v.upper() for v in header_values(header, "ImageType")]
         if (sop_class.startswith(SECONDARY_CAPTURE_PREFIX) or "SCREEN SAVE" in image_type) and (
             not self.options.allow_secondary_capture
         ):
             return FilterReason.SECONDARY_CAPTURE
-        burned_in = str(header.get("BurnedInAnnotation", "") or "").upper() == "YES"
+        burned_in = header_value(header, "BurnedInAnnotation").upper() == "YES"
         ultrasound = modality == "US" or sop_class.startswith(ULTRASOUND_SOP_PREFIXES)
         if ultrasound and self.options.blank_ultrasound_outside_regions:
             return None  # burned-in text is blanked in pass 2 (or the instance rejected there)
@@ -150,14 +158,14 @@ class Deidentifier:
     def collect_identifiers(header: Dataset, identifiers: StudyIdentifiers) -> None:
         """Add the identifying values of one instance's header to ``identifiers``."""
         for keyword in ("PatientID", "AccessionNumber", "OtherPatientIDs", "StudyID"):
-            for value in _as_list(header.get(keyword)):
+            for value in header_values(header, keyword):
                 identifiers.add(value, min_length=3 if keyword == "StudyID" else 1)
         for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
-            identifiers.add(header.get(keyword, ""))
+            identifiers.add(header_value(header, keyword))
         for keyword in ("PatientName", "OtherPatientNames", "PatientMotherBirthName"):
-            for value in _as_list(header.get(keyword)):
+            for value in header_values(header, keyword):
                 identifiers.add_name(value)
-        identifiers.add_birth_date(header.get("PatientBirthDate", ""))
+        identifiers.add_birth_date(header_value(header, "PatientBirthDate"))
 
     # --- one pass over the study -----------------------------------------------------------
 
@@ -216,7 +224,7 @@ class Deidentifier:
             reason = self.instance_filter(header)
             if reason is not None:
                 return reason
-            source_series = str(header.get("SeriesInstanceUID", "") or "")
+            source_series = header_value(header, "SeriesInstanceUID")
             tail = pixel_tail(source, pixel_offset, header)
             if tail is None or self._needs_blanking(header):
                 # Slow path: pixels must be decoded, or something follows the pixel data.
@@ -229,12 +237,12 @@ class Deidentifier:
             else:
                 ds = header
             self.deidentify_dataset(ds, identifiers)
-            operations = self.policy.for_manufacturer(str(ds.get("Manufacturer", "") or ""))
+            operations = self.policy.for_manufacturer(header_value(ds, "Manufacturer"))
             disallowed = disallowed_tags(ds, operations)
             leaks = identifier_hits(ds, identifiers) + identifier_hits(ds.file_meta, identifiers)
             if disallowed or leaks:
                 raise OutputCheckError(path.name, disallowed, leaks)
-            out_path = output_dir / f"{ds.SOPInstanceUID}.dcm"
+            out_path = output_dir / f"{header_value(ds, 'SOPInstanceUID')}.dcm"
             tmp_path = out_path.with_suffix(".part")
             with tmp_path.open("wb") as out:
                 write_instance_header(out, ds)
@@ -242,9 +250,9 @@ class Deidentifier:
                 if length and _keeps_pixel_data(operations):
                     _copy_range(source, out, offset, length)
         os.replace(tmp_path, out_path)
-        report.pseudo_study_uid = str(ds.get("StudyInstanceUID", "")) or report.pseudo_study_uid
-        report.pseudo_patient_id = str(ds.get("PatientID", "")) or report.pseudo_patient_id
-        return source_series, out_path, str(ds.get("SeriesInstanceUID", ""))
+        report.pseudo_study_uid = header_value(ds, "StudyInstanceUID") or report.pseudo_study_uid
+        report.pseudo_patient_id = header_value(ds, "PatientID") or report.pseudo_patient_id
+        return source_series, out_path, header_value(ds, "SeriesInstanceUID")
 
     def _needs_blanking(self, header: Dataset) -> bool:
         modality = str(header.get("Modality", "") or "").upper()
@@ -254,22 +262,29 @@ class Deidentifier:
 
     def deidentify_dataset(self, ds: Dataset, identifiers: StudyIdentifiers | None = None) -> None:
         """Apply the allow-list to one instance in place and fix its file meta."""
-        manufacturer = str(ds.get("Manufacturer", "") or "")
-        operations = self.policy.for_manufacturer(manufacturer)
-        patient_key = str(ds.get("PatientID", "") or "")
+        operations = self.policy.for_manufacturer(header_value(ds, "Manufacturer"))
+        patient_key = header_value(ds, "PatientID")
         shift = self.hasher.date_shift_days(patient_key, self.options.date_shift_days_max)
         if self.options.dates == "shift" and shift == 0:
             shift = self.hasher.date_shift_days(patient_key, 365)
         _Walker(self, operations, shift, identifiers).walk(ds)
-        ds.PatientIdentityRemoved = "YES"
-        ds.DeidentificationMethod = self.method
-        sop_class = ds.get("SOPClassUID")
+        syntax = header_value(ds.file_meta, "TransferSyntaxUID")
+        implicit = syntax == "1.2.840.10008.1.2"
+        if syntax == "1.2.840.10008.1.2.2":  # big endian (retired): pydicom encodes these
+            ds.PatientIdentityRemoved = "YES"
+            ds.DeidentificationMethod = self.method
+        else:
+            set_encoded(ds, 0x00120062, "CS", "YES", implicit)
+            set_encoded(ds, 0x00120063, "LO", self.method, implicit)
         meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = UID(str(sop_class)) if sop_class else UID("")
-        meta.MediaStorageSOPInstanceUID = UID(str(ds.get("SOPInstanceUID", "")))
-        meta.TransferSyntaxUID = ds.file_meta.TransferSyntaxUID
-        meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-        meta.ImplementationVersionName = "VOXL"
+        for tag, vr, value in (
+            (0x00020002, "UI", header_value(ds, "SOPClassUID")),
+            (0x00020003, "UI", header_value(ds, "SOPInstanceUID")),
+            (0x00020010, "UI", syntax),
+            (0x00020012, "UI", PYDICOM_IMPLEMENTATION_UID),
+            (0x00020013, "SH", "VOXL"),
+        ):
+            set_encoded(meta, tag, vr, value, implicit=False)
         ds.file_meta = meta
         ds.preamble = b"\0" * 128  # a preamble may carry a TIFF header or anything else
 
@@ -316,45 +331,51 @@ def blank_outside_regions(ds: Dataset) -> None:
     ds.BurnedInAnnotation = "NO"
 
 
-_LONG_LENGTH_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "UC", "UN", "UR", "UT", "SV", "UV"}
-
-
 def write_instance_header(out: BinaryIO, ds: Dataset) -> None:
     """Preamble, file meta and the dataset (without what follows the header read).
 
     Elements still in their encoded form and in the output's encoding are written back byte for
-    byte; only the elements the operations changed (and sequences) go through pydicom's encoder.
-    That is most of the engine's speed: pydicom's writer re-encodes every element.
+    byte; changed strings and numbers are encoded directly (``encoding.py``); only what remains
+    (sequences, non-ASCII text, number strings) goes through pydicom's encoder. That is most of
+    the engine's speed: pydicom's writer re-encodes every element.
     """
-    out.write(b"\0" * 128 + b"DICM")
-    write_file_meta_info(out, ds.file_meta, enforce_standard=True)  # type: ignore[arg-type]
-    implicit = str(ds.file_meta.TransferSyntaxUID) == "1.2.840.10008.1.2"
+    meta = ds.file_meta
+    syntax = header_value(meta, "TransferSyntaxUID")
+    out.write(
+        encode_file_meta(
+            header_value(meta, "MediaStorageSOPClassUID"),
+            header_value(meta, "MediaStorageSOPInstanceUID"),
+            syntax,
+            header_value(meta, "ImplementationClassUID"),
+            header_value(meta, "ImplementationVersionName"),
+        )
+    )
+    implicit = syntax == "1.2.840.10008.1.2"
     buffer = DicomBytesIO()
     buffer.is_little_endian = True
     buffer.is_implicit_VR = implicit
     encodings = ds.get("SpecificCharacterSet") or "ISO_IR 6"
-    for tag in sorted(ds.keys()):
+    for tag in sorted(ds.keys(), key=int):  # int keys: BaseTag compares in Python
         elem = ds.get_item(tag)
-        if (
-            isinstance(elem, RawDataElement)
-            and elem.is_little_endian
-            and elem.is_implicit_VR == implicit
-            and elem.value is not None
-            and elem.length != 0xFFFFFFFF
-            and element_vr(elem) != "SQ"
-        ):
-            value = elem.value
-            header = struct.pack("<HH", tag.group, tag.element)
-            if implicit:
-                header += struct.pack("<I", len(value))
-            elif elem.VR in _LONG_LENGTH_VRS:
-                header += str(elem.VR).encode() + b"\0\0" + struct.pack("<I", len(value))
-            else:
-                header += str(elem.VR).encode() + struct.pack("<H", len(value))
-            buffer.write(header)
-            buffer.write(value)
+        if isinstance(elem, RawDataElement):
+            if (
+                elem.is_little_endian
+                and elem.is_implicit_VR == implicit
+                and elem.value is not None
+                and elem.length != 0xFFFFFFFF
+                and element_vr(elem) != "SQ"
+            ):
+                value = elem.value
+                buffer.write(element_header(int(tag), element_vr(elem), len(value), implicit))
+                buffer.write(value)
+                continue
+            elem = ds[tag]
+        vr = element_vr(elem)
+        encoded = None if vr == "SQ" else encode_element(int(tag), vr, elem.value, implicit)
+        if encoded is not None:
+            buffer.write(encoded)
         else:
-            write_data_element(buffer, ds[tag], encodings)
+            write_data_element(buffer, elem, encodings)
     out.write(buffer.getvalue())
 
 
@@ -459,6 +480,47 @@ def _copy_range(source: Any, target: Any, offset: int, length: int) -> None:
         remaining -= len(chunk)
 
 
+_READABLE_VRS = TEXT_VRS | {"IS", "DS"}
+_TAGS: dict[str, BaseTag] = {}
+
+
+def header_values(ds: Dataset, keyword: str) -> list[str]:
+    """An element's values as strings. ASCII values still in their encoded form are read from
+    their bytes without pydicom's conversion, so the element stays encoded and is written back
+    byte for byte; anything else (character sets, binary VRs) goes through pydicom."""
+    tag = _TAGS.get(keyword)
+    if tag is None:
+        found = tag_for_keyword(keyword)
+        if found is None:
+            raise KeyError(keyword)
+        tag = _TAGS[keyword] = BaseTag(found)
+    elem = ds.get_item(tag)
+    if elem is None:
+        return []
+    if isinstance(elem, RawDataElement):
+        data = elem.value
+        if data is None:
+            return []
+        if isinstance(data, bytes) and data.isascii() and element_vr(elem) in _READABLE_VRS:
+            text = data.decode("ascii").strip(" \0")
+            return [v.strip(" \0") for v in text.split("\\")] if text else []
+    return [str(v) for v in _as_list(ds[tag].value)]
+
+
+def set_encoded(ds: Dataset, tag: int, vr: str, value: str, implicit: bool) -> None:
+    """Store an ASCII value already encoded (little endian), skipping pydicom's conversions."""
+    encoded = encode_value(vr, value)
+    if encoded is None:
+        raise DeidError(f"tag {BaseTag(tag)}: value is not ASCII")
+    ds[tag] = RawDataElement(BaseTag(tag), vr, len(encoded), encoded, 0, implicit, True)
+
+
+def header_value(ds: Dataset, keyword: str) -> str:
+    """The first value of an element as a string ('' when absent or empty)."""
+    values = header_values(ds, keyword)
+    return values[0] if values else ""
+
+
 def _as_list(value: Any) -> list[Any]:
     if value is None or value == "":
         return []
@@ -484,33 +546,36 @@ class _Walker:
         self.private_creators_kept = {(g, c) for (g, c, _e) in operations.private}
 
     def walk(self, ds: Dataset) -> None:
+        # Tags as plain ints: BaseTag's group/element/is_private are Python properties, and this
+        # loop runs for every element of every instance.
+        tags = [(tag, int(tag)) for tag in ds.keys()]
         creators: dict[tuple[int, int], str] = {}
-        for tag in ds.keys():
-            if tag.is_private and 0x0010 <= tag.element <= 0x00FF:
-                creators[(tag.group, tag.element)] = str(ds[tag].value)
+        for tag, number in tags:
+            if number >> 16 & 1 and 0x0010 <= number & 0xFFFF <= 0x00FF:
+                creators[(number >> 16, number & 0xFFFF)] = str(ds[tag].value)
         used_blocks: set[tuple[int, int]] = set()
-        for tag in list(ds.keys()):
-            if tag.element == 0 or tag.group == 0x0002:  # group lengths; meta lives in file_meta
+        public = self.operations.public
+        for tag, number in tags:
+            group, element = number >> 16, number & 0xFFFF
+            if element == 0 or group == 0x0002:  # group lengths; meta lives in file_meta
                 del ds[tag]
                 continue
-            if tag.is_private:
-                if 0x0010 <= tag.element <= 0x00FF:
+            if group & 1:
+                if 0x0010 <= element <= 0x00FF:
                     continue  # creators are decided once their block's elements are
-                block = tag.element >> 8
-                creator = creators.get((tag.group, block))
+                block = element >> 8
+                creator = creators.get((group, block))
                 operation = None
                 if block >= 0x10 and creator is not None:
-                    operation = self.operations.private.get(
-                        (tag.group, creator, tag.element & 0xFF)
-                    )
+                    operation = self.operations.private.get((group, creator, element & 0xFF))
                 if operation is None or operation.op is Op.DELETE:
                     del ds[tag]
                     continue
-                used_blocks.add((tag.group, block))
+                used_blocks.add((group, block))
             else:
-                operation = self.operations.public.get(int(tag))
+                operation = public.get(number)
                 if operation is None or operation.op is Op.DELETE:
-                    if int(tag) not in ENGINE_TAGS:
+                    if number not in ENGINE_TAGS:
                         del ds[tag]
                     continue
             self.apply(ds, tag, operation)
@@ -526,6 +591,8 @@ class _Walker:
                 for item in ds[tag].value:
                     self.walk(item)
             return  # untouched raw bytes: no decoding cost
+        if vr != "SQ" and self._apply_encoded(ds, raw, vr, operation):
+            return
         elem = ds[tag]
         if vr == "SQ":
             # Anything but keep on a sequence empties it: items could only be cleaned by keep.
@@ -556,6 +623,55 @@ class _Walker:
                 raise DeidError(f"tag {tag} ({operation.label}): op 'date' needs a DA, TM or DT")
         elif operation.op is Op.NUMERIC_RANGE:
             self._clamp(elem, vr, operation)
+
+    def _apply_encoded(
+        self, ds: Dataset, raw: DataElement | RawDataElement, vr: str, operation: Operation
+    ) -> bool:
+        """Apply a text operation to an element still in its encoded ASCII form, and store the
+        result encoded again, so neither side goes through pydicom's value conversion (the
+        values are split and stripped as pydicom does). False when the general path must run."""
+        if not (
+            isinstance(raw, RawDataElement)
+            and raw.is_little_endian
+            and vr in TEXT_VRS
+            and isinstance(raw.value, bytes)
+            and raw.value.isascii()
+        ):
+            return False
+        text = raw.value.decode("ascii").rstrip(" \0")
+        if not text:
+            return True  # empty stays empty, as on the general path
+        values = [v.rstrip(" \0") for v in text.split("\\")]
+        op = operation.op
+        function: Any
+        if op is Op.REPLACE:
+            replacement = operation.value if operation.value is not None else dummy_value(vr)
+            if not isinstance(replacement, str):
+                return False
+            new_values = [replacement]
+        else:
+            if op is Op.REPLACE_UID:
+                function = self._pseudo_uid
+            elif op is Op.SECURE_HASH:
+                length = MAX_LENGTH_BY_VR.get(vr, 64)
+                function = lambda v: self.engine.hasher.hash(v, length)  # noqa: E731
+            elif op is Op.DATE and vr in ("DA", "TM", "DT"):
+                option = self.engine.options.dates
+                function = {
+                    "DA": lambda v: transform_date(v, option, self.shift_days),
+                    "TM": lambda v: transform_time(v, option),
+                    "DT": lambda v: transform_datetime(v, option, self.shift_days),
+                }[vr]
+            else:
+                return False  # numeric ranges, and errors the general path reports
+            new_values = [function(v) for v in values]
+        encoded = encode_value(vr, new_values if len(new_values) > 1 else new_values[0])
+        if encoded is None:
+            return False
+        ds[raw.tag] = RawDataElement(
+            raw.tag, raw.VR, len(encoded), encoded, 0, raw.is_implicit_VR, True
+        )
+        return True
 
     def _pseudo_uid(self, value: str) -> str:
         if self.identifiers is not None:
