@@ -288,7 +288,9 @@ def test_checks_catch_a_disallowed_tag_and_an_identifier(tmp_path: Path) -> None
     assert identifier_hits(ds, birth) == ["(0032,4000)"]
 
 
-@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small.dcm", "rtplan.dcm", "JPEG2000.dcm"])
+@pytest.mark.parametrize(
+    "name", ["CT_small.dcm", "MR_small.dcm", "MR_small_bigendian.dcm", "rtplan.dcm", "JPEG2000.dcm"]
+)
 def test_pydicom_sample_files_come_out_valid_and_clean(tmp_path: Path, name: str) -> None:
     source = Path(str(get_testdata_file(name)))
     original = pydicom.dcmread(source)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
-from pydicom import dcmread
+from pydicom import dcmread, dcmwrite
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -55,6 +55,7 @@ from voxl_assets.project_config import ProjectDefinition
 
 SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
 ULTRASOUND_SOP_PREFIXES = ("1.2.840.10008.5.1.4.1.1.6.", "1.2.840.10008.5.1.4.1.1.3.")
+BIG_ENDIAN = "1.2.840.10008.1.2.2"
 UNCOMPRESSED_SYNTAXES = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
 
 
@@ -270,7 +271,7 @@ class Deidentifier:
         _Walker(self, operations, shift, identifiers).walk(ds)
         syntax = header_value(ds.file_meta, "TransferSyntaxUID")
         implicit = syntax == "1.2.840.10008.1.2"
-        if syntax == "1.2.840.10008.1.2.2":  # big endian (retired): pydicom encodes these
+        if syntax == BIG_ENDIAN:  # retired: pydicom encodes these
             ds.PatientIdentityRemoved = "YES"
             ds.DeidentificationMethod = self.method
         else:
@@ -341,6 +342,9 @@ def write_instance_header(out: BinaryIO, ds: Dataset) -> None:
     """
     meta = ds.file_meta
     syntax = header_value(meta, "TransferSyntaxUID")
+    if syntax == BIG_ENDIAN:  # retired, rare: pydicom's writer, on the fully read dataset
+        dcmwrite(out, ds, enforce_file_format=True)
+        return
     out.write(
         encode_file_meta(
             header_value(meta, "MediaStorageSOPClassUID"),
@@ -413,7 +417,7 @@ def pixel_tail(source: BinaryIO, offset: int, header: Dataset) -> tuple[int, int
     (offset, 0) when there is no pixel data at all.
     """
     syntax = str(header.file_meta.get("TransferSyntaxUID", ""))
-    if syntax == "1.2.840.10008.1.2.2":  # big endian (retired): take the slow path
+    if syntax == BIG_ENDIAN:  # retired: take the slow path
         return None
     implicit = syntax == "1.2.840.10008.1.2"
     size = os.fstat(source.fileno()).st_size
