@@ -116,3 +116,29 @@ def test_get_and_move_deliver_every_instance(archive: tuple[Path, StudySpec, Stu
             assert server is not None
             server.shutdown()
         assert statuses[-1] == 0x0000 and len(received) == 5
+
+
+def test_series_find_instance_listing_and_uid_list_retrieval(
+    archive: tuple[Path, StudySpec, StudySpec], tmp_path: Path
+) -> None:
+    """What VOXL's top-up and series requests ask of an archive, against the demo VNA."""
+    from voxl_assets.vna.client import StudyQuery, VnaSettings, make_vna_client
+
+    folder, first, _ = archive
+    port = free_port()
+    with DemoVna(folder, port=port):
+        client = make_vna_client(VnaSettings(port=port, ae_title="DEMOVNA", queries_per_second=100))
+        wanted_series = first.series[1].series_uid
+        location = client.find_study(StudyQuery(first.study_uid, "", "", wanted_series))
+        assert (location.series_uid, location.instances) == (wanted_series, 3)
+        whole = client.find_study(StudyQuery(first.study_uid, "", ""))
+        listing = client.list_instances(whole)
+        assert len(listing) == 5 and {r.series_uid for r in listing} == {
+            s.series_uid for s in first.series
+        }
+        out = tmp_path / "topped"
+        out.mkdir()
+        picked = [listing[0], listing[3], listing[4]]
+        retrieved = client.retrieve_instances(whole, picked, out)
+        assert retrieved.received == 3 and len(list(out.iterdir())) == 3
+        client.close()

@@ -17,6 +17,7 @@ from typing import Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pynetdicom import AE, AllStoragePresentationContexts, StoragePresentationContexts, evt
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -69,8 +70,15 @@ class DemoArchive:
         self.instances = indexed
 
     def matching(self, query: Dataset) -> list[IndexedInstance]:
-        """Instances whose identifiers equal every non-empty key in ``query`` (single values)."""
-        wanted = {name: str(query.get(name, "") or "") for name in FIND_FIELDS}
+        """Instances whose identifiers match every non-empty key in ``query``: equal to a single
+        value, or one of a UID list (a retrieval naming several instances, PS3.4 C.4.2.2.1)."""
+        wanted: dict[str, set[str]] = {}
+        for name in FIND_FIELDS:
+            value = query.get(name, "")
+            values = list(value) if isinstance(value, MultiValue | list) else [value]
+            texts = {str(v) for v in values if v not in (None, "")}
+            if texts:
+                wanted[name] = texts
         attribute = {
             "PatientID": "patient_id",
             "AccessionNumber": "accession_number",
@@ -78,14 +86,11 @@ class DemoArchive:
             "SeriesInstanceUID": "series_uid",
             "SOPInstanceUID": "sop_uid",
         }
-        result = []
-        for instance in self.instances:
-            if all(
-                not value or getattr(instance, attribute[name]) == value
-                for name, value in wanted.items()
-            ):
-                result.append(instance)
-        return result
+        return [
+            instance
+            for instance in self.instances
+            if all(getattr(instance, attribute[name]) in texts for name, texts in wanted.items())
+        ]
 
 
 def _level(query: Dataset) -> str:
