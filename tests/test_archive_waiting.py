@@ -9,6 +9,7 @@ import zipfile
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -158,17 +159,52 @@ def test_waiting_for_the_secondary_window_then_delivered(
     assert "MRN-PACS" not in shown and emergency.study_uid not in shown
 
     # Not due yet: the window sensor launches nothing.
+    assert _window_tick(instance) == []
     assert due_waiting_studies(database, datetime.now(UTC).replace(tzinfo=None)) == {}
-    # The window opens (the site widens it, and time passes to not_before).
+    # The window opens: the site widens it, and time passes to not_before (moved into the past).
     _archives_file(archives, orthanc, pacs, "mon-sun")
-    due = due_waiting_studies(database, not_before + timedelta(minutes=1))
-    requests = waiting_batch_requests(keys, due, 100, {SLUG: 3})
+    assert len(waiting_batch_requests(keys, due_waiting_studies(database, not_before), 100)) == 1
+    with database.session() as session:
+        session.query(Study).filter(Study.mrn == "MRN-PACS").update(
+            {Study.not_before: datetime.now(UTC).replace(tzinfo=None) - timedelta(minutes=1)}
+        )
+    requests = _window_tick(instance)
     assert len(requests) == 1
     request = requests[0]
     assert request.tags[ONLY_STATUS_TAG] == "waiting" and request.tags["dagster/priority"] == "3"
-    materialize_studies(instance, list(due), "test", tags={ONLY_STATUS_TAG: "waiting"})
+    # Same opening, same run key: the daemon launches it once however often the sensor ticks.
+    assert _window_tick(instance)[0].run_key == request.run_key
+    _launch(instance, request)
 
     with database.session() as session:
         statuses = {s.mrn: s.status for s in session.query(Study)}
     assert statuses == {"MRN-SERIES": "uploaded", "MRN-PACS": "uploaded"}
     assert len(sorted(delivered.glob("*.zip"))) == 2
+    assert _window_tick(instance) == []  # nothing waits any more
+
+
+def _window_tick(instance: DagsterInstance) -> list[Any]:
+    from dagster import SensorResult, build_sensor_context
+
+    from voxl_assets.definitions import defs
+
+    sensor = defs.get_sensor_def("archive_window_sensor")
+    result = sensor(build_sensor_context(instance=instance, resources=defs.resources))
+    assert isinstance(result, SensorResult)
+    return list(result.run_requests or [])
+
+
+def _launch(instance: DagsterInstance, request: Any) -> None:
+    """Execute the run request as the daemon would (same assets, partition range, tags)."""
+    from dagster import materialize
+
+    from voxl_assets.definitions import defs
+
+    result = materialize(
+        [defs.get_assets_def(key) for key in request.asset_selection],
+        instance=instance,
+        resources=defs.resources,
+        tags=dict(request.tags),
+        selection=request.asset_selection,
+    )
+    assert result.success
