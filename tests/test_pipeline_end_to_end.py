@@ -10,6 +10,7 @@ import pydicom
 import pytest
 from dagster import DagsterInstance
 
+from tests.helpers.leaks import files_holding
 from tests.peers import free_port
 from voxl_assets.cohort.extract_reader import read_any_summary
 from voxl_assets.cohort.ingest import register_extract
@@ -93,18 +94,8 @@ def test_extract_to_delivered_files(voxl_env: Path, monkeypatch: pytest.MonkeyPa
 
     # Nothing VOXL wrote outside its own db and the raw cache holds an identifier: not the
     # Dagster storage (run and event SQLite files, compute logs), not the stores or exports.
-    needles = [v.encode() for v in identifiers | {r.study_uid for r in scenario.rows}]
+    needles = identifiers | {r.study_uid for r in scenario.rows}
     allowed = {voxl_env / "raw-cache", voxl_env / "demo"}  # demo: the inputs (archive, extract)
-    scanned = 0
-    for path in voxl_env.rglob("*"):
-        if (
-            not path.is_file()
-            or path.name.startswith("voxl.db")
-            or any(a in path.parents for a in allowed)
-        ):
-            continue
-        data = path.read_bytes()
-        scanned += 1
-        leaked = [n for n in needles if n in data]
-        assert not leaked, f"{path.relative_to(voxl_env)} holds {len(leaked)} identifiers"
+    scanned, leaking = files_holding(voxl_env, needles, allowed)
+    assert not leaking, f"identifiers in {leaking}"
     assert scanned > 20

@@ -96,6 +96,15 @@ PROCEDURE_LINKS = _Table(
 )
 # Optional in the links file: a series-level request (see README, "series requests").
 OPTIONAL_LINK_COLUMNS = ("SeriesUid_X",)
+# The cohort messages, as both readers (OMOP ES layout and CSV escape hatch) return them.
+MESSAGE_COLUMNS = (
+    "procedure_occurrence_id",
+    "mrn",
+    "accession_number",
+    "study_uid",
+    "series_uid",
+    "study_datetime",
+)
 
 
 def _part_number(path: Path) -> tuple[int, str]:
@@ -300,16 +309,7 @@ def read_extract(extract_dir: Path) -> CohortTable:
             f"{row['_file']}: row {row['_row']}: person_id has no MRN in {PERSON_LINKS.flat} "
             f"({int(missing_person.sum())} rows); the private link files are incomplete"
         )
-    messages = merged[
-        [
-            "procedure_occurrence_id",
-            "mrn",
-            "accession_number",
-            "study_uid",
-            "series_uid",
-            "study_datetime",
-        ]
-    ].reset_index(drop=True)
+    messages = merged[list(MESSAGE_COLUMNS)].reset_index(drop=True)
     return CohortTable(summary, messages, rows_read=len(procedures), skipped_not_imaging=skipped)
 
 
@@ -391,17 +391,7 @@ def read_csv_extract(path: Path) -> CohortTable:
         git_hash=None,
         source=path,
     )
-    messages = frame.loc[
-        imaging,
-        [
-            "procedure_occurrence_id",
-            "mrn",
-            "accession_number",
-            "study_uid",
-            "series_uid",
-            "study_datetime",
-        ],
-    ].reset_index(drop=True)
+    messages = frame.loc[imaging, list(MESSAGE_COLUMNS)].reset_index(drop=True)
     return CohortTable(
         summary, messages, rows_read=len(frame), skipped_not_imaging=int((~imaging).sum())
     )

@@ -12,7 +12,7 @@ import os
 import re
 import struct
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -367,10 +367,10 @@ def write_instance_header(out: BinaryIO, ds: Dataset) -> None:
                 and elem.is_implicit_VR == implicit
                 and elem.value is not None
                 and elem.length != 0xFFFFFFFF
-                and element_vr(elem) != "SQ"
+                and (raw_vr := element_vr(elem)) != "SQ"
             ):
                 value = elem.value
-                buffer.write(element_header(int(tag), element_vr(elem), len(value), implicit))
+                buffer.write(element_header(int(tag), raw_vr, len(value), implicit))
                 buffer.write(value)
                 continue
             elem = ds[tag]
@@ -606,27 +606,32 @@ class _Walker:
             return
         if operation.op is Op.REPLACE:
             elem.value = operation.value if operation.value is not None else dummy_value(vr)
-        elif operation.op is Op.REPLACE_UID:
-            elem.value = self._map_values(elem, self._pseudo_uid)
-        elif operation.op is Op.SECURE_HASH:
-            length = MAX_LENGTH_BY_VR.get(vr, 64)
-            elem.value = self._map_values(elem, lambda v: self.engine.hasher.hash(v, length))
-        elif operation.op is Op.DATE:
-            option = self.engine.options.dates
-            if vr == "DA":
-                elem.value = self._map_values(
-                    elem, lambda v: transform_date(v, option, self.shift_days)
-                )
-            elif vr == "TM":
-                elem.value = self._map_values(elem, lambda v: transform_time(v, option))
-            elif vr == "DT":
-                elem.value = self._map_values(
-                    elem, lambda v: transform_datetime(v, option, self.shift_days)
-                )
-            else:
-                raise DeidError(f"tag {tag} ({operation.label}): op 'date' needs a DA, TM or DT")
         elif operation.op is Op.NUMERIC_RANGE:
             self._clamp(elem, vr, operation)
+        else:
+            function = self._value_function(vr, operation)
+            if function is None:
+                raise DeidError(f"tag {tag} ({operation.label}): op 'date' needs a DA, TM or DT")
+            elem.value = self._map_values(elem, function)
+
+    def _value_function(self, vr: str, operation: Operation) -> Callable[[str], str] | None:
+        """The per-value transformation of replace_uid, secure_hash and date (None: a date
+        operation on a VR that holds no date); both the encoded and the general path use it."""
+        op = operation.op
+        if op is Op.REPLACE_UID:
+            return self._pseudo_uid
+        if op is Op.SECURE_HASH:
+            length = MAX_LENGTH_BY_VR.get(vr, 64)
+            return lambda v: self.engine.hasher.hash(v, length)
+        if op is Op.DATE:
+            option = self.engine.options.dates
+            if vr == "DA":
+                return lambda v: transform_date(v, option, self.shift_days)
+            if vr == "TM":
+                return lambda v: transform_time(v, option)
+            if vr == "DT":
+                return lambda v: transform_datetime(v, option, self.shift_days)
+        return None
 
     def _apply_encoded(
         self, ds: Dataset, raw: DataElement | RawDataElement, vr: str, operation: Operation
@@ -646,28 +651,17 @@ class _Walker:
         if not text:
             return True  # empty stays empty, as on the general path
         values = [v.rstrip(" \0") for v in text.split("\\")]
-        op = operation.op
-        function: Any
-        if op is Op.REPLACE:
+        if operation.op is Op.REPLACE:
             replacement = operation.value if operation.value is not None else dummy_value(vr)
             if not isinstance(replacement, str):
                 return False
             new_values = [replacement]
+        elif operation.op is Op.NUMERIC_RANGE:
+            return False
         else:
-            if op is Op.REPLACE_UID:
-                function = self._pseudo_uid
-            elif op is Op.SECURE_HASH:
-                length = MAX_LENGTH_BY_VR.get(vr, 64)
-                function = lambda v: self.engine.hasher.hash(v, length)  # noqa: E731
-            elif op is Op.DATE and vr in ("DA", "TM", "DT"):
-                option = self.engine.options.dates
-                function = {
-                    "DA": lambda v: transform_date(v, option, self.shift_days),
-                    "TM": lambda v: transform_time(v, option),
-                    "DT": lambda v: transform_datetime(v, option, self.shift_days),
-                }[vr]
-            else:
-                return False  # numeric ranges, and errors the general path reports
+            function = self._value_function(vr, operation)
+            if function is None:
+                return False  # the general path reports the error
             new_values = [function(v) for v in values]
         encoded = encode_value(vr, new_values if len(new_values) > 1 else new_values[0])
         if encoded is None:
