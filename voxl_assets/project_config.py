@@ -146,6 +146,13 @@ class SftpDestination(_Strict):
         description="The server's host key as a known_hosts line: '[host]:port keytype base64'"
     )
     remote_root: str = "."
+    ssh_client: Literal["auto", "openssh", "paramiko"] = Field(
+        default="auto",
+        description=(
+            "SSH client carrying the SFTP session: 'openssh' (the ssh binary, fastest), "
+            "'paramiko' (pure Python), or 'auto' (openssh when ssh is installed)"
+        ),
+    )
 
 
 class AzureBlobDestination(_Strict):

@@ -81,6 +81,7 @@ def _sftp(destination: SftpDestination, env: Mapping[str, str]) -> Any:
         _required(env, destination.private_key_path_env, "SFTP private key path"),
         destination.known_host_key,
         remote_root=destination.remote_root,
+        ssh_client=destination.ssh_client,
     )
 
 

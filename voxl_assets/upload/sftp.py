@@ -4,6 +4,10 @@ The server's key must equal the ``known_host_key`` of the project (a known_hosts
 no trust-on-first-use. Objects are written to a hidden ``.<name>.part``, size-checked, then moved
 with ``posix-rename@openssh.com`` (atomic, replaces an older copy). A study's zip is streamed into
 the remote file while it is built (no temporary file).
+
+Two SSH clients, one behaviour: OpenSSH's ``ssh`` (``voxl_assets.upload.openssh``, carrying
+VOXL's own SFTP framing, ``sftp_wire``) is the default wherever it is installed, because it
+encrypts in C; paramiko (pure Python) is the fallback, or the choice with ``ssh_client: paramiko``.
 """
 
 from __future__ import annotations
@@ -14,23 +18,25 @@ import contextlib
 import posixpath
 import socket
 from pathlib import Path
+from typing import Literal, Protocol
 
 import paramiko
 from paramiko.ssh_exception import IncompatiblePeer
 
 from voxl_assets.upload.base import TransientUploadError, UploadError
 from voxl_assets.upload.local import partial_name
+from voxl_assets.upload.openssh import KEY_ALGORITHMS, OpenSshSftp, ssh_binary
 from voxl_assets.upload.remote_files import RemoteFileUploader
 from voxl_assets.upload.retrying import DEFAULT_ATTEMPTS, DEFAULT_RETRY_DELAY
+from voxl_assets.upload.sftp_wire import SftpWire
 from voxl_assets.upload.zipping import StudyZipSource, stream_source
+
+SshClient = Literal["auto", "openssh", "paramiko"]
 
 # paramiko splits an SFTP write of 32 KiB into two SSH packets (a channel packet carries at most
 # max_packet_size - 64 bytes, and the request adds a 29-byte header); writes that fit in one packet
 # halve the packet count and make uploads ~20% faster.
 _WRITE_REQUEST_SIZE = 32768 - 64 - 64
-
-# Host key algorithms that can present a key of each known_hosts type.
-_KEY_ALGORITHMS = {"ssh-rsa": ["rsa-sha2-512", "rsa-sha2-256", "ssh-rsa"]}
 
 
 def parse_known_host(line: str) -> tuple[str, paramiko.PKey]:
@@ -61,6 +67,79 @@ def _load_private_key(path: str) -> paramiko.PKey:
         ) from None
 
 
+class _RemoteFiles(Protocol):
+    """The few file operations an upload needs, whichever SSH client carries them."""
+
+    def exists(self, path: str) -> bool: ...
+    def mkdir(self, path: str) -> None: ...
+    def size(self, path: str) -> int: ...
+    def write(self, path: str, source: Path | StudyZipSource) -> int: ...
+    def replace(self, partial: str, final: str) -> None: ...
+    def close(self) -> None: ...
+
+
+class _OpenSshFiles:
+    def __init__(self, session: OpenSshSftp, wire: SftpWire) -> None:
+        self._session, self._wire = session, wire
+
+    def exists(self, path: str) -> bool:
+        return self._wire.exists(path)
+
+    def mkdir(self, path: str) -> None:
+        self._wire.mkdir(path)
+
+    def size(self, path: str) -> int:
+        return self._wire.stat_size(path)
+
+    def write(self, path: str, source: Path | StudyZipSource) -> int:
+        return self._wire.write_file(path, lambda send: stream_source(source, send))
+
+    def replace(self, partial: str, final: str) -> None:
+        self._wire.rename(partial, final)
+
+    def close(self) -> None:
+        self._session.close()
+
+
+class _ParamikoFiles:
+    def __init__(self, transport: paramiko.Transport, client: paramiko.SFTPClient) -> None:
+        self._transport, self._client = transport, client
+
+    def exists(self, path: str) -> bool:
+        try:
+            self._client.stat(path)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def mkdir(self, path: str) -> None:
+        self._client.mkdir(path)
+
+    def size(self, path: str) -> int:
+        return int(self._client.stat(path).st_size or 0)
+
+    def write(self, path: str, source: Path | StudyZipSource) -> int:
+        with self._client.open(path, "wb") as handle:
+            handle.set_pipelined(True)  # don't wait for each write's acknowledgement
+            handle.MAX_REQUEST_SIZE = _WRITE_REQUEST_SIZE
+            return stream_source(source, handle.write)
+
+    def replace(self, partial: str, final: str) -> None:
+        try:
+            self._client.posix_rename(partial, final)
+        except OSError:  # no posix-rename extension: plain rename, which won't overwrite
+            with contextlib.suppress(FileNotFoundError):
+                self._client.remove(final)
+            self._client.rename(partial, final)
+
+    def close(self) -> None:
+        # Closing a dead session raises (EOFError, socket errors): it must not mask the
+        # classified error of the upload, nor turn a finished upload into a failure.
+        with contextlib.suppress(Exception):
+            self._client.close()
+        self._transport.close()
+
+
 class SftpUploader(RemoteFileUploader):
     kind = "sftp"
     transfer = "SFTP upload"
@@ -74,6 +153,7 @@ class SftpUploader(RemoteFileUploader):
         known_host_key: str,
         *,
         remote_root: str = ".",
+        ssh_client: SshClient = "auto",
         timeout: float = 30.0,
         retry_delay: float = DEFAULT_RETRY_DELAY,
         attempts: int = DEFAULT_ATTEMPTS,
@@ -82,6 +162,9 @@ class SftpUploader(RemoteFileUploader):
         self._key_path = private_key_path
         self._key_type, self._host_key = parse_known_host(known_host_key)
         self.remote_root = remote_root
+        if ssh_client == "auto":
+            ssh_client = "openssh" if ssh_binary() is not None else "paramiko"
+        self.ssh_client: Literal["openssh", "paramiko"] = ssh_client
         self.timeout = timeout
         self.retry_delay = retry_delay
         self.attempts = attempts
@@ -92,7 +175,25 @@ class SftpUploader(RemoteFileUploader):
     def _where(self) -> str:
         return f"SFTP server {self.host}:{self.port}"
 
-    def _connect(self) -> tuple[paramiko.Transport, paramiko.SFTPClient]:
+    def _connect(self) -> _RemoteFiles:
+        if self.ssh_client == "openssh":
+            return self._connect_openssh()
+        return self._connect_paramiko()
+
+    def _connect_openssh(self) -> _RemoteFiles:
+        # Same checks of the key file as paramiko's path, before ssh could prompt or ignore it.
+        _load_private_key(self._key_path)
+        session = OpenSshSftp(
+            host=self.host,
+            port=self.port,
+            username=self.username,
+            private_key_path=self._key_path,
+            known_host_key=(self._key_type, self._host_key.get_base64()),
+            timeout=self.timeout,
+        )
+        return _OpenSshFiles(session, session.start())
+
+    def _connect_paramiko(self) -> _RemoteFiles:
         try:
             sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
         except OSError as exc:
@@ -105,7 +206,7 @@ class SftpUploader(RemoteFileUploader):
         # HMAC), measurably faster in paramiko than its default aes128-ctr + hmac-sha2-256.
         options.ciphers = sorted(options.ciphers, key=lambda name: "-gcm@" not in name)
         # Ask only for the pinned key's type, so a server with several keys shows the pinned one.
-        options.key_types = _KEY_ALGORITHMS.get(self._key_type, [self._key_type])
+        options.key_types = KEY_ALGORITHMS.get(self._key_type, [self._key_type])
         try:
             transport.start_client(timeout=self.timeout)
             offered = transport.get_remote_server_key()
@@ -138,26 +239,21 @@ class SftpUploader(RemoteFileUploader):
         channel = client.get_channel()
         if channel is not None:
             channel.settimeout(self.timeout)
-        return transport, client
+        return _ParamikoFiles(transport, client)
 
     @staticmethod
-    def _makedirs(client: paramiko.SFTPClient, directory: str) -> None:
+    def _makedirs(files: _RemoteFiles, directory: str) -> None:
         path = "/" if directory.startswith("/") else ""
         for part in [p for p in directory.split("/") if p]:
             path = posixpath.join(path, part) if path else part
-            try:
-                client.stat(path)
-            except FileNotFoundError:
-                client.mkdir(path)
+            if not files.exists(path):
+                files.mkdir(path)
 
     @staticmethod
-    def _write(client: paramiko.SFTPClient, source: Path | StudyZipSource, remote: str) -> int:
-        with client.open(remote, "wb") as handle:
-            handle.set_pipelined(True)  # don't wait for each write's acknowledgement
-            handle.MAX_REQUEST_SIZE = _WRITE_REQUEST_SIZE
-            sent = stream_source(source, handle.write)
-        # close() above waited for every acknowledgement; now check what the server holds.
-        size = client.stat(remote).st_size
+    def _write(files: _RemoteFiles, source: Path | StudyZipSource, remote: str) -> int:
+        sent = files.write(remote, source)
+        # write() waited for every acknowledgement; now check what the server holds.
+        size = files.size(remote)
         if size != sent:
             raise TransientUploadError(
                 f"SFTP server holds {size} of {sent} bytes after the transfer"
@@ -166,19 +262,14 @@ class SftpUploader(RemoteFileUploader):
 
     def _put(self, source: Path | StudyZipSource, remote: str) -> int:
         """One attempt: upload under the partial name, check its size, rename; returns bytes."""
-        transport, client = self._connect()
+        files = self._connect()
         partial = posixpath.join(
             posixpath.dirname(remote), partial_name(posixpath.basename(remote))
         )
         try:
-            self._makedirs(client, posixpath.dirname(remote))
-            sent = self._write(client, source, partial)
-            try:
-                client.posix_rename(partial, remote)
-            except OSError:  # no posix-rename extension: plain rename, which won't overwrite
-                with contextlib.suppress(FileNotFoundError):
-                    client.remove(remote)
-                client.rename(partial, remote)
+            self._makedirs(files, posixpath.dirname(remote))
+            sent = self._write(files, source, partial)
+            files.replace(partial, remote)
             return sent
         except PermissionError:
             raise UploadError(f"{self._where()} refused the upload (permission denied)") from None
@@ -187,11 +278,7 @@ class SftpUploader(RemoteFileUploader):
                 f"SFTP transfer to {self.host} interrupted ({type(exc).__name__})"
             ) from None
         finally:
-            # Closing a dead session raises (EOFError, socket errors): it must not mask the
-            # classified error above, nor turn a finished upload into a failure.
-            with contextlib.suppress(Exception):
-                client.close()
-            transport.close()
+            files.close()
 
     def _remote(self, relative: str) -> str:
         return posixpath.join(self.remote_root, relative)
