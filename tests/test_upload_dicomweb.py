@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import ssl
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from types import SimpleNamespace
@@ -26,7 +26,7 @@ from tests.peers.orthanc import OrthancServer, start_orthanc
 from voxl_assets.project_config import AzureDicomDestination, DicomWebDestination
 from voxl_assets.upload.azure_dicom import AzureDicomUploader
 from voxl_assets.upload.base import TransientUploadError, UploadError
-from voxl_assets.upload.dicomweb import DicomWebUploader, study_uid_of
+from voxl_assets.upload.dicomweb import DicomWebUploader, stow_batches, study_uid_of
 from voxl_assets.upload.exactly_once import upload_study_once
 from voxl_assets.upload.factory import make_file_uploader, make_image_uploader
 
@@ -82,6 +82,44 @@ def test_stow_in_batches_arrives_and_reruns_send_nothing(
     assert uploader.stored_study_uids() == {study_uid_of(study[0])}
     assert upload_study_once(database, 1, uploader, study, TARGET) is None
     assert clean_orthanc.instance_count() == 7 and export_count(database) == 1
+
+
+def test_batches_are_capped_by_bytes_as_well_as_instances(tmp_path: Path) -> None:
+    sizes = [10, 10, 70, 10, 200, 10, 10, 10, 10]  # KiB; 200 is above the cap on its own
+    files = []
+    for number, size in enumerate(sizes):
+        path = tmp_path / f"{number}.dcm"
+        path.write_bytes(b"x" * size * 1024)
+        files.append(path)
+    batches = list(stow_batches(files, max_instances=3, max_bytes=100 * 1024))
+    assert [[int(p.stem) for p in batch] for batch in batches] == [
+        [0, 1, 2],  # 90 KiB, three instances
+        [3],  # 10 + 200 would be over the cap
+        [4],  # bigger than the cap: alone
+        [5, 6, 7],  # the instance cap
+        [8],
+    ]
+    assert [p for batch in batches for p in batch] == files
+
+
+def test_byte_capped_batches_all_arrive(clean_orthanc: OrthancServer, tmp_path: Path) -> None:
+    study = anonymised_study(tmp_path / "anon", instances=5, size=512)  # just over 0.5 MiB each
+    destination = _destination(clean_orthanc.dicomweb_url, batch_size=50).model_copy(
+        update={"batch_max_mib": 2}
+    )
+    uploader = make_image_uploader(destination, ENV)
+    assert isinstance(uploader, DicomWebUploader) and uploader.batch_max_bytes == 2 << 20
+    sent: list[int] = []
+    store = uploader._store
+
+    def counting_store(batch: Sequence[Path]) -> None:
+        sent.append(len(batch))
+        store(batch)
+
+    uploader._store = counting_store  # type: ignore[method-assign]
+    assert uploader.upload_study(study, TARGET).instances == 5
+    assert sorted(sent) == [2, 3]  # three instances fit in 2 MiB, not one request of five
+    assert uploader.stored_instance_count(study_uid_of(study[0])) == 5
 
 
 def test_wrong_password_fails_at_once_without_the_secret(

@@ -112,7 +112,12 @@ class DicomWebDestination(_Strict):
     token_env: str | None = None
     verify_tls: bool = True
     ca_bundle: str | None = None
-    batch_size: int = Field(default=50, ge=1)
+    batch_size: int = Field(default=50, ge=1, description="most instances per STOW-RS request")
+    batch_max_mib: int = Field(
+        default=32,
+        ge=1,
+        description="most MiB per STOW-RS request (one bigger instance goes alone)",
+    )
 
 
 class AzureDicomDestination(_Strict):
@@ -122,7 +127,12 @@ class AzureDicomDestination(_Strict):
     client_id_env: str
     client_secret_env: str
     scope: str = "https://dicom.healthcareapis.azure.com/.default"
-    batch_size: int = Field(default=50, ge=1)
+    batch_size: int = Field(default=50, ge=1, description="most instances per STOW-RS request")
+    batch_max_mib: int = Field(
+        default=32,
+        ge=1,
+        description="most MiB per STOW-RS request (one bigger instance goes alone)",
+    )
 
 
 class FtpsDestination(_Strict):

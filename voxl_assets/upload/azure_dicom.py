@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from azure.core.exceptions import ClientAuthenticationError, ServiceRequestError
 
 from voxl_assets.upload.base import TransientUploadError, UploadError
-from voxl_assets.upload.dicomweb import DicomWebUploader
+from voxl_assets.upload.dicomweb import DEFAULT_BATCH_MAX_BYTES, DicomWebUploader
 from voxl_assets.upload.retrying import DEFAULT_ATTEMPTS, DEFAULT_RETRY_DELAY
 
 REFRESH_MARGIN_SECONDS = 300
@@ -68,6 +68,7 @@ class AzureDicomUploader(DicomWebUploader):
         scope: str = DEFAULT_SCOPE,
         *,
         batch_size: int = 50,
+        batch_max_bytes: int = DEFAULT_BATCH_MAX_BYTES,
         timeout: float = 120.0,
         retry_delay: float = DEFAULT_RETRY_DELAY,
         attempts: int = DEFAULT_ATTEMPTS,
@@ -78,6 +79,7 @@ class AzureDicomUploader(DicomWebUploader):
             url,
             token_provider=self.token,
             batch_size=batch_size,
+            batch_max_bytes=batch_max_bytes,
             timeout=timeout,
             retry_delay=retry_delay,
             attempts=attempts,

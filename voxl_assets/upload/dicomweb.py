@@ -1,8 +1,10 @@
 """STOW-RS to a DICOMweb server (researcher-managed, or the Azure DICOM service with a token).
 
-Instances go in batches of ``batch_size`` (one multipart request each, via dicomweb-client). Two
-batches are in flight at once, so reading and encoding the next batch overlaps the server storing
-the current one; memory is bounded by the batch size, never by the study. A batch is retried as a
+Instances go in batches of at most ``batch_size`` instances and ``batch_max_bytes`` (one multipart
+request each, via dicomweb-client; an instance bigger than that goes alone). Two batches are in
+flight at once, so reading and encoding the next batch overlaps the server storing the current
+one; memory is bounded by the batch, never by the study (a mammography or whole-slide study of
+instances of 50 MB and more would otherwise make a 50-instance batch gigabytes). A batch is retried as a
 whole: STOW-RS is idempotent for instances the server already holds, so a retry after a dropped
 connection creates no duplicates.
 """
@@ -24,6 +26,23 @@ from voxl_assets.upload.retrying import DEFAULT_ATTEMPTS, DEFAULT_RETRY_DELAY, r
 
 # Worth a retry: the server is busy or briefly failing. Other 4xx are the request's fault.
 _TRANSIENT_STATUS = {408, 425, 429}
+DEFAULT_BATCH_MAX_BYTES = 32 << 20
+
+
+def stow_batches(files: Sequence[Path], max_instances: int, max_bytes: int) -> Iterator[list[Path]]:
+    """``files`` in order, cut into batches of at most ``max_instances`` files and ``max_bytes``
+    (on disk; a single bigger file makes a batch of its own)."""
+    batch: list[Path] = []
+    size = 0
+    for path in files:
+        file_size = path.stat().st_size
+        if batch and (len(batch) >= max_instances or size + file_size > max_bytes):
+            yield batch
+            batch, size = [], 0
+        batch.append(path)
+        size += file_size
+    if batch:
+        yield batch
 
 
 class DicomWebUploader:
@@ -40,6 +59,7 @@ class DicomWebUploader:
         token_provider: Callable[[], str] | None = None,
         verify: bool | str = True,
         batch_size: int = 50,
+        batch_max_bytes: int = DEFAULT_BATCH_MAX_BYTES,
         in_flight: int = 2,
         timeout: float = 120.0,
         retry_delay: float = DEFAULT_RETRY_DELAY,
@@ -60,6 +80,7 @@ class DicomWebUploader:
         )
         self._client.set_http_retry_params(retry=False)  # VOXL's policy applies instead
         self.batch_size = batch_size
+        self.batch_max_bytes = batch_max_bytes
         self.timeout = timeout
         self.retry_delay = retry_delay
         self.attempts = attempts
@@ -104,10 +125,6 @@ class DicomWebUploader:
                 f"(failure reasons {', '.join(reasons)})"
             )
 
-    def _batches(self, files: Sequence[Path]) -> Iterator[Sequence[Path]]:
-        for start in range(0, len(files), self.batch_size):
-            yield files[start : start + self.batch_size]
-
     def _store_with_retries(self, batch: Sequence[Path]) -> int:
         retry_transient(
             lambda: self._store(batch),
@@ -123,7 +140,7 @@ class DicomWebUploader:
         pending: list[Future[int]] = []
         with ThreadPoolExecutor(self.in_flight, thread_name_prefix="voxl-stow") as pool:
             try:
-                for batch in self._batches(files):
+                for batch in stow_batches(files, self.batch_size, self.batch_max_bytes):
                     if len(pending) >= self.in_flight:
                         total += pending.pop(0).result()
                     pending.append(pool.submit(self._store_with_retries, batch))

@@ -116,6 +116,7 @@ def _dicomweb(destination: DicomWebDestination, env: Mapping[str, str]) -> Any:
         token_provider=(lambda: token) if token is not None else None,
         verify=verify,
         batch_size=destination.batch_size,
+        batch_max_bytes=destination.batch_max_mib << 20,
     )
 
 
@@ -133,7 +134,11 @@ def _azure_dicom(
             _required(env, destination.client_secret_env, "Azure client secret"),
         )
     return AzureDicomUploader(
-        destination.url, credential, destination.scope, batch_size=destination.batch_size
+        destination.url,
+        credential,
+        destination.scope,
+        batch_size=destination.batch_size,
+        batch_max_bytes=destination.batch_max_mib << 20,
     )
 
 
