@@ -3,8 +3,9 @@
 For every destination kind VOXL's uploader is timed against the raw transport of the same bytes,
 in the same run, against the same peer:
 
-- ``dicomweb``: Orthanc + DICOMweb plugin; VOXL's STOW-RS (dicomweb-client, batches of 50) vs
-  ``curl`` posting the same multipart bodies (pre-built, one curl process, one connection).
+- ``dicomweb``: Orthanc + DICOMweb plugin; VOXL's STOW-RS (batches of 50 streamed from the files,
+  two in flight) vs ``curl --parallel --parallel-max 2`` posting the same multipart bodies
+  (pre-built, one curl process).
 - ``ftps``: pyftpdlib TLS server (own process); VOXL (zip streamed into explicit FTPS with a
   protected data channel, temp name + size check + rename) vs ``lftp`` putting the pre-built zip.
 - ``sftp``: OpenSSH sshd; VOXL (zip streamed through its SFTP framing over OpenSSH's ``ssh``,
@@ -188,7 +189,8 @@ class OrthancPeer(Peer):
         content_type = (
             f'Content-Type: multipart/related; type="application/dicom"; boundary={self.boundary}'
         )
-        command = ["curl", "-sS", "--fail"]
+        # Two requests at once, as VOXL has two batches in flight.
+        command = ["curl", "-sS", "--fail", "--parallel", "--parallel-max", "2"]
         for index, body in enumerate(self.bodies):
             if index:
                 command.append("--next")

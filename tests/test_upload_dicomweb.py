@@ -29,6 +29,7 @@ from voxl_assets.upload.base import TransientUploadError, UploadError
 from voxl_assets.upload.dicomweb import DicomWebUploader, stow_batches, study_uid_of
 from voxl_assets.upload.exactly_once import upload_study_once
 from voxl_assets.upload.factory import make_file_uploader, make_image_uploader
+from voxl_assets.upload.stow import StowBody, failure_reasons
 
 USERS = {"researcher": "correct-horse-battery"}
 SCOPE = "https://dicom.healthcareapis.azure.com/.default"
@@ -120,6 +121,55 @@ def test_byte_capped_batches_all_arrive(clean_orthanc: OrthancServer, tmp_path: 
     assert uploader.upload_study(study, TARGET).instances == 5
     assert sorted(sent) == [2, 3]  # three instances fit in 2 MiB, not one request of five
     assert uploader.stored_instance_count(study_uid_of(study[0])) == 5
+
+
+def test_stow_body_streams_the_files_between_boundaries(tmp_path: Path) -> None:
+    study = anonymised_study(tmp_path / "anon", instances=3)
+    body = StowBody(study)
+    pieces = []
+    while block := body.read(7_777):  # block sizes that never line up with a part
+        pieces.append(block)
+    data = b"".join(pieces)
+    assert len(data) == len(body) and body.read(10) == b""
+    assert body.content_type.startswith('multipart/related; type="application/dicom"; boundary=')
+    delimiter = f"--{body.boundary}".encode()
+    parts = data.split(delimiter)
+    assert parts[0] == b"" and parts[-1] == b"--\r\n"
+    head = b"\r\nContent-Type: application/dicom\r\n\r\n"
+    assert [part.removeprefix(head).removesuffix(b"\r\n") for part in parts[1:-1]] == [
+        path.read_bytes() for path in study
+    ]
+
+
+def test_failure_reasons_are_read_from_the_answer_without_uids() -> None:
+    answer = {
+        "00081198": {
+            "vr": "SQ",
+            "Value": [
+                {
+                    "00081155": {"vr": "UI", "Value": ["2.25.1"]},
+                    "00081197": {"vr": "US", "Value": [49442]},
+                },
+                {"00081197": {"vr": "US", "Value": [272]}},
+            ],
+        },
+        "00081199": {"vr": "SQ", "Value": [{}]},
+    }
+    assert failure_reasons(answer) == ["49442", "272"]
+    assert failure_reasons({"00081198": {"vr": "SQ"}}) == [] and failure_reasons([]) == []
+
+
+def test_an_instance_the_server_cannot_read_fails_the_batch_plainly(
+    clean_orthanc: OrthancServer, tmp_path: Path
+) -> None:
+    study = anonymised_study(tmp_path / "anon", instances=2)
+    broken = tmp_path / "anon" / "broken.dcm"
+    broken.write_bytes(b"not a DICOM file " * 64)
+    uploader = make_image_uploader(_destination(clean_orthanc.dicomweb_url), ENV)
+    assert uploader is not None
+    with pytest.raises(UploadError, match=r"rejected the request \(400\)") as caught:
+        uploader.upload_study([study[0], broken, study[1]], TARGET)
+    assert not isinstance(caught.value, TransientUploadError)  # retrying would not help
 
 
 def test_wrong_password_fails_at_once_without_the_secret(

@@ -1,7 +1,8 @@
 """STOW-RS to a DICOMweb server (researcher-managed, or the Azure DICOM service with a token).
 
 Instances go in batches of at most ``batch_size`` instances and ``batch_max_bytes`` (one multipart
-request each, via dicomweb-client; an instance bigger than that goes alone). Two batches are in
+request each, the files' bytes streamed from disk by ``voxl_assets.upload.stow``; an instance
+bigger than that goes alone). dicomweb-client serves the QIDO-RS checks. Two batches are in
 flight at once, so reading and encoding the next batch overlaps the server storing the current
 one; memory is bounded by the batch, never by the study (a mammography or whole-slide study of
 instances of 50 MB and more would otherwise make a 50-instance batch gigabytes). A batch is retried as a
@@ -15,14 +16,19 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
 from dicomweb_client.api import DICOMwebClient
-from pydicom import Dataset, dcmread
+from pydicom import dcmread
 
 from voxl_assets.upload.base import TransientUploadError, UploadError, UploadReport, UploadTarget
 from voxl_assets.upload.retrying import DEFAULT_ATTEMPTS, DEFAULT_RETRY_DELAY, retry_transient
+from voxl_assets.upload.stow import StowBody, failure_reasons
+from voxl_assets.upload.zipping import SourceFileError
+
+_T = TypeVar("_T")
 
 # Worth a retry: the server is busy or briefly failing. Other 4xx are the request's fault.
 _TRANSIENT_STATUS = {408, 425, 429}
@@ -73,11 +79,8 @@ class DicomWebUploader:
         if username is not None:
             self._session.auth = (username, password or "")
         self._token_provider = token_provider
-        # A chunk size above any batch's size: the body goes out with a Content-Length in one
-        # send, instead of being re-sliced for chunked transfer encoding (two more copies).
-        self._client = DICOMwebClient(
-            self.url, session=self._session, timeout=timeout, chunk_size=1 << 40
-        )
+        # For the QIDO-RS checks only; STOW-RS goes through _post_batch.
+        self._client = DICOMwebClient(self.url, session=self._session, timeout=timeout)
         self._client.set_http_retry_params(retry=False)  # VOXL's policy applies instead
         self.batch_size = batch_size
         self.batch_max_bytes = batch_max_bytes
@@ -91,7 +94,7 @@ class DicomWebUploader:
     def _where(self) -> str:
         return f"DICOMweb server {self._public_url}"
 
-    def _call(self, operation: Callable[[], Dataset | list[dict[str, dict]]]) -> object:
+    def _call(self, operation: Callable[[], _T]) -> _T:
         """Run a dicomweb-client call with a fresh token; classify failures (no secrets)."""
         if self._token_provider is not None:
             self._session.headers["Authorization"] = f"Bearer {self._token_provider()}"
@@ -113,16 +116,42 @@ class DicomWebUploader:
                 f"{self._where()} unreachable or connection dropped ({type(exc).__name__})"
             ) from None
 
+    def _post_batch(self, batch: Sequence[Path]) -> list[str]:
+        """One STOW-RS request; returns the failure reason of each instance the server refused."""
+        try:
+            body = StowBody(batch)
+        except OSError as exc:
+            raise SourceFileError(
+                f"cannot read an instance to send ({type(exc).__name__})"
+            ) from None
+        try:
+            response = self._session.post(
+                f"{self.url}/studies",
+                data=body,
+                headers={"Content-Type": body.content_type, "Accept": "application/dicom+json"},
+                timeout=self.timeout,
+            )
+        finally:
+            body.close()
+        # 200: all stored; 202: some refused (or warnings only); 409: all refused.
+        if response.status_code in (200, 202, 409):
+            try:
+                reasons = failure_reasons(response.json()) if response.content else []
+            except ValueError:  # not JSON: nothing to read the failures from
+                reasons = []
+            if response.status_code == 409 and not reasons:
+                reasons = ["?"] * len(batch)
+            return reasons
+        response.raise_for_status()
+        raise UploadError(f"{self._where()} answered {response.status_code} to STOW-RS")
+
     def _store(self, batch: Sequence[Path]) -> None:
-        datasets = [dcmread(path) for path in batch]
-        result = self._call(lambda: self._client.store_instances(datasets))
-        failed = getattr(result, "FailedSOPSequence", None) or []
+        failed = self._call(lambda: self._post_batch(batch))
         if failed:
             # Failure reasons are numeric DICOM codes: safe to show, unlike the instance UIDs.
-            reasons = sorted({str(getattr(item, "FailureReason", "?")) for item in failed})
             raise UploadError(
                 f"{self._where()} rejected {len(failed)} of {len(batch)} instances "
-                f"(failure reasons {', '.join(reasons)})"
+                f"(failure reasons {', '.join(sorted(set(failed)))})"
             )
 
     def _store_with_retries(self, batch: Sequence[Path]) -> int:
