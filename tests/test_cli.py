@@ -39,6 +39,35 @@ def test_check_config_ok_and_bad(
     assert "bad.yaml" in err and "project.slug" in err and "tag_operations" in err
 
 
+def test_check_config_names_an_sftp_destination_that_needs_the_missing_ssh(
+    voxl_home: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    project = tmp_path / "projects" / "test-extract-uclh-omop-cdm.yaml"
+    definition = yaml.safe_load(project.read_text())
+    sftp = {
+        "kind": "sftp",
+        "host": "sftp.example.org",
+        "username_env": "U",
+        "private_key_path_env": "K",
+        "known_host_key": "sftp.example.org ssh-ed25519 "
+        "AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl",
+    }
+    definition.setdefault("destinations", {})["ehr"] = sftp
+    project.write_text(yaml.safe_dump(definition))
+    monkeypatch.setenv("PATH", str(tmp_path))  # no ssh on it
+    assert main(["check-config"]) == 0
+    assert "destinations.ehr.ssh_client: no ssh installed, paramiko" in capsys.readouterr().out
+    definition["destinations"]["ehr"]["ssh_client"] = "openssh"
+    project.write_text(yaml.safe_dump(definition))
+    assert main(["check-config"]) == 2
+    assert "destinations.ehr.ssh_client is openssh but the OpenSSH client is not installed" in (
+        capsys.readouterr().err
+    )
+
+
 def test_check_config_validates_the_archives_file(
     voxl_home: Path,
     tmp_path: Path,

@@ -76,6 +76,39 @@ def test_destination_secrets_are_env_var_names(tmp_path: Path) -> None:
         load_project(bad)
 
 
+ED25519 = "AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+
+
+@pytest.mark.parametrize(
+    ("known_host_key", "problem"),
+    [
+        (f"sftp.example.org {ED25519}", "must look like"),
+        (f"sftp.example.org ssh-ed25519 {ED25519[:-3]}!!", "not valid base64"),
+        (f"sftp.example.org ssh-rsa {ED25519}", "not a ssh-rsa key"),
+        (f"@cert-authority *.example.org ssh-ed25519 {ED25519}", "not supported"),
+    ],
+)
+def test_sftp_known_host_key_is_checked_when_the_project_loads(
+    tmp_path: Path, known_host_key: str, problem: str
+) -> None:
+    sftp = {
+        "kind": "sftp",
+        "host": "sftp.example.org",
+        "username_env": "U",
+        "private_key_path_env": "K",
+        "known_host_key": f"sftp.example.org ssh-ed25519 {ED25519}",
+    }
+    good = write_project(tmp_path, extra={"destinations": {"ehr": sftp}})
+    assert load_project(good).destinations.ehr.kind == "sftp"
+    bad = write_project(
+        tmp_path, extra={"destinations": {"ehr": {**sftp, "known_host_key": known_host_key}}}
+    )
+    with pytest.raises(
+        ProjectConfigError, match=rf"destinations\.ehr\.sftp\.known_host_key.*{problem}"
+    ):
+        load_project(bad)
+
+
 def test_ehr_destination_rejects_dicomweb(tmp_path: Path) -> None:
     path = write_project(
         tmp_path, extra={"destinations": {"ehr": {"kind": "dicomweb", "url": "https://x"}}}

@@ -126,7 +126,7 @@ def test_factory_none_and_missing_variables() -> None:
                 host="h",
                 username_env="U2",
                 private_key_path_env="K2",
-                known_host_key="h ssh-ed25519 AAAA",
+                known_host_key="h ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl",
             ),
             "U2",
         ),

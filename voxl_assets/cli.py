@@ -12,7 +12,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from voxl_assets import settings
-from voxl_assets.project_config import ProjectConfigError, ProjectRegistry, project_files
+from voxl_assets.project_config import (
+    ProjectConfigError,
+    ProjectDefinition,
+    ProjectRegistry,
+    project_files,
+)
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -46,12 +51,33 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             )
             continue
         slugs[project.slug] = path
+        problem = _sftp_client_problem(project)
+        if problem:
+            failures += 1
+            print(f"{path}: {problem}", file=sys.stderr)
+            continue
         print(f"ok  {path.name}: {project.slug} ({project.project.name})")
     if failures:
         _error(f"{failures} of {len(paths)} project definitions are invalid")
         return EXIT_BAD_INPUT
     print(f"{len(paths)} project definitions valid")
     return _check_archives()
+
+
+def _sftp_client_problem(project: ProjectDefinition) -> str | None:
+    """An SFTP destination that asks for OpenSSH where ``ssh`` is missing; prints the fallback."""
+    from voxl_assets.upload.openssh import ssh_binary
+
+    for role in ("images", "ehr"):
+        destination = getattr(project.destinations, role)
+        if destination.kind != "sftp" or ssh_binary() is not None:
+            continue
+        field = f"destinations.{role}.ssh_client"
+        if destination.ssh_client == "openssh":
+            return f"{field} is openssh but the OpenSSH client is not installed (openssh-client)"
+        if destination.ssh_client == "auto":
+            print(f"    {field}: no ssh installed, paramiko will carry SFTP (slower)")
+    return None
 
 
 def _check_archives() -> int:

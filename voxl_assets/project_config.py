@@ -8,6 +8,8 @@ destination names the *environment variables* that hold them.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -146,6 +148,23 @@ class FtpsDestination(_Strict):
     ca_bundle: str | None = None
 
 
+def _check_known_host_key(line: str) -> str:
+    """A known_hosts line whose base64 blob really holds a key of the type it names."""
+    parts = line.split()
+    if parts and parts[0].startswith("@"):
+        raise ValueError("@cert-authority/@revoked lines are not supported: pin the host key")
+    if len(parts) < 3:
+        raise ValueError("must look like '<host> <key type> <base64 key>' (a known_hosts line)")
+    try:
+        blob = base64.b64decode(parts[2], validate=True)
+    except binascii.Error:
+        raise ValueError("the key is not valid base64 (copy it from ssh-keyscan)") from None
+    length = int.from_bytes(blob[:4], "big") if len(blob) >= 4 else -1
+    if blob[4 : 4 + length] != parts[1].encode():
+        raise ValueError(f"the base64 key is not a {parts[1]} key (copy the whole line again)")
+    return line
+
+
 class SftpDestination(_Strict):
     kind: Literal["sftp"]
     host: str
@@ -156,6 +175,7 @@ class SftpDestination(_Strict):
         description="The server's host key as a known_hosts line: '[host]:port keytype base64'"
     )
     remote_root: str = "."
+    _known_host_key = field_validator("known_host_key")(_check_known_host_key)
     ssh_client: Literal["auto", "openssh", "paramiko"] = Field(
         default="auto",
         description=(
