@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -250,3 +251,34 @@ def test_auto_picks_openssh_when_installed_and_paramiko_otherwise(
         assert uploader().ssh_client == "openssh"
     monkeypatch.setenv("PATH", str(sftp_server.root))  # a PATH without ssh
     assert uploader().ssh_client == "paramiko"
+
+
+def test_sessions_are_kept_between_uploads_and_renewed_when_dropped(
+    sftp_server: SshServer, ssh_client: SshClient, tmp_path: Path, study: list[Path]
+) -> None:
+    """Three studies over one SSH connection; an idle session the network dropped is replaced
+    at once (no retry delay); an expired one is closed; close() ends the rest."""
+    proxy = DroppingProxy(sftp_server.port, after_bytes=1 << 40, drops=0)
+    try:
+        uploader = make_image_uploader(
+            _destination(sftp_server, ssh_client, port=proxy.port), _env(sftp_server)
+        )
+        assert isinstance(uploader, SftpUploader)
+        uploader.retry_delay = 60.0  # a retry would hang the test: there must be none
+        targets = [replace(TARGET, pseudo_study_uid=f"2.25.{n}") for n in range(4)]
+        for target in targets[:3]:
+            uploader.upload_study(study, target)
+        assert proxy.connections == 1
+        proxy.cut_open_connections()
+        uploader.upload_study(study, targets[3])  # the kept session is dead: a new one
+        assert proxy.connections == 2
+        uploader.idle_seconds = 0.0  # the kept session has expired: closed, a new one
+        uploader.upload_study(study, targets[0])
+        assert proxy.connections == 3
+        uploader.close()
+        assert uploader._idle == []
+    finally:
+        proxy.close()
+    for target in targets:
+        assert zip_names(sftp_server.root / target.relative_zip_path) == {p.name for p in study}
+    assert leftovers(sftp_server.root) == []

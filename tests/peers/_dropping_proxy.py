@@ -40,6 +40,7 @@ class DroppingProxy:
         self.connections = 0
         self.dropped = 0
         self.captured = bytearray()  # client -> server bytes of every connection (if capture)
+        self._open: list[tuple[socket.socket, socket.socket]] = []
         self._lock = threading.Lock()
         self.port = free_port()
         self._listener = socket.create_server(("127.0.0.1", self.port))
@@ -67,6 +68,8 @@ class DroppingProxy:
                 _reset(client)
                 continue
             state = {"closed": False}
+            with self._lock:
+                self._open.append((client, upstream))
             threading.Thread(
                 target=self._pump, args=(client, upstream, drop, state), daemon=True
             ).start()
@@ -113,6 +116,14 @@ class DroppingProxy:
             state["closed"] = True
             client.close()
             upstream.close()
+
+    def cut_open_connections(self) -> None:
+        """Reset every connection made so far (as when a server drops idle sessions)."""
+        with self._lock:
+            connections, self._open = self._open, []
+        for client, upstream in connections:
+            _reset(client)
+            _reset(upstream)
 
     def close(self) -> None:
         self._closed = True

@@ -8,6 +8,7 @@ with their reason and do not stop the batch. Metadata holds counts and pseudonym
 
 import os
 from collections import Counter
+from collections.abc import Iterator
 from datetime import UTC
 
 from dagster import (
@@ -52,6 +53,14 @@ TOP_UP_TAG = "voxl/top-up-cache"  # "true": check cached studies for instances a
 
 def _workers() -> int:
     return max(1, int(os.environ.get("VOXL_STUDY_WORKERS", "4")))
+
+
+def _closing(stages: StudyStages, outcomes: Iterator[StageOutcome]) -> Iterator[StageOutcome]:
+    """``outcomes`` as they come; then (or on failure) the stages' sessions are closed."""
+    try:
+        yield from outcomes
+    finally:
+        stages.close()
 
 
 @multi_asset(
@@ -128,7 +137,7 @@ def study_pipeline(
     check_failures: dict[str, list[str]] = {ALLOW_LIST_CHECK: [], IDENTIFIER_CHECK: []}
     checked = 0
     reasons: Counter[str] = Counter()
-    for outcome in run_studies(requests, functions, workers=_workers()):
+    for outcome in _closing(stages, run_studies(requests, functions, workers=_workers())):
         results[f"{outcome.stage.value}:{outcome.result.value}"] += 1
         if outcome.checks:
             checked += 1

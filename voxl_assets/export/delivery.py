@@ -20,7 +20,12 @@ def deliver_bundle(bundle: BundleResult, destination: Any, export_root: Path) ->
     marker = export_root / ".delivered" / bundle.relative_folder / name
     if marker.exists() and marker.read_text() == checksum:
         return {"ehr_destination": uploader.kind, "sent": False}
-    report = uploader.upload_tree(bundle.directory, bundle.relative_folder)
+    try:
+        report = uploader.upload_tree(bundle.directory, bundle.relative_folder)
+    finally:
+        close = getattr(uploader, "close", None)
+        if close is not None:
+            close()
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text(checksum)
     return {

@@ -69,6 +69,15 @@ class StudyStages:
                 )
             return self._deidentifiers[request.project]
 
+    def close(self) -> None:
+        """End what the uploaders keep open between studies (SFTP sessions)."""
+        with self._lock:
+            uploaders, self._uploaders = list(self._uploaders.values()), {}
+        for uploader in uploaders:
+            close = getattr(uploader, "close", None)
+            if close is not None:
+                close()
+
     def _uploader(self, request: StudyRequest) -> Any:
         with self._lock:
             if request.project not in self._uploaders:

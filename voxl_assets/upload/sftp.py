@@ -17,6 +17,8 @@ import binascii
 import contextlib
 import posixpath
 import socket
+import threading
+import time
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -32,6 +34,9 @@ from voxl_assets.upload.sftp_wire import SftpWire
 from voxl_assets.upload.zipping import StudyZipSource, stream_source
 
 SshClient = Literal["auto", "openssh", "paramiko"]
+
+# An idle session is used again within this many seconds, else closed (servers drop idle ones).
+IDLE_SECONDS = 30.0
 
 # paramiko splits an SFTP write of 32 KiB into two SSH packets (a channel packet carries at most
 # max_packet_size - 64 bytes, and the request adds a 29-byte header); writes that fit in one packet
@@ -168,6 +173,10 @@ class SftpUploader(RemoteFileUploader):
         self.timeout = timeout
         self.retry_delay = retry_delay
         self.attempts = attempts
+        # Sessions between uploads, newest last; one per worker thread at most in use.
+        self.idle_seconds = IDLE_SECONDS
+        self._idle: list[tuple[float, _RemoteFiles]] = []
+        self._idle_lock = threading.Lock()
 
     def describe(self) -> str:
         return f"sftp://{self.host}:{self.port}/{self.remote_root.lstrip('/')}"
@@ -260,9 +269,53 @@ class SftpUploader(RemoteFileUploader):
             )
         return sent
 
+    def _checkout(self) -> tuple[_RemoteFiles, bool]:
+        """A session for one upload: an idle one of this uploader's (True) or a new one."""
+        with self._idle_lock:
+            while self._idle:
+                parked, files = self._idle.pop()
+                if time.monotonic() - parked < self.idle_seconds:
+                    return files, True
+                files.close()
+        return self._connect(), False
+
+    def _checkin(self, files: _RemoteFiles) -> None:
+        with self._idle_lock:
+            self._idle.append((time.monotonic(), files))
+
+    def close(self) -> None:
+        """End the idle sessions (a run's uploads are over)."""
+        with self._idle_lock:
+            idle, self._idle = self._idle, []
+        for _, files in idle:
+            files.close()
+
     def _put(self, source: Path | StudyZipSource, remote: str) -> int:
-        """One attempt: upload under the partial name, check its size, rename; returns bytes."""
-        files = self._connect()
+        """One attempt: upload under the partial name, check its size, rename; returns bytes.
+
+        Sessions are kept for the next upload (a new SSH connection costs 0.1-0.2 s, more than
+        a small study's transfer). A kept session the server has since dropped fails at once;
+        the upload then runs on a new session without counting as a failed attempt."""
+        files, reused = self._checkout()
+        try:
+            sent = self._put_on(files, source, remote)
+        except TransientUploadError:
+            files.close()
+            if not reused:
+                raise
+            files = self._connect()
+            try:
+                sent = self._put_on(files, source, remote)
+            except BaseException:
+                files.close()
+                raise
+        except BaseException:
+            files.close()
+            raise
+        self._checkin(files)
+        return sent
+
+    def _put_on(self, files: _RemoteFiles, source: Path | StudyZipSource, remote: str) -> int:
         partial = posixpath.join(
             posixpath.dirname(remote), partial_name(posixpath.basename(remote))
         )
@@ -277,8 +330,6 @@ class SftpUploader(RemoteFileUploader):
             raise TransientUploadError(
                 f"SFTP transfer to {self.host} interrupted ({type(exc).__name__})"
             ) from None
-        finally:
-            files.close()
 
     def _remote(self, relative: str) -> str:
         return posixpath.join(self.remote_root, relative)
