@@ -148,7 +148,7 @@ class FtpsDestination(_Strict):
     ca_bundle: str | None = None
 
 
-def _check_known_host_key(line: str) -> str:
+def check_known_host_key(line: str) -> str:
     """A known_hosts line whose base64 blob really holds a key of the type it names."""
     parts = line.split()
     if parts and parts[0].startswith("@"):
@@ -175,7 +175,7 @@ class SftpDestination(_Strict):
         description="The server's host key as a known_hosts line: '[host]:port keytype base64'"
     )
     remote_root: str = "."
-    _known_host_key = field_validator("known_host_key")(_check_known_host_key)
+    _known_host_key = field_validator("known_host_key")(check_known_host_key)
     ssh_client: Literal["auto", "openssh", "paramiko"] = Field(
         default="auto",
         description=(

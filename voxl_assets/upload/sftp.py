@@ -13,7 +13,6 @@ encrypts in C; paramiko (pure Python) is the fallback, or the choice with ``ssh_
 from __future__ import annotations
 
 import base64
-import binascii
 import contextlib
 import posixpath
 import socket
@@ -25,6 +24,7 @@ from typing import Literal, Protocol
 import paramiko
 from paramiko.ssh_exception import IncompatiblePeer
 
+from voxl_assets.project_config import check_known_host_key
 from voxl_assets.upload.base import TransientUploadError, UploadError
 from voxl_assets.upload.local import partial_name
 from voxl_assets.upload.openssh import KEY_ALGORITHMS, OpenSshSftp, ssh_binary
@@ -45,16 +45,14 @@ _WRITE_REQUEST_SIZE = 32768 - 64 - 64
 
 
 def parse_known_host(line: str) -> tuple[str, paramiko.PKey]:
-    """``host keytype base64`` (a known_hosts line) -> (key type, key)."""
-    parts = line.split()
-    if parts and parts[0].startswith("@"):
-        raise UploadError("known_host_key: @cert-authority/@revoked lines are not supported")
-    if len(parts) < 3:
-        raise UploadError("known_host_key must look like '<host> <key type> <base64 key>'")
-    key_type = parts[1]
+    """``host keytype base64`` (a known_hosts line) -> (key type, key); the line's shape is
+    checked as when a project loads (``check_known_host_key``)."""
     try:
-        return key_type, paramiko.PKey.from_type_string(key_type, base64.b64decode(parts[2]))
-    except (binascii.Error, paramiko.SSHException, ValueError, TypeError):
+        _, key_type, key = check_known_host_key(line).split()[:3]
+        return key_type, paramiko.PKey.from_type_string(key_type, base64.b64decode(key))
+    except ValueError as exc:
+        raise UploadError(f"known_host_key {exc}") from None
+    except (paramiko.SSHException, TypeError):
         raise UploadError(f"known_host_key is not a valid {key_type} key") from None
 
 

@@ -114,10 +114,14 @@ class SftpWire:
             packets.append(packet)
         return packets
 
-    def _request(self, kind: int, payload: bytes) -> tuple[int, bytes]:
-        """Send one request and wait for its reply: (reply type, body after the request id)."""
+    def _new_id(self) -> int:
         request_id = self._next_id
         self._next_id = (self._next_id + 1) & 0xFFFFFFFF
+        return request_id
+
+    def _request(self, kind: int, payload: bytes) -> tuple[int, bytes]:
+        """Send one request and wait for its reply: (reply type, body after the request id)."""
+        request_id = self._new_id()
         self._send([_REQUEST_HEAD.pack(5 + len(payload), kind, request_id), payload])
         reply_kind, body = self._read_packet()
         if len(body) < 4 or _U32.unpack_from(body)[0] != request_id:
@@ -248,8 +252,7 @@ class _PipelinedWriter:
         wire = self._wire
         for start in range(0, view.nbytes, WRITE_SIZE):
             chunk = view[start : start + WRITE_SIZE]
-            request_id = wire._next_id
-            wire._next_id = (wire._next_id + 1) & 0xFFFFFFFF
+            request_id = wire._new_id()
             length = 5 + len(self._handle) + _WRITE_TAIL.size + chunk.nbytes
             parts.append(
                 _REQUEST_HEAD.pack(length, _WRITE, request_id)
