@@ -10,6 +10,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from voxl_assets import settings
 from voxl_assets.project_config import (
@@ -99,21 +100,44 @@ def _check_archives() -> int:
 def cmd_populate(args: argparse.Namespace) -> int:
     from dagster import DagsterInstance
 
-    from voxl_assets.cohort.extract_reader import ExtractError, read_any_summary
-    from voxl_assets.cohort.ingest import register_extract
-    from voxl_assets.dagster_home import ensure_dagster_home
-    from voxl_assets.orchestration import RunFailed, materialize_cohort
+    from voxl_assets.cohort.extract_reader import ExtractError, read_any_summaries
 
     path = Path(args.path).resolve()
     if not path.exists():
         _error(f"{path}: no such extract directory or CSV file")
         return EXIT_BAD_INPUT
     try:
-        summary = read_any_summary(path)
+        summaries = read_any_summaries(path)
         registry = ProjectRegistry.load()
     except (ExtractError, ProjectConfigError) as exc:
         _error(str(exc))
         return EXIT_BAD_INPUT
+    from voxl_assets.dagster_home import ensure_dagster_home
+
+    ensure_dagster_home()
+    from resources.voxl_database import VoxlDatabaseResource
+
+    database = VoxlDatabaseResource().database
+    instance = DagsterInstance.get()
+    # A CSV file may hold several extracts: each goes in on its own; the worst outcome decides
+    # the exit code (bad input over a failed run).
+    outcomes = [_populate_one(database, instance, registry, summary, path) for summary in summaries]
+    if EXIT_BAD_INPUT in outcomes:
+        return EXIT_BAD_INPUT
+    return EXIT_FAILED if EXIT_FAILED in outcomes else EXIT_OK
+
+
+def _populate_one(
+    database: Any,
+    instance: Any,
+    registry: ProjectRegistry,
+    summary: Any,
+    path: Path,
+) -> int:
+    """Register one extract and materialise its cohort messages; print its counts."""
+    from voxl_assets.cohort.registration import ExtractConflict, load_registration, register
+    from voxl_assets.orchestration import RunFailed, materialize_cohort
+
     slug = summary.project_slug
     if slug not in registry:
         _error(
@@ -121,21 +145,30 @@ def cmd_populate(args: argparse.Namespace) -> int:
             f"project_definitions/{slug}.yaml by pull request first"
         )
         return EXIT_BAD_INPUT
-    ensure_dagster_home()
-    from resources.voxl_database import VoxlDatabaseResource
-
-    database = VoxlDatabaseResource().database
-    key = register_extract(database, summary, slug)
     try:
-        result = materialize_cohort(DagsterInstance.get(), key, "cli-populate")
+        registration = register(database, summary, slug, replace_pending=True)
+    except ExtractConflict as exc:
+        _error(str(exc))
+        return EXIT_BAD_INPUT
+    if registration.replaced:
+        print(f"extract {registration.key}: replaces the registration from {registration.replaced}")
+    try:
+        result = materialize_cohort(instance, registration.key, "cli-populate")
     except RunFailed as exc:
+        after = load_registration(database, registration.key)
+        if after is not None and after.bad_input and after.reason:
+            _error(after.reason)  # one line: file, column and row
+            return EXIT_BAD_INPUT
         _error(str(exc))
         return EXIT_FAILED
     materialization = result.asset_materializations_for_node("cohort_messages")[0]
-    counts = {k: v.value for k, v in materialization.metadata.items() if k != "progress"}
-    print(f"extract {key} (run {result.run_id})")
-    for name, value in counts.items():
-        print(f"  {name}: {value}")
+    print(f"extract {registration.key} (run {result.run_id})")
+    for name, value in materialization.metadata.items():
+        if name not in ("progress", "warnings"):
+            print(f"  {name}: {value.value}")
+    after = load_registration(database, registration.key)
+    for warning in after.warnings if after else ():
+        print(f"  warning: {warning}")
     return EXIT_OK
 
 

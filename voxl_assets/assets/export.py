@@ -24,7 +24,7 @@ from voxl_assets.export.bundle import (
     public_column_names,
     write_ehr_bundle,
 )
-from voxl_assets.export.delivery import deliver_bundle
+from voxl_assets.export.delivery import deliver_bundle, record_delivery
 from voxl_assets.export.leak_guard import private_identifiers, scan_bundle
 from voxl_assets.partitions import extract_partitions
 from voxl_assets.progress import extract_progress_markdown
@@ -103,6 +103,7 @@ def extract_export(
     delivery = deliver_bundle(
         bundle, project.destinations.ehr if project else None, stores.exports()
     )
+    record_delivery(database, key, delivery)
     yield MaterializeResult(
         asset_key=AssetKey("ehr_bundle"),
         metadata={**bundle.metadata(), **delivery, "progress": progress},
