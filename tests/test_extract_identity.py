@@ -121,11 +121,32 @@ def _missing_column(extract: Path) -> None:
     pq.write_table(pq.read_table(path).drop(["StudyUid_X"]), path)
 
 
+def _control_character_in_mrn(extract: Path) -> None:
+    path = extract / "private/PERSON_LINKS.parquet"
+    table = pq.read_table(path)
+    mrns = pa.array(["40000001", "4000\n0002", "40000003"][: table.num_rows])
+    pq.write_table(table.set_column(1, "PrimaryMrn", mrns), path)
+
+
+def _undecodable_summary(extract: Path) -> None:
+    (extract / "extract_summary.json").write_bytes(b"\xff\xfe{}")
+
+
+def _nested_summary(extract: Path) -> None:
+    (extract / "extract_summary.json").write_text("[" * 100_000 + "]" * 100_000)
+
+
 @pytest.mark.parametrize(
     ("damage", "expected"),
     [
         (_uint64_ids, "PROCEDURE_OCCURRENCE.parquet: row 2: column procedure_occurrence_id is not"),
         (_missing_column, "PROCEDURE_OCCURRENCE_LINKS.parquet: missing column(s) StudyUid_X"),
+        (
+            _control_character_in_mrn,
+            "PERSON_LINKS.parquet: row 1: column PrimaryMrn holds a control",
+        ),
+        (_undecodable_summary, "extract_summary.json: not UTF-8 text (byte 0)"),
+        (_nested_summary, "extract_summary.json: JSON nested"),
     ],
 )
 def test_bad_content_exits_2_with_one_line(
@@ -135,7 +156,7 @@ def test_bad_content_exits_2_with_one_line(
     damage: object,
     expected: str,
 ) -> None:
-    extract = write_omop_extract(tmp_path / "x", synthetic_extract_rows(3))
+    extract = write_omop_extract(tmp_path / "x", synthetic_extract_rows(3, people=3))
     damage(extract)  # type: ignore[operator]
     assert main(["populate", str(extract)]) == 2
     [line] = _error_lines(capsys.readouterr().err)
@@ -247,3 +268,16 @@ def test_exported_at_is_set_when_the_bundle_is_delivered(
     assert after["exported_at"] is not None
     delivered = voxl_home / "delivered" / "ehr" / "test-extract-uclh-omop-cdm"
     assert any(delivered.rglob("IMAGE_LINKER.parquet"))
+
+
+def test_a_csv_without_rows_holds_no_extract(
+    voxl_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "empty.csv"
+    source.write_text(
+        "procedure_id,mrn,accession_number,project_name,extract_generated_timestamp,study_date,"
+        "study_uid\n"
+    )
+    assert main(["populate", str(source)]) == 2
+    [line] = _error_lines(capsys.readouterr().err)
+    assert f"{source}: has a header but no rows" in line

@@ -298,6 +298,28 @@ def test_a_failed_extract_fixed_in_place_runs_again(
     assert fixed.run_keys == [f"{FIRST}#2"]
 
 
+def test_a_zero_row_extract_is_ingested_with_a_warning(
+    env: dict[str, object], instance: DagsterInstance
+) -> None:
+    extracts: Path = env["extracts"]  # type: ignore[assignment]
+    resources: dict[str, object] = env["resources"]  # type: ignore[assignment]
+    write_omop_extract(extracts / "empty", [])
+    first = tick(instance, resources, None)
+    assert first.partition_keys == [FIRST]
+    result = materialize(
+        [cohort_messages], instance=instance, partition_key=FIRST, resources=resources
+    )
+    assert result.success
+    metadata = result.asset_materializations_for_node("cohort_messages")[0].metadata
+    assert metadata["imaging_studies"].value == 0
+    assert "0 imaging studies" in str(metadata["warnings"].value)
+    [status] = extract_statuses(_database(env))
+    assert (status.state, status.total) == ("ingested", 0)
+    assert status.warnings == [
+        "0 imaging studies: the extract was accepted but has nothing to retrieve"
+    ]
+
+
 def test_incomplete_extracts_wait(tmp_path: Path) -> None:
     extract = write_omop_extract(tmp_path / "e", synthetic_extract_rows(2))
     assert is_complete(extract, quiet_seconds=0)
