@@ -56,7 +56,7 @@ def instance() -> Iterator[DagsterInstance]:
 
 
 def _database(env: dict[str, object]) -> VoxlDatabase:
-    return env["resources"]["voxl_db"].database  # type: ignore[index,no-any-return]
+    return env["resources"]["voxl_db"].database  # type: ignore[index]
 
 
 def _two_good_extracts(extracts: Path) -> None:

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from dagster import DagsterInstance, SensorResult, build_sensor_context, instance_for_test
@@ -46,9 +47,9 @@ class Tick:
         return [message for level, message in self.logs if level == "ERROR"]
 
 
-def tick(instance: DagsterInstance, resources: dict[str, object], cursor: str | None) -> Tick:
+def tick(instance: DagsterInstance, resources: Mapping[str, object], cursor: str | None) -> Tick:
     """One evaluation of the sensor; its partition requests are applied to the instance."""
-    context = build_sensor_context(instance=instance, cursor=cursor, resources=resources)
+    context = build_sensor_context(instance=instance, cursor=cursor, resources=dict(resources))
     handler = _Lines()
     context.log.addHandler(handler)
     result = new_extract_sensor(context)

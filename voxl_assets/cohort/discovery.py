@@ -129,9 +129,9 @@ def _register_source(
     quiet_seconds: float,
 ) -> str | None:
     """Register each extract of ``path``; the problem that stopped any of them, or None."""
-    summary = path / SUMMARY_FILE
-    if path.is_dir() and summary.exists() and not summary.is_file():
-        return f"{summary}: is not a file; OMOP ES writes the summary as a JSON file"
+    summary_file = path / SUMMARY_FILE
+    if path.is_dir() and summary_file.exists() and not summary_file.is_file():
+        return f"{summary_file}: is not a file; OMOP ES writes the summary as a JSON file"
     if not is_complete(path, quiet_seconds=quiet_seconds):
         return None
     try:

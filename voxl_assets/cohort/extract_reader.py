@@ -220,6 +220,12 @@ def _check_unique(frame: pd.DataFrame, column: str, what: str) -> None:
         )
 
 
+def _blank(frame: pd.DataFrame) -> pd.Series:
+    # Plain Python strings: pandas would store a scalar '' as Arrow strings, which are slow to
+    # iterate, and ingest iterates every column of the messages.
+    return pd.Series("", index=frame.index, dtype=object)
+
+
 def check_slug(project_name: str, *, where: str) -> None:
     """A project name must give a slug the registry and the database can hold."""
     slug = slugify(project_name)
@@ -342,7 +348,9 @@ def _read_extract(extract_dir: Path) -> CohortTable:
     links["accession_number"] = _identifiers(links, "AccessionNumber", "accession_number")
     links["study_uid"] = _identifiers(links, "StudyUid_X", "study_uid")
     links["series_uid"] = (
-        _identifiers(links, "SeriesUid_X", "series_uid") if "SeriesUid_X" in links else ""
+        _identifiers(links, "SeriesUid_X", "series_uid")
+        if "SeriesUid_X" in links
+        else _blank(links)
     )
     _check_unique(links, "procedure_occurrence_id", "procedure occurrence link")
 
@@ -356,7 +364,7 @@ def _read_extract(extract_dir: Path) -> CohortTable:
     merged["accession_number"] = merged["accession_number"].fillna("")
     merged["study_uid"] = merged["study_uid"].fillna("")
     merged["series_uid"] = merged["series_uid"].fillna("")
-    merged["participant_id"] = ""
+    merged["participant_id"] = _blank(merged)
     imaging = (merged["accession_number"] != "") | (merged["study_uid"] != "")
     skipped = int((~imaging).sum())
     merged = merged[imaging].merge(persons[["person_id", "mrn"]], on="person_id", how="left")
