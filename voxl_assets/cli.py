@@ -10,7 +10,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from voxl_assets import settings
 from voxl_assets.project_config import (
@@ -19,6 +19,12 @@ from voxl_assets.project_config import (
     ProjectRegistry,
     project_files,
 )
+
+if TYPE_CHECKING:
+    from dagster import DagsterInstance
+
+    from voxl_assets.cohort.extract_reader import ExtractSummary
+    from voxl_assets.db import VoxlDatabase
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -98,8 +104,6 @@ def _check_archives() -> int:
 
 
 def cmd_populate(args: argparse.Namespace) -> int:
-    from dagster import DagsterInstance
-
     from voxl_assets.cohort.extract_reader import ExtractError, read_any_summaries
 
     path = Path(args.path).resolve()
@@ -112,11 +116,12 @@ def cmd_populate(args: argparse.Namespace) -> int:
     except (ExtractError, ProjectConfigError) as exc:
         _error(str(exc))
         return EXIT_BAD_INPUT
+    from dagster import DagsterInstance
+
+    from resources.voxl_database import VoxlDatabaseResource
     from voxl_assets.dagster_home import ensure_dagster_home
 
     ensure_dagster_home()
-    from resources.voxl_database import VoxlDatabaseResource
-
     database = VoxlDatabaseResource().database
     instance = DagsterInstance.get()
     # A CSV file may hold several extracts: each goes in on its own; the worst outcome decides
@@ -128,10 +133,10 @@ def cmd_populate(args: argparse.Namespace) -> int:
 
 
 def _populate_one(
-    database: Any,
-    instance: Any,
+    database: VoxlDatabase,
+    instance: DagsterInstance,
     registry: ProjectRegistry,
-    summary: Any,
+    summary: ExtractSummary,
     path: Path,
 ) -> int:
     """Register one extract and materialise its cohort messages; print its counts."""
