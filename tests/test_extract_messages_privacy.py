@@ -5,13 +5,13 @@ readers meet, with an identifier as the bad value, goes through the sensor, the 
 instance stored (event log, compute logs) and the status report (issue 13, finding 12)."""
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from dagster import instance_for_test, materialize
+from dagster import DagsterInstance, instance_for_test, materialize
 
 from resources.voxl_database import ProjectRegistryResource, VoxlDatabaseResource
 from tests.helpers.projects import write_project
@@ -211,10 +211,19 @@ CASES: dict[str, tuple[Callable[[Path], Path], str, str]] = {
 }
 
 
+@pytest.fixture(scope="module")
+def instance() -> Iterator[DagsterInstance]:
+    """One instance for all cases (they use different extract folders and databases); a value
+    found in its storage fails whichever case looks, so a leak is never missed."""
+    with instance_for_test() as test_instance:
+        yield test_instance
+
+
 @pytest.mark.slow  # a sensor tick and a cohort run per case
 @pytest.mark.parametrize("case", list(CASES))
 def test_a_bad_cell_is_named_never_echoed(
     case: str,
+    instance: DagsterInstance,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
@@ -244,25 +253,24 @@ def test_a_bad_cell_is_named_never_echoed(
         "voxl_db": VoxlDatabaseResource(url=database_url),
         "projects": ProjectRegistryResource(directory=str(projects)),
     }
-    with instance_for_test() as instance:
-        # The sensor: a summary-level problem is its to report; otherwise it starts a run.
-        first = tick(instance, resources, None)
-        logs = "\n".join(message for _level, message in first.logs)
-        assert secret not in logs
-        for request in first.result.run_requests or []:
-            result = materialize(
-                [cohort_messages],
-                instance=instance,
-                partition_key=request.partition_key,
-                resources=resources,
-                raise_on_error=False,
-            )
-            assert not result.success
-        assert first.errors or first.result.run_requests  # it was reported or it ran (and failed)
-        # Everything the Dagster instance stored: runs, event log, compute logs.
-        stored = [p for p in Path(instance.root_directory).rglob("*") if p.is_file()]
-        assert stored
-        assert not [p for p in stored if secret.encode() in p.read_bytes()]
+    # The sensor: a summary-level problem is its to report; otherwise it starts a run.
+    first = tick(instance, resources, None)
+    logs = "\n".join(message for _level, message in first.logs)
+    assert secret not in logs
+    for request in first.result.run_requests or []:
+        result = materialize(
+            [cohort_messages],
+            instance=instance,
+            partition_key=request.partition_key,
+            resources=resources,
+            raise_on_error=False,
+        )
+        assert not result.success
+    assert first.errors or first.result.run_requests  # it was reported or it ran (and failed)
+    # Everything the Dagster instance stored: runs, event log, compute logs.
+    stored = [p for p in Path(instance.root_directory).rglob("*") if p.is_file()]
+    assert stored
+    assert not [p for p in stored if secret.encode() in p.read_bytes()]
 
     assert main(["status"]) == 0
     assert main(["status", "--json"]) == 0

@@ -123,7 +123,7 @@ def test_unregistered_project_is_reported_once_and_not_processed(
     write_project(env["projects"], "unknown-project", name="Unknown Project")  # type: ignore[arg-type]
     third = tick(instance, resources, second.result.cursor)
     assert third.partition_keys == ["unknown-project/2026-11-01T12-00-00"]
-    assert not [s for s in extract_statuses(_database(env)) if s.state == "unreadable"]
+    assert not [s for s in extract_statuses(_database(env)) if s.state == "not_registered"]
 
 
 def _undecodable(extract: Path) -> None:
@@ -171,7 +171,7 @@ def test_one_bad_extract_is_reported_once_and_the_others_proceed(
     assert first.partition_keys == [FIRST, SECOND]
     assert len(first.errors) == 1
     assert str(bad) in first.errors[0] and reason in first.errors[0]
-    problems = [s for s in extract_statuses(_database(env)) if s.state == "unreadable"]
+    problems = [s for s in extract_statuses(_database(env)) if s.state == "not_registered"]
     assert [(p.source, p.reason) for p in problems] == [(str(bad), first.errors[0])]
 
     second = tick(instance, resources, first.result.cursor)
@@ -184,7 +184,7 @@ def test_one_bad_extract_is_reported_once_and_the_others_proceed(
     )
     third = tick(instance, resources, second.result.cursor)
     assert third.partition_keys == [THIRD] and not third.errors
-    assert not [s for s in extract_statuses(_database(env)) if s.state == "unreadable"]
+    assert not [s for s in extract_statuses(_database(env)) if s.state == "not_registered"]
 
 
 def test_a_csv_with_several_extracts_gets_a_run_per_extract(
@@ -380,7 +380,7 @@ def test_a_folder_that_cannot_be_read_does_not_stall_the_sensor() -> None:
         assert report["partition_keys"] == [FIRST, SECOND]
         assert report["errors"] == [f"{locked}: cannot be read (permission denied)"]
         assert report["second_tick_runs"] == [] and report["second_tick_errors"] == []
-        problems = [s for s in extract_statuses(VoxlDatabase(url)) if s.state == "unreadable"]
+        problems = [s for s in extract_statuses(VoxlDatabase(url)) if s.state == "not_registered"]
         assert [(p.source, p.reason) for p in problems] == [
             (str(locked), f"{locked}: cannot be read (permission denied)")
         ]

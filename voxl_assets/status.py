@@ -28,7 +28,8 @@ STATES = [s.value for s in StudyStatus]
 class ExtractStatus:
     """One line of the report. ``state``: ``ingested`` (with study counts), ``pending`` or
     ``failed`` (a registration not ingested: no counts; ``reason`` says why it failed), or
-    ``unreadable`` (a source in the extracts folder that is no registration: no project)."""
+    ``not_registered`` (a source in the extracts folder that could not be registered: no
+    project, and ``reason`` says why)."""
 
     project: str | None
     extract: str | None  # the partition key: <project>/<extract-datetime>
@@ -155,7 +156,7 @@ def _source_problem(problem: ExtractSourceProblem) -> ExtractStatus:
         exported_at=None,
         total=None,
         by_state=None,
-        state="unreadable",
+        state="not_registered",
         source=problem.source_path,
         reason=problem.reason,
     )
@@ -177,7 +178,13 @@ def render_table(statuses: list[ExtractStatus]) -> str:
     problems = [s for s in statuses if s.extract is None]
     if problems:
         lines.append("not registered from the extracts folder:")
-        lines += [f"  {status.source}: {status.reason}" for status in problems]
+        for status in problems:
+            reason = status.reason or ""
+            lines.append(
+                f"  {reason}"
+                if reason.startswith(str(status.source))
+                else f"  {status.source}: {reason}"
+            )
     return "\n".join(lines)
 
 
