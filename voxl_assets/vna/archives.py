@@ -41,9 +41,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from voxl_assets.config_files import ConfigFileError, read_yaml
 from voxl_assets.vna.client import VnaClient, VnaSettings, make_vna_client
 from voxl_assets.vna.windows import TimeWindow, WindowConfigError, parse_window
 
@@ -89,9 +89,9 @@ def load_archive_configs(path: Path, local: VnaSettings) -> list[ArchiveConfig]:
     """The archives of ``path`` in the order they are asked. ``local`` gives VOXL's own side
     (calling AE title, C-MOVE destination and port), shared by every archive."""
     try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ArchiveConfigError(f"{path}: cannot read the archives file ({exc})") from None
+        raw = read_yaml(path)
+    except ConfigFileError as exc:
+        raise ArchiveConfigError(f"archives file {exc}") from None
     try:
         parsed = _ArchivesFile.model_validate(raw)
     except ValidationError as exc:
