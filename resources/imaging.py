@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import os
 import threading
+from pathlib import Path
 from typing import Any
 
 from dagster import ConfigurableResource
 
 from voxl_assets import settings
+from voxl_assets.at_rest import make_private_dir
 from voxl_assets.deid.store import AnonymisedStore
 from voxl_assets.vna.archives import (
     ArchiveConfig,
@@ -124,19 +126,12 @@ class StoresResource(ConfigurableResource):
         limit = self.raw_cache_max_bytes or int(_env("VOXL_RAW_CACHE_MAX_BYTES", str(50 * 1024**3)))
         with _lock:
             if (root, limit) not in _caches:
-                from pathlib import Path
-
-                _caches[(root, limit)] = RawCache(Path(root), limit)
+                _caches[(root, limit)] = RawCache(make_private_dir(Path(root)), limit)
             return _caches[(root, limit)]
 
     def anonymised(self) -> AnonymisedStore:
-        from pathlib import Path
-
-        return AnonymisedStore(
-            Path(self.anonymised_dir) if self.anonymised_dir else settings.anon_store_dir()
-        )
+        root = Path(self.anonymised_dir) if self.anonymised_dir else settings.anon_store_dir()
+        return AnonymisedStore(make_private_dir(root))
 
     def exports(self) -> Any:
-        from pathlib import Path
-
-        return Path(self.export_dir) if self.export_dir else settings.export_dir()
+        return make_private_dir(Path(self.export_dir) if self.export_dir else settings.export_dir())

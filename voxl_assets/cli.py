@@ -363,6 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from voxl_assets.at_rest import restrict_umask
+
+    restrict_umask()  # before anything is written: see voxl_assets/at_rest.py
     args = build_parser().parse_args(argv)
     return int(args.func(args))
 

@@ -49,12 +49,13 @@ def _required(env: Mapping[str, str], name: str, what: str) -> str:
 
 
 def _local(destination: LocalDirectoryDestination) -> Any:
+    from voxl_assets.at_rest import make_private_dir
     from voxl_assets.confinement import PathEscapeError
     from voxl_assets.project_config import local_destination_path
     from voxl_assets.upload.local import LocalUploader
 
     try:
-        return LocalUploader(local_destination_path(destination))
+        return LocalUploader(make_private_dir(local_destination_path(destination), tighten=False))
     except PathEscapeError as exc:
         raise UploadError(f"local destination {destination.path}: {exc}") from None
 
