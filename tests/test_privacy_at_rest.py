@@ -5,6 +5,7 @@ that skipped them (an operator's own dagster-webserver, a script) still exposes 
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 import subprocess
@@ -64,7 +65,7 @@ def test_a_demo_run_leaves_nothing_another_account_can_read(tmp_path: Path) -> N
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            preexec_fn=lambda umask=umask: os.umask(umask),  # the umask it is started with
+            preexec_fn=functools.partial(os.umask, umask),  # the umask it is started with
         )
         for name, umask in umasks.items()
     }
