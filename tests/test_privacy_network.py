@@ -388,3 +388,14 @@ def test_store_scp_warnings_stay_quiet_for_a_working_set_up() -> None:
         ),
     )
     assert store_scp_warnings([local, remote]) == []
+
+
+def test_the_production_example_archives_file_loads() -> None:
+    from voxl_assets import settings
+    from voxl_assets.vna.archives import load_archive_configs
+
+    example = settings.REPO_ROOT / "deployments" / "production" / "archives.yaml"
+    vna, pacs = load_archive_configs(example, VnaSettings())
+    assert vna.settings.move_source_addresses == ("10.20.0.0/28",)
+    assert MovePeer.for_archive(vna.settings).admits("VNA", "10.20.0.9")
+    assert pacs.settings.move_source_addresses == ()
