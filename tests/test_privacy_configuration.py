@@ -6,6 +6,7 @@ with an error that names the file and the field and never quotes a file outside 
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -289,8 +290,9 @@ def test_local_destinations_stay_under_the_documented_root(
     monkeypatch.setenv("VOXL_LOCAL_DESTINATION_ROOT", str(root))
     uploader = make_file_uploader(LocalDirectoryDestination(kind="local", path="dsh/ehr"))
     assert uploader is not None and uploader.root == root.resolve() / "dsh" / "ehr"  # type: ignore[attr-defined]
+    assert (root / "dsh" / "ehr").is_dir()  # made when the uploader was built
     # A link planted after check-config ran is caught when the uploader is built.
-    root.mkdir()
+    shutil.rmtree(root / "dsh")
     (root / "dsh").symlink_to(tmp_path, target_is_directory=True)
     with pytest.raises(UploadError, match="outside"):
         make_file_uploader(LocalDirectoryDestination(kind="local", path="dsh/ehr"))
