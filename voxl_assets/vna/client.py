@@ -8,6 +8,7 @@ exceptions name outcomes and counts, never the identifiers searched for.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import logging
@@ -249,6 +250,7 @@ IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 STATUS_NOT_AUTHORISED = 0x0124
 
 
+@functools.lru_cache(maxsize=256)  # asked once per received instance, for a handful of peers
 def _ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
