@@ -227,6 +227,27 @@ def test_yaml_errors_give_the_position_not_the_text(
     _assert_refused(code, output, str(broken), "not a UTF-8 text file")
 
 
+_MARKER = "QZXMRN4700"
+_YAML_JUNK = st.text(alphabet=" \t\n:-[]{},'\"#&*!|>%@`?\\abc019_^.=", max_size=60)
+
+
+@settings(max_examples=300, deadline=None)
+@given(before=_YAML_JUNK, after=_YAML_JUNK, quote=st.sampled_from(["", "'", '"', "!", "*", "&"]))
+def test_no_yaml_error_quotes_the_file_whatever_it_holds(
+    tmp_path_factory: Any, before: str, after: str, quote: str
+) -> None:
+    """Any content, any position of an identifier in it, any YAML construct around it (tags,
+    aliases, anchors, quotes): an error names the file and a position, never the text."""
+    from voxl_assets.config_files import ConfigFileError, read_yaml
+
+    path = tmp_path_factory.mktemp("yaml") / "file.yaml"
+    path.write_text(before + quote + _MARKER + after, encoding="utf-8")
+    try:
+        read_yaml(path)
+    except ConfigFileError as exc:
+        assert _MARKER not in str(exc) and str(path) in str(exc)
+
+
 def test_the_archives_file_is_never_quoted(
     registry: Path,
     outside_secret: Path,

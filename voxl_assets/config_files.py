@@ -26,6 +26,7 @@ def describe_yaml_error(exc: yaml.YAMLError) -> str:
     """Where and what kind of YAML error, without any text of the file."""
     if isinstance(exc, yaml.MarkedYAMLError):
         problem = _QUOTED.sub("(...)", exc.problem or exc.context or "syntax error")
+        problem = re.split(r"['\"]", problem, maxsplit=1)[0].rstrip()  # an unbalanced quote: cut
         mark = exc.problem_mark or exc.context_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         return f"not valid YAML: {problem}{where}"
