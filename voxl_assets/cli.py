@@ -83,7 +83,7 @@ def _sftp_client_problem(project: ProjectDefinition) -> str | None:
 def _check_archives() -> int:
     """Validate ``VOXL_ARCHIVES_FILE`` when set, and show the archives in the order they are asked."""
     from resources.imaging import VnaResource
-    from voxl_assets.vna.archives import ArchiveConfigError
+    from voxl_assets.vna.archives import ArchiveConfigError, store_scp_warnings
 
     try:
         configs = VnaResource().archive_configs()
@@ -93,6 +93,8 @@ def _check_archives() -> int:
     for config in configs:
         window = config.window.describe() if config.window else "always open"
         print(f"archive {config.name}: {config.settings.kind}, {window}")
+    for warning in store_scp_warnings(configs):
+        print(f"    warning: {warning}")
     return EXIT_OK
 
 
@@ -361,6 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from voxl_assets.at_rest import restrict_umask
+
+    restrict_umask()  # before anything is written: see voxl_assets/at_rest.py
     args = build_parser().parse_args(argv)
     return int(args.func(args))
 

@@ -16,6 +16,7 @@ from sensors.window_sensor import archive_window_sensor
 from voxl_assets.assets.cohort import cohort_messages
 from voxl_assets.assets.export import extract_export
 from voxl_assets.assets.imaging import study_pipeline
+from voxl_assets.at_rest import restrict_umask
 
 
 def build_definitions() -> Definitions:
@@ -38,4 +39,7 @@ def build_definitions() -> Definitions:
     )
 
 
+# Every Dagster process that runs VOXL code (code servers, run workers, step workers) loads this
+# module before it writes anything: what it writes is private (voxl_assets/at_rest.py).
+restrict_umask()
 defs = build_definitions()

@@ -14,6 +14,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from voxl_assets import settings
+from voxl_assets.at_rest import make_private_dir, make_private_file
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -34,7 +35,10 @@ def make_engine(url: str | None = None) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            # Identifiers live here: 0600 before SQLite creates it (its journals copy the mode).
+            database = Path(parsed.database)
+            make_private_dir(database.parent, tighten=database.parent == settings.voxl_home())
+            make_private_file(database)
         engine = create_engine(url, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine

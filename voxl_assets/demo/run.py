@@ -14,6 +14,7 @@ import subprocess
 import sys
 
 from voxl_assets import settings
+from voxl_assets.at_rest import make_private_dir
 
 
 def _free_port() -> int:
@@ -27,9 +28,8 @@ def _hashing_key() -> None:
     VOXL_HASHING_KEY from its secret store instead."""
     if os.environ.get("VOXL_HASHING_KEY"):
         return
-    path = settings.secrets_dir() / "hashing-key"
+    path = make_private_dir(settings.secrets_dir()) / "hashing-key"
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(secrets.token_hex(32))
@@ -47,8 +47,7 @@ def run_demo(*, studies: int = 24, serve_ui: bool = True, port: int = 3000) -> i
     from voxl_assets.partitions import STUDIES
     from voxl_assets.status import extract_statuses, render_table
 
-    home = settings.voxl_home()
-    home.mkdir(parents=True, exist_ok=True)
+    home = make_private_dir(settings.voxl_home())
     ensure_dagster_home()
     _hashing_key()
     demo_root = home / "demo"
