@@ -34,12 +34,12 @@ from voxl_assets.deid.study import ALLOW_LIST_CHECK, IDENTIFIER_CHECK
 from voxl_assets.imaging.batches import ONLY_STATUS_TAG
 from voxl_assets.imaging.pipeline import Stage, StageOutcome, StageResult, run_studies
 from voxl_assets.imaging.stages import StudyStages
-from voxl_assets.imaging.study_state import (
+from voxl_assets.partitions import study_partitions
+from voxl_assets.study_state import (
     load_study_requests,
     set_status,
     study_id_from_partition_key,
 )
-from voxl_assets.partitions import study_partitions
 
 STATUS_BY_RESULT = {
     StageResult.FAILED: StudyStatus.FAILED,

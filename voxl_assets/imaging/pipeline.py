@@ -18,7 +18,8 @@ from enum import StrEnum
 from queue import Empty, Queue
 from typing import Any
 
-from voxl_assets.imaging.study_state import StudyRequest
+from voxl_assets.outcomes import StudyFailure, StudyFiltered, StudyWaiting
+from voxl_assets.study_state import StudyRequest
 
 log = logging.getLogger(__name__)
 
@@ -55,23 +56,6 @@ class StageOutcome:
 
 
 StageFunction = Callable[[StudyRequest, dict[Stage, StageOutcome]], StageOutcome]
-
-
-class StudyFailure(Exception):
-    """A stage failed for a reason worth showing; the message must hold no identifier."""
-
-
-class StudyFiltered(Exception):
-    """A stage ended the study on purpose (every series filtered out, say)."""
-
-
-class StudyWaiting(Exception):
-    """The study must wait (an archive's window is closed); the message says for what, and
-    ``not_before`` when to try again."""
-
-    def __init__(self, message: str, not_before: datetime | None = None) -> None:
-        super().__init__(message)
-        self.not_before = not_before
 
 
 def run_stage(
