@@ -23,3 +23,15 @@ class StudyWaiting(Exception):
     def __init__(self, message: str, not_before: datetime | None = None) -> None:
         super().__init__(message)
         self.not_before = not_before
+
+
+def code_location(exc: BaseException) -> str:
+    """``file.py:123 in function`` where ``exc`` was raised: a code location to show for an
+    unexpected error, whose message may quote a value from a file, a peer or the database."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return "unknown location"
+    code = tb.tb_frame.f_code
+    return f"{code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_lineno} in {code.co_name}"

@@ -27,7 +27,12 @@ from voxl_assets.export.bundle import (
 from voxl_assets.export.delivery import deliver_bundle
 from voxl_assets.export.leak_guard import private_identifiers, scan_bundle
 from voxl_assets.partitions import extract_partitions
-from voxl_assets.progress import extract_progress_markdown
+from voxl_assets.progress import (
+    END_STATE,
+    extract_progress,
+    extract_progress_markdown,
+    ready_exports,
+)
 
 LEAK_CHECK = "no_private_value_in_bundle"
 
@@ -103,7 +108,14 @@ def extract_export(
     delivery = deliver_bundle(
         bundle, project.destinations.ehr if project else None, stores.exports()
     )
+    # What the export sensor compares, so it does not export this state again.
+    end_state = ready_exports(extract_progress(database, key))
     yield MaterializeResult(
         asset_key=AssetKey("ehr_bundle"),
-        metadata={**bundle.metadata(), **delivery, "progress": progress},
+        metadata={
+            **bundle.metadata(),
+            **delivery,
+            "progress": progress,
+            **({END_STATE: end_state} if end_state else {}),
+        },
     )
