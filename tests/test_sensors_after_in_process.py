@@ -7,6 +7,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import pytest
 from dagster import DagsterInstance, SensorResult, build_sensor_context
 
@@ -58,13 +59,20 @@ def test_sensors_request_nothing_after_the_demo_then_only_new_studies(
         for name in SENSORS:
             assert _requests(_first_tick(instance, name)) == [], name
 
+        # The mapping table the export wrote loads through its IO manager, as the bundle holds it.
+        extract = "test-extract-uclh-omop-cdm/2026-11-01T12-00-00"
+        tables = defs.load_asset_value("mapping_table", partition_key=extract, instance=instance)
+        bundle = home / "exports" / extract / "IMAGE_LINKER.parquet"
+        assert tables["IMAGE_LINKER.parquet"].equals(pq.read_table(bundle))
+        assert tables["IMAGE_LINKER.parquet"].num_rows == 6  # 8 studies: 1 missing, 1 filtered
+
         # Something new: a second extract of the project. Its studies, and only those, are asked.
-        extract = write_omop_extract(
+        second = write_omop_extract(
             tmp_path / "second",
             synthetic_extract_rows(5, seed=99),
             extract_datetime=datetime(2026, 11, 2, 9, 0),
         )
-        assert main(["populate", str(extract)]) == 0
+        assert main(["populate", str(second)]) == 0
         studies = _first_tick(instance, "study_batch_sensor")
         [request] = _requests(studies)
         start = request.tags["dagster/asset_partition_range_start"]

@@ -88,17 +88,17 @@ def _failure(result: Any) -> tuple[str, bool]:
 
 
 def materialize(
-    asset: AssetsDefinition,
+    assets: list[AssetsDefinition],
     instance: DagsterInstance,
     tags: dict[str, str],
     partition_key: str | None = None,
 ) -> Any:
-    """Dagster's ``materialize`` for one of VOXL's assets, with VOXL's loggers: the event log goes
-    where the `voxl` command sends it (its log file) rather than to the terminal."""
+    """Dagster's ``materialize`` for VOXL's assets, with VOXL's loggers: the event log goes where
+    the `voxl` command sends it (its log file) rather than to the terminal."""
     loggers = run_loggers()
     in_process = Definitions(
         jobs=[define_asset_job(name=IN_PROCESS_JOB)],
-        assets=[asset],
+        assets=assets,
         resources=defs.resources,
         loggers=loggers,
     )
@@ -113,11 +113,14 @@ def materialize(
 
 
 def _materialize_partition(
-    instance: DagsterInstance, asset: str, partition_key: str, source: str, what: str
+    instance: DagsterInstance, assets: list[str], partition_key: str, source: str, what: str
 ) -> Any:
     reclaim_dead_runs(instance)
     result = materialize(
-        defs.get_assets_def(asset), instance, _tags(source), partition_key=partition_key
+        [defs.get_assets_def(asset) for asset in assets],
+        instance,
+        _tags(source),
+        partition_key=partition_key,
     )
     if not result.success:
         message, bad_input = _failure(result)
@@ -128,7 +131,7 @@ def _materialize_partition(
 def materialize_cohort(instance: DagsterInstance, extract_key: str, source: str) -> Any:
     instance.add_dynamic_partitions(EXTRACTS, [extract_key])
     return _materialize_partition(
-        instance, "cohort_messages", extract_key, source, "cohort_messages"
+        instance, ["cohort_messages"], extract_key, source, "cohort_messages"
     )
 
 
@@ -148,7 +151,7 @@ def materialize_studies(
     for start in range(0, len(ordered), batch):
         chunk = ordered[start : start + batch]
         result = materialize(
-            defs.get_assets_def("raw_study"),
+            [defs.get_assets_def("raw_study")],
             instance,
             {
                 ASSET_PARTITION_RANGE_START_TAG: chunk[0],
@@ -165,5 +168,7 @@ def materialize_studies(
 
 
 def materialize_export(instance: DagsterInstance, extract_key: str, source: str) -> Any:
-    # mapping_table selects its multi-asset, so ehr_bundle and the leak guard run with it.
-    return _materialize_partition(instance, "mapping_table", extract_key, source, "export")
+    # One run: mapping_table's tables go through the IO manager into ehr_bundle and its leak guard.
+    return _materialize_partition(
+        instance, ["mapping_table", "ehr_bundle"], extract_key, source, "export"
+    )
