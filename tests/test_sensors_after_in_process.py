@@ -62,9 +62,10 @@ def test_sensors_request_nothing_after_the_demo_then_only_new_studies(
         # The mapping table the export wrote loads through its IO manager, as the bundle holds it.
         extract = "test-extract-uclh-omop-cdm/2026-11-01T12-00-00"
         tables = defs.load_asset_value("mapping_table", partition_key=extract, instance=instance)
-        bundle = home / "exports" / extract / "IMAGE_LINKER.parquet"
-        assert tables["IMAGE_LINKER.parquet"].equals(pq.read_table(bundle))
-        assert tables["IMAGE_LINKER.parquet"].num_rows == 6  # 8 studies: 1 missing, 1 filtered
+        assert isinstance(tables, dict)
+        linker = tables["IMAGE_LINKER.parquet"]
+        assert linker.equals(pq.read_table(home / "exports" / extract / "IMAGE_LINKER.parquet"))
+        assert linker.num_rows == 6  # 8 studies: 1 not on the VNA, 1 filtered
 
         # Something new: a second extract of the project. Its studies, and only those, are asked.
         second = write_omop_extract(
