@@ -101,7 +101,7 @@ class PhaseLine(logging.Handler):
     """Shows what a run is doing on one progress line, from the Dagster events it logs."""
 
     def __init__(self, show: Callable[[str], None]) -> None:
-        super().__init__(logging.INFO)
+        super().__init__(logging.DEBUG)  # Dagster logs its step events at DEBUG
         self._show = show
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -109,6 +109,8 @@ class PhaseLine(logging.Handler):
         event = meta.get("dagster_event")
         step = meta.get("step_key") or ""
         if event is None:
+            if record.levelno < logging.INFO:
+                return
             text = str(meta.get("orig_message") or record.getMessage()).splitlines()[0]
         elif event.event_type_value == "STEP_START":
             text = f"{step} started"
@@ -133,12 +135,12 @@ def phase_progress(
     bar = tqdm(
         desc=label,
         total=None,
-        bar_format="{desc} [{elapsed}] {postfix}",
+        bar_format="{desc} [{elapsed}]",
         disable=not enabled,
         file=file if file is not None else sys.stderr,
         leave=False,
     )
-    handler = PhaseLine(lambda text: bar.set_postfix_str(text))
+    handler = PhaseLine(lambda text: bar.set_description_str(f"{label}: {text}"))
     if log is not None and enabled:
         log.handlers.append(handler)
     stop = threading.Event()
