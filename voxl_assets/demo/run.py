@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -192,6 +193,11 @@ def serve_dagster_ui(port: int, log_dir: Path) -> int:
         "dagster-daemon": [sys.executable, "-m", "dagster._daemon", "run", "-w", workspace],
     }
     processes: list[subprocess.Popen[bytes]] = []
+
+    def stop(_signal: int, _frame: object) -> None:
+        raise KeyboardInterrupt  # SIGTERM too: the webserver and daemon stop with the demo
+
+    previous = signal.signal(signal.SIGTERM, stop)
     try:
         for name, command in commands.items():
             with logs[name].open("ab") as output:
@@ -216,6 +222,7 @@ def serve_dagster_ui(port: int, log_dir: Path) -> int:
     except KeyboardInterrupt:
         return 0
     finally:
+        signal.signal(signal.SIGTERM, previous)
         for process in processes:
             process.terminate()
         for process in processes:
