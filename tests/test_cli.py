@@ -162,9 +162,10 @@ def test_an_unexpected_error_is_one_line_and_its_stack_goes_to_the_log(
     assert "in broken" in log and "MRN123" not in log
 
 
-def test_help_and_status_load_no_dagster(voxl_home: Path) -> None:
-    """`voxl --help` and `voxl status` answer without importing Dagster, pandas or pydicom (nor
-    Alembic, once the database exists: the schema check reads the migration files itself)."""
+def test_help_status_and_input_errors_load_no_dagster(voxl_home: Path) -> None:
+    """`voxl --help`, `voxl status` and errors found before any work answer without importing
+    Dagster, pandas or pydicom (nor Alembic, once the database exists: the schema check reads the
+    migration files itself)."""
     assert main(["status"]) == 0  # creates and migrates the database
     heavy = ["dagster", "pandas", "pyarrow", "pydicom", "pynetdicom", "pydantic", "alembic"]
     probe = (
@@ -176,7 +177,12 @@ def test_help_and_status_load_no_dagster(voxl_home: Path) -> None:
         "    pass\n"
         f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({heavy!r})))\n"
     )
-    for argv in (["--help"], ["status"]):
+    for argv in (
+        ["--help"],
+        ["status"],
+        ["populate", str(voxl_home / "no-such-extract")],
+        ["backfill", "no-such-project"],
+    ):
         done = subprocess.run(
             [sys.executable, "-c", probe, *argv], capture_output=True, text=True, check=True
         )

@@ -210,10 +210,30 @@ def _study_keys(
     return keys, extract_keys
 
 
+def _declared_slugs() -> set[str] | None:
+    """The ``project.slug`` of every definition, read as plain YAML: an unknown project is refused
+    at once, before the registry is validated (which loads pydantic and pydicom). None when a file
+    does not parse: the full validation then reports it."""
+    import yaml
+
+    slugs = set()
+    for path in sorted(settings.projects_dir().glob("*.yaml")):
+        try:
+            document = yaml.safe_load(path.read_text())
+            slugs.add(str(document["project"]["slug"]))
+        except (yaml.YAMLError, OSError, KeyError, TypeError):
+            return None
+    return slugs
+
+
 def cmd_backfill(args: argparse.Namespace) -> int:
     import time
     import uuid
 
+    declared = _declared_slugs()
+    if declared is not None and args.project not in declared:
+        _error(f"project '{args.project}' is not registered (see `voxl check-config`)")
+        return EXIT_BAD_INPUT
     from voxl_assets.project_config import ProjectConfigError, ProjectRegistry
 
     try:

@@ -53,10 +53,9 @@ def _plural(count: int, one: str, many: str) -> str:
 
 def describe_scenario(scenario: Scenario, project_modalities: Sequence[str]) -> list[str]:
     """What the generated data holds, and which studies are there to show how a study can end."""
-    on_vna = len(scenario.rows) - len(scenario.missing)
     lines = [
-        f"a generated OMOP ES extract of {len(scenario.rows)} imaging studies; the demo VNA holds "
-        f"{on_vna} of them; the project keeps {', '.join(project_modalities)}",
+        f"a generated OMOP ES extract of {len(scenario.rows)} imaging studies; the project keeps "
+        f"{', '.join(project_modalities)}",
         "on purpose, to show how a study can end:",
     ]
     if scenario.missing:
@@ -121,8 +120,9 @@ def run_demo(
     project = ProjectRegistry.load().get(summary.project_slug)
     modalities = list(project.project.modalities) if project else []
 
+    on_vna = len(scenario.rows) - len(scenario.missing)
     print(f"VOXL demo in {home}")
-    print(f"  demo VNA (DICOM C-FIND/C-GET, pynetdicom) on 127.0.0.1:{vna_port}")
+    print(f"  a demo VNA (pynetdicom, C-FIND/C-GET) on 127.0.0.1:{vna_port} with {on_vna} studies")
     for line in describe_scenario(scenario, modalities):
         print(f"  {line}")
     with DemoVna(scenario.archive_dir, port=vna_port, ae_title="DEMOVNA"):
@@ -164,7 +164,7 @@ def run_demo(
         print()
         print(render_table(extract_statuses(database, summary.project_slug)))
         print()
-        print(f"images (one zip per study)  {home / 'delivered' / 'images'}")
+        print(f"images, one zip per study   {home / 'delivered' / 'images'}")
         print(f"EHR bundle                  {home / 'exports'}")
         print(f"  delivered to              {home / 'delivered' / 'ehr'}")
         if not serve_ui:
