@@ -13,6 +13,8 @@ from dagster import DagsterInstance, SensorResult, build_sensor_context
 
 from voxl_assets.cli import main
 from voxl_assets.definitions import defs
+from voxl_assets.imaging.batches import ONLY_STATUS_TAG, UNFINISHED
+from voxl_assets.orchestration import materialize
 from voxl_assets.synthetic import synthetic_extract_rows, write_omop_extract
 
 SENSORS = [
@@ -54,10 +56,21 @@ def test_sensors_request_nothing_after_the_demo_then_only_new_studies(
     assert "1 study is ultrasound (US), which the project filters out" in out
 
     with DagsterInstance.get() as instance:
-        in_process_runs = len(instance.get_runs())
-        assert in_process_runs == 3  # cohort, one study batch, export
+        assert len(instance.get_runs()) == 3  # cohort, one study batch, export
         for name in SENSORS:
             assert _requests(_first_tick(instance, name)) == [], name
+
+        # A study batch run over studies that ended before it started does nothing to them.
+        result = materialize(
+            [defs.get_assets_def("raw_study")],
+            instance,
+            {
+                "dagster/asset_partition_range_start": "test-extract-uclh-omop-cdm/1",
+                "dagster/asset_partition_range_end": "test-extract-uclh-omop-cdm/8",
+                ONLY_STATUS_TAG: UNFINISHED,
+            },
+        )
+        assert result.success and result.get_asset_materialization_events() == []
 
         # The mapping table the export wrote loads through its IO manager, as the bundle holds it.
         extract = "test-extract-uclh-omop-cdm/2026-11-01T12-00-00"

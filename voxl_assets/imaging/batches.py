@@ -25,7 +25,18 @@ from voxl_assets.db import Study, StudyStatus, VoxlDatabase
 from voxl_assets.db.models import study_partition_key
 
 STUDY_ASSETS = [AssetKey("raw_study"), AssetKey("anonymised_study"), AssetKey("destination_upload")]
-ONLY_STATUS_TAG = "voxl/only-status"  # the run processes only studies in this state
+ONLY_STATUS_TAG = "voxl/only-status"  # the run processes only studies in these states (a,b,...)
+# A study batch works on studies not yet at an end: queued ones, and those a crashed run left half
+# done (re-executing the run from the UI finishes them); uploaded, filtered or failed ones are
+# skipped, however they got there.
+UNFINISHED = ",".join(
+    s.value for s in (StudyStatus.QUEUED, StudyStatus.RETRIEVED, StudyStatus.ANONYMISED)
+)
+
+
+def only_statuses(tag: str | None) -> set[str] | None:
+    """The states a run's ``voxl/only-status`` tag allows, or None for every state."""
+    return set(tag.split(",")) if tag else None
 
 
 def project_of(key: str) -> str:
@@ -145,7 +156,7 @@ def queued_batch_requests(
             f"studies:{chunk[0]}..{chunk[-1]}",
             chunk,
             priorities.get(project_of(chunk[0]), 0),
-            {ONLY_STATUS_TAG: StudyStatus.QUEUED.value, "voxl/batch": f"{len(chunk)} studies"},
+            {ONLY_STATUS_TAG: UNFINISHED, "voxl/batch": f"{len(chunk)} studies"},
         )
         for chunk in batches
     ]
