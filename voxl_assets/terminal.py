@@ -58,10 +58,11 @@ class CommandLog:
         root = logging.getLogger()
         self._previous = (list(root.handlers), root.level)
         root.handlers = list(self.handlers)
-        root.setLevel(logging.INFO)
-        # pynetdicom logs each association at INFO: the run's own events say what matters.
-        logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-        logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+        # Libraries' warnings and errors only (their INFO is chatter: associations, HTTP requests);
+        # VOXL's own messages from INFO. Dagster's run events come through ``run_log`` at DEBUG.
+        root.setLevel(logging.WARNING)
+        for name in ("voxl", "voxl_assets"):
+            logging.getLogger(name).setLevel(logging.INFO)
         logging.captureWarnings(True)
         global _active
         _active = self
@@ -75,6 +76,8 @@ class CommandLog:
         if self._previous is not None:
             root.handlers, level = self._previous
             root.setLevel(level)
+        for name in ("voxl", "voxl_assets"):
+            logging.getLogger(name).setLevel(logging.NOTSET)
         for handler in self.handlers:
             handler.close()
 
