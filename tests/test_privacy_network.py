@@ -28,7 +28,7 @@ from tests.peers import free_port, peer_missing
 from tests.peers.orthanc import VOXL_AE, OrthancServer
 from voxl_assets.cli import main
 from voxl_assets.db import StudyStatus
-from voxl_assets.imaging.study_state import StudyRequest
+from voxl_assets.study_state import StudyRequest
 from voxl_assets.synthetic import SeriesSpec, StudySpec, write_study
 from voxl_assets.vna.archives import ArchiveConfig, store_scp_warnings
 from voxl_assets.vna.cache import RawCache

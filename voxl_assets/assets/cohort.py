@@ -10,6 +10,10 @@ from voxl_assets.cohort.ingest import find_extract, persist_cohort
 from voxl_assets.partitions import STUDIES, extract_partitions
 from voxl_assets.progress import extract_progress_markdown
 
+BAD_INPUT = (
+    "bad_input"  # Failure metadata: the extract or its registration is at fault (`voxl` exits 2)
+)
+
 
 @asset(
     partitions_def=extract_partitions,
@@ -32,18 +36,20 @@ def cohort_messages(
         if extract is None:
             raise Failure(
                 f"extract {context.partition_key} is not registered in the VOXL database; "
-                "register it with `voxl populate PATH` (the sensor does this for new extracts)"
+                "register it with `voxl populate PATH` (the sensor does this for new extracts)",
+                metadata={BAD_INPUT: True},
             )
         source, project = Path(extract.source_path), extract.project
     if project not in projects.load():
         raise Failure(
             f"project '{project}' has no definition in project_definitions/; "
-            "register it by pull request before processing its extracts"
+            "register it by pull request before processing its extracts",
+            metadata={BAD_INPUT: True},
         )
     try:
         cohort = read_any_extract(source)
     except ExtractError as exc:
-        raise Failure(str(exc)) from None
+        raise Failure(str(exc), metadata={BAD_INPUT: True}) from None
     counts = persist_cohort(database, cohort, project)
     context.instance.add_dynamic_partitions(STUDIES, counts.study_partition_keys)
     context.log.info(

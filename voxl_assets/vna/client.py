@@ -30,7 +30,7 @@ from pynetdicom import association as pynetdicom_association
 from pynetdicom.transport import AssociationSocket, ThreadedAssociationServer
 
 from voxl_assets.dicom_constants import STUDY_ROOT_FIND, STUDY_ROOT_GET, STUDY_ROOT_MOVE
-from voxl_assets.imaging.pipeline import StudyFailure
+from voxl_assets.outcomes import StudyFailure
 from voxl_assets.retry import TokenBucket, TransientError
 
 log = logging.getLogger(__name__)
