@@ -1,4 +1,5 @@
-"""The migrations build exactly the tables the models describe, on SQLite and PostgreSQL, and
+"""The VOXL database schema: the check that lets `voxl` skip Alembic when the database is
+current; the migrations build exactly the tables the models describe, on SQLite and PostgreSQL;
 0002 carries existing extracts over as ingested registrations."""
 
 from datetime import datetime
@@ -9,11 +10,30 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine, select, text
+from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine, inspect, select, text
 
 from voxl_assets.db import ExtractRegistration, VoxlDatabase
-from voxl_assets.db.engine import MIGRATIONS_DIR
+from voxl_assets.db.engine import MIGRATIONS_DIR, head_revisions, make_engine, schema_is_current
 from voxl_assets.db.models import Base
+
+
+def test_head_revisions_agree_with_alembic() -> None:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    assert head_revisions() == frozenset(ScriptDirectory.from_config(config).get_heads())
+
+
+def test_a_new_or_outdated_database_is_migrated(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'voxl.db'}"
+    engine = make_engine(url)
+    assert not schema_is_current(engine)  # no tables at all
+    VoxlDatabase(url).dispose()
+    assert schema_is_current(engine) and "studies" in inspect(engine).get_table_names()
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = 'older'"))
+    assert not schema_is_current(engine)
+    engine.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

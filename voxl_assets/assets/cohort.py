@@ -10,6 +10,10 @@ from voxl_assets.db import RegistrationState
 from voxl_assets.partitions import EXTRACTS, STUDIES, extract_partitions
 from voxl_assets.progress import extract_progress_markdown
 
+BAD_INPUT = (
+    "bad_input"  # Failure metadata: the extract or its registration is at fault (`voxl` exits 2)
+)
+
 
 @asset(
     partitions_def=extract_partitions,
@@ -32,7 +36,8 @@ def cohort_messages(
     if registration is None:
         raise Failure(
             f"extract {key} is not registered in the VOXL database; "
-            "register it with `voxl populate PATH` (the sensor does this for new extracts)"
+            "register it with `voxl populate PATH` (the sensor does this for new extracts)",
+            metadata={BAD_INPUT: True},
         )
 
     def failed(reason: str, *, bad_input: bool) -> Failure:
@@ -41,7 +46,7 @@ def cohort_messages(
         record_ingest_failure(database, key, registration.source_path, reason, bad_input=bad_input)
         if registration.state != RegistrationState.INGESTED.value:
             context.instance.delete_dynamic_partition(EXTRACTS, key)
-        return Failure(reason)
+        return Failure(reason, metadata={BAD_INPUT: bad_input})
 
     if registration.project not in projects.load():
         raise failed(

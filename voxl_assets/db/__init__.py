@@ -1,6 +1,6 @@
 """The VOXL database: extracts, studies and their progress (SQLAlchemy 2 + Alembic)."""
 
-from voxl_assets.db.engine import VoxlDatabase, make_engine, upgrade_database
+from voxl_assets.db.engine import VoxlDatabase, make_engine, shared_database, upgrade_database
 from voxl_assets.db.models import (
     Extract,
     ExtractRegistration,
@@ -25,5 +25,6 @@ __all__ = [
     "StudyStatus",
     "VoxlDatabase",
     "make_engine",
+    "shared_database",
     "upgrade_database",
 ]

@@ -9,7 +9,6 @@ against the allow-list and the study's identifiers (``checks.py``).
 from __future__ import annotations
 
 import os
-import re
 import struct
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -52,6 +51,7 @@ from voxl_assets.deid.values import (
     transform_time,
 )
 from voxl_assets.project_config import ProjectDefinition
+from voxl_assets.project_regex import compile_project_regex
 
 SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
 ULTRASOUND_SOP_PREFIXES = ("1.2.840.10008.5.1.4.1.1.6.", "1.2.840.10008.5.1.4.1.1.3.")
@@ -108,10 +108,11 @@ class Deidentifier:
         self.hasher = hasher
         self.modalities = set(project.project.modalities)
         self.description_patterns = [
-            re.compile(p, re.IGNORECASE) for p in project.series_filters.description_patterns
+            compile_project_regex(p, ignore_case=True)
+            for p in project.series_filters.description_patterns
         ]
         self.manufacturers = [
-            (re.compile(m.regex), set(m.exclude_series_numbers))
+            (compile_project_regex(m.regex), set(m.exclude_series_numbers))
             for m in project.allowed_manufacturers
         ]
         self.options = project.deid

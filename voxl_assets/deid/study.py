@@ -14,9 +14,9 @@ from voxl_assets.deid.hashing import HashingBackend, ProjectHasher
 from voxl_assets.deid.identifiers import StudyIdentifiers
 from voxl_assets.deid.operations import TagPolicy, load_policy
 from voxl_assets.deid.store import AnonymisedStore
-from voxl_assets.imaging.pipeline import StudyFailure, StudyFiltered
-from voxl_assets.imaging.study_state import StudyRequest, set_status
+from voxl_assets.outcomes import StudyFailure, StudyFiltered
 from voxl_assets.project_config import ProjectDefinition, tag_operations_dir
+from voxl_assets.study_state import StudyRequest, set_status
 
 ALLOW_LIST_CHECK = "no_tag_outside_allow_list"
 IDENTIFIER_CHECK = "no_identifier_in_output"
