@@ -20,7 +20,11 @@ from voxl_assets import settings
 from voxl_assets.terminal import CommandLog
 
 if TYPE_CHECKING:
-    from voxl_assets.project_config import ProjectDefinition
+    from dagster import DagsterInstance
+
+    from voxl_assets.cohort.extract_reader import ExtractSummary
+    from voxl_assets.db import VoxlDatabase
+    from voxl_assets.project_config import ProjectDefinition, ProjectRegistry
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -110,16 +114,43 @@ def cmd_populate(args: argparse.Namespace) -> int:
     if not path.exists():
         _error(f"{path}: no such extract directory or CSV file")
         return EXIT_BAD_INPUT
-    from voxl_assets.cohort.extract_reader import ExtractError, read_any_summary
-    from voxl_assets.cohort.ingest import register_extract
+    from voxl_assets.cohort.extract_reader import ExtractError, read_any_summaries
     from voxl_assets.project_config import ProjectConfigError, ProjectRegistry
 
     try:
-        summary = read_any_summary(path)
+        summaries = read_any_summaries(path)
         registry = ProjectRegistry.load()
     except (ExtractError, ProjectConfigError) as exc:
         _error(str(exc))
         return EXIT_BAD_INPUT
+    from dagster import DagsterInstance
+
+    from voxl_assets.dagster_home import ensure_dagster_home
+    from voxl_assets.db import shared_database
+
+    ensure_dagster_home()
+    database = shared_database()
+    instance = DagsterInstance.get()
+    # A CSV file may hold several extracts: each goes in on its own; the worst outcome decides
+    # the exit code (bad input over a failed run).
+    outcomes = [_populate_one(database, instance, registry, summary, path) for summary in summaries]
+    if EXIT_BAD_INPUT in outcomes:
+        return EXIT_BAD_INPUT
+    return EXIT_FAILED if EXIT_FAILED in outcomes else EXIT_OK
+
+
+def _populate_one(
+    database: VoxlDatabase,
+    instance: DagsterInstance,
+    registry: ProjectRegistry,
+    summary: ExtractSummary,
+    path: Path,
+) -> int:
+    """Register one extract and materialise its cohort messages; print its counts."""
+    from voxl_assets.cohort.registration import ExtractConflict, load_registration, register
+    from voxl_assets.orchestration import RunFailed, materialize_cohort
+    from voxl_assets.terminal import phase_progress
+
     slug = summary.project_slug
     if slug not in registry:
         _error(
@@ -127,27 +158,27 @@ def cmd_populate(args: argparse.Namespace) -> int:
             f"project_definitions/{slug}.yaml by pull request first"
         )
         return EXIT_BAD_INPUT
-    from dagster import DagsterInstance
-
-    from voxl_assets.dagster_home import ensure_dagster_home
-    from voxl_assets.db import shared_database
-    from voxl_assets.orchestration import RunFailed, materialize_cohort
-    from voxl_assets.terminal import phase_progress
-
-    ensure_dagster_home()
-    database = shared_database()
-    key = register_extract(database, summary, slug)
     try:
-        with phase_progress(f"populate {path.name}", _log):
-            result = materialize_cohort(DagsterInstance.get(), key, "cli-populate")
+        registration = register(database, summary, slug, replace_pending=True)
+    except ExtractConflict as exc:
+        _error(str(exc))
+        return EXIT_BAD_INPUT
+    if registration.replaced:
+        print(f"extract {registration.key}: replaces the registration from {registration.replaced}")
+    try:
+        with phase_progress(f"populate {registration.key}", _log):
+            result = materialize_cohort(instance, registration.key, "cli-populate")
     except RunFailed as exc:
         _error(str(exc))
         return EXIT_BAD_INPUT if exc.bad_input else EXIT_FAILED
     materialization = result.asset_materializations_for_node("cohort_messages")[0]
-    counts = {k: v.value for k, v in materialization.metadata.items() if k != "progress"}
-    print(f"extract {key} (run {result.run_id})")
-    for name, value in counts.items():
-        print(f"  {name}: {value}")
+    print(f"extract {registration.key} (run {result.run_id})")
+    for name, value in materialization.metadata.items():
+        if name not in ("progress", "warnings"):
+            print(f"  {name}: {value.value}")
+    after = load_registration(database, registration.key)
+    for warning in after.warnings if after else ():
+        print(f"  warning: {warning}")
     return EXIT_OK
 
 

@@ -30,6 +30,7 @@ class StudyRequest:
     study_datetime: datetime | None
     status: StudyStatus
     pseudo_study_uid: str | None
+    participant_id: str = ""  # from a CSV extract: the pseudonymous PatientID to write
 
     @property
     def partition_key(self) -> str:
@@ -70,6 +71,7 @@ def load_study_requests(
                     study_datetime=study.study_datetime,
                     status=StudyStatus(study.status),
                     pseudo_study_uid=study.pseudo_study_uid,
+                    participant_id=study.participant_id,
                 )
     return [found[i] for i in ids if i in found]
 

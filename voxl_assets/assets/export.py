@@ -33,7 +33,7 @@ from voxl_assets.export.bundle import (
     public_column_names,
     write_ehr_bundle,
 )
-from voxl_assets.export.delivery import deliver_bundle
+from voxl_assets.export.delivery import deliver_bundle, record_delivery
 from voxl_assets.export.leak_guard import private_identifiers, scan_bundle
 from voxl_assets.partitions import extract_partitions
 from voxl_assets.progress import (
@@ -128,6 +128,7 @@ def ehr_bundle(
     delivery = deliver_bundle(
         bundle, project.destinations.ehr if project else None, stores.exports()
     )
+    record_delivery(database, key, delivery)
     # What the export sensor compares, so it does not export this state again.
     end_state = ready_exports(extract_progress(database, key))
     yield MaterializeResult(

@@ -3,8 +3,11 @@
 from voxl_assets.db.engine import VoxlDatabase, make_engine, shared_database, upgrade_database
 from voxl_assets.db.models import (
     Extract,
+    ExtractRegistration,
+    ExtractSourceProblem,
     ExtractStudy,
     ProjectSalt,
+    RegistrationState,
     Study,
     StudyExport,
     StudyStatus,
@@ -12,8 +15,11 @@ from voxl_assets.db.models import (
 
 __all__ = [
     "Extract",
+    "ExtractRegistration",
+    "ExtractSourceProblem",
     "ExtractStudy",
     "ProjectSalt",
+    "RegistrationState",
     "Study",
     "StudyExport",
     "StudyStatus",

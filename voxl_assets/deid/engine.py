@@ -172,9 +172,15 @@ class Deidentifier:
     # --- one pass over the study -----------------------------------------------------------
 
     def deidentify_study(
-        self, files: Sequence[Path], output_dir: Path, identifiers: StudyIdentifiers
+        self,
+        files: Sequence[Path],
+        output_dir: Path,
+        identifiers: StudyIdentifiers,
+        patient_pseudonym: str | None = None,
     ) -> DeidReport:
         """De-identify ``files`` into ``output_dir`` (which the caller makes atomic).
+        ``patient_pseudonym`` (a CSV extract's participant_id) replaces the PatientID that the
+        project's operation would write, where the allow-list keeps PatientID at all.
 
         One pass, one instance at a time: the header is parsed and de-identified, checked in
         memory, written, and the pixel data element is copied byte for byte behind it (it is not
@@ -185,7 +191,9 @@ class Deidentifier:
         report = DeidReport(instances_in=len(files))
         written_by_series: dict[str, list[tuple[Path, str]]] = {}
         for path in files:
-            outcome = self._deidentify_file(path, output_dir, identifiers, report)
+            outcome = self._deidentify_file(
+                path, output_dir, identifiers, report, patient_pseudonym
+            )
             if isinstance(outcome, FilterReason):
                 report.filtered[outcome.value] += 1
                 continue
@@ -210,7 +218,12 @@ class Deidentifier:
         return report
 
     def _deidentify_file(
-        self, path: Path, output_dir: Path, identifiers: StudyIdentifiers, report: DeidReport
+        self,
+        path: Path,
+        output_dir: Path,
+        identifiers: StudyIdentifiers,
+        report: DeidReport,
+        patient_pseudonym: str | None = None,
     ) -> FilterReason | tuple[str, Path, str]:
         try:
             source = path.open("rb")
@@ -238,7 +251,7 @@ class Deidentifier:
                 tail = (0, 0)
             else:
                 ds = header
-            self.deidentify_dataset(ds, identifiers)
+            self.deidentify_dataset(ds, identifiers, patient_pseudonym)
             operations = self.policy.for_manufacturer(header_value(ds, "Manufacturer"))
             disallowed = disallowed_tags(ds, operations)
             leaks = identifier_hits(ds, identifiers) + identifier_hits(ds.file_meta, identifiers)
@@ -262,8 +275,14 @@ class Deidentifier:
         ultrasound = modality == "US" or sop_class.startswith(ULTRASOUND_SOP_PREFIXES)
         return ultrasound and self.options.blank_ultrasound_outside_regions
 
-    def deidentify_dataset(self, ds: Dataset, identifiers: StudyIdentifiers | None = None) -> None:
-        """Apply the allow-list to one instance in place and fix its file meta."""
+    def deidentify_dataset(
+        self,
+        ds: Dataset,
+        identifiers: StudyIdentifiers | None = None,
+        patient_pseudonym: str | None = None,
+    ) -> None:
+        """Apply the allow-list to one instance in place and fix its file meta; a
+        ``patient_pseudonym`` becomes the PatientID where the allow-list keeps one."""
         operations = self.policy.for_manufacturer(header_value(ds, "Manufacturer"))
         patient_key = header_value(ds, "PatientID")
         shift = self.hasher.date_shift_days(patient_key, self.options.date_shift_days_max)
@@ -272,6 +291,12 @@ class Deidentifier:
         _Walker(self, operations, shift, identifiers).walk(ds)
         syntax = header_value(ds.file_meta, "TransferSyntaxUID")
         implicit = syntax == "1.2.840.10008.1.2"
+        patient_id_op = operations.public.get(0x00100020)
+        if patient_pseudonym and patient_id_op is not None and patient_id_op.op is not Op.DELETE:
+            if syntax == BIG_ENDIAN:
+                ds.PatientID = patient_pseudonym
+            else:
+                set_encoded(ds, 0x00100020, "LO", patient_pseudonym, implicit)
         if syntax == BIG_ENDIAN:  # retired: pydicom encodes these
             ds.PatientIdentityRemoved = "YES"
             ds.DeidentificationMethod = self.method

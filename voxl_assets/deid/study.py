@@ -88,7 +88,9 @@ def anonymise_study(
     identifiers = request_identifiers(request)
     with store.writing(request.project, request.study_id) as staging:
         try:
-            report = deidentifier.deidentify_study(raw_files, staging, identifiers)
+            report = deidentifier.deidentify_study(
+                raw_files, staging, identifiers, request.participant_id or None
+            )
         except OutputCheckError as exc:
             checks = {
                 ALLOW_LIST_CHECK: (not exc.disallowed, str(exc) if exc.disallowed else "passed"),
@@ -107,6 +109,8 @@ def anonymise_study(
         StudyStatus.ANONYMISED,
         details={"deid": result.metadata()},
         pseudo_study_uid=report.pseudo_study_uid,
-        pseudo_patient_id=report.pseudo_patient_id,
+        # A participant id names the patient in the mapping table even where the allow-list
+        # writes no PatientID.
+        pseudo_patient_id=request.participant_id or report.pseudo_patient_id,
     )
     return result

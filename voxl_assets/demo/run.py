@@ -144,8 +144,10 @@ def run_demo(
             started = time.monotonic()
             with progress_over_studies(database, study_keys, "2/3 studies"):
                 materialize_studies(instance, study_keys, "demo")
-            by_state = extract_statuses(database, summary.project_slug)[0].by_state
-            ended = ", ".join(f"{by_state[s]} {s}" for s in ("uploaded", "filtered", "failed"))
+            by_state = extract_statuses(database, summary.project_slug)[0].by_state or {}
+            ended = ", ".join(
+                f"{by_state.get(s, 0)} {s}" for s in ("uploaded", "filtered", "failed")
+            )
             print(
                 f"2/3 studies: raw -> anonymised -> upload: {ended} "
                 f"({time.monotonic() - started:.1f} s)"
