@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from dagster import DagsterInstance, SensorResult, build_sensor_context, instance_for_test
 
+from resources.extracts import ExtractsFolderResource
 from resources.voxl_database import ProjectRegistryResource, VoxlDatabaseResource
 from sensors.extract_sensor import new_extract_sensor
 
@@ -63,11 +63,10 @@ def tick(instance: DagsterInstance, resources: Mapping[str, object], cursor: str
 
 def main() -> None:
     extracts, projects, database_url = sys.argv[1:4]
-    os.environ["VOXL_EXTRACTS_DIR"] = extracts
-    os.environ["VOXL_EXTRACT_QUIET_SECONDS"] = "0"
     resources = {
         "voxl_db": VoxlDatabaseResource(url=database_url),
         "projects": ProjectRegistryResource(directory=projects),
+        "extracts": ExtractsFolderResource(directory=extracts, quiet_seconds=0),
     }
     with instance_for_test() as instance:
         first = tick(instance, resources, None)
