@@ -43,6 +43,13 @@ def new_extract_sensor(
     projects: ProjectRegistryResource,
     extracts: ExtractsFolderResource,
 ) -> SensorResult:
+    if not extracts.path.is_dir():
+        # Shown on every tick in the UI, not stored as a problem of a source: a fresh install
+        # may not have the folder yet, and a misconfigured one must not look like "no extracts".
+        return SensorResult(
+            skip_reason=f"the extracts folder {extracts.path} does not exist (VOXL_EXTRACTS_DIR)",
+            cursor=context.cursor,
+        )
     cursor = json.loads(context.cursor) if context.cursor else {}
     report = scan_extracts(
         voxl_db.database,

@@ -190,7 +190,8 @@ def _window_tick(instance: DagsterInstance) -> list[Any]:
 
     defs = build_definitions()  # configured from the environment the test set
     sensor = defs.resolve_sensor_def("archive_window_sensor")
-    result = sensor(build_sensor_context(instance=instance, resources=defs.resources))
+    with build_sensor_context(instance=instance, resources=defs.resources) as context:
+        result = sensor(context)
     assert isinstance(result, SensorResult)
     return list(result.run_requests or [])
 

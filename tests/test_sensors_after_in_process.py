@@ -28,8 +28,8 @@ SENSORS = [
 def _first_tick(instance: DagsterInstance, name: str) -> SensorResult:
     """A sensor's first evaluation, as when the daemon starts with the UI (no cursor yet)."""
     defs = build_definitions()  # configured from the environment the test set
-    context = build_sensor_context(instance=instance, cursor=None, resources=defs.resources)
-    result = defs.resolve_sensor_def(name)(context)
+    with build_sensor_context(instance=instance, cursor=None, resources=defs.resources) as context:
+        result = defs.resolve_sensor_def(name)(context)
     assert isinstance(result, SensorResult)
     return result
 

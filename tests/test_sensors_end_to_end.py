@@ -64,10 +64,10 @@ def _tick(instance: DagsterInstance, name: str, cursors: dict[str, str | None]) 
 
     defs = build_definitions()  # configured from the environment the test set
     sensor = defs.resolve_sensor_def(name)
-    context = build_sensor_context(
+    with build_sensor_context(
         instance=instance, cursor=cursors.get(name), resources=defs.resources
-    )
-    result = sensor(context)
+    ) as context:
+        result = sensor(context)
     assert isinstance(result, SensorResult)
     for request in result.dynamic_partitions_requests or []:
         instance.add_dynamic_partitions(
