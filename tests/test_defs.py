@@ -65,7 +65,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 def _snapshot(defs: Definitions) -> dict[str, Any]:
     """What the webserver receives about each resource: its configured values."""
     snap = RepositorySnap.from_def(defs.get_repository_def())
-    return {resource.name: resource.configured_values for resource in snap.resources}
+    return {resource.name: resource.configured_values for resource in snap.resources or []}
 
 
 def _shown(value: Any) -> Any:

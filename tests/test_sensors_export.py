@@ -38,7 +38,7 @@ def resources(tmp_path: Path) -> dict[str, object]:
 
 
 def _database(resources: dict[str, object]) -> VoxlDatabase:
-    return resources["voxl_db"].database  # type: ignore[attr-defined,no-any-return]
+    return resources["voxl_db"].database  # type: ignore[attr-defined]
 
 
 def _keys(result: Tick) -> list[str | None]:

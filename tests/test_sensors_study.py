@@ -53,7 +53,7 @@ def resources(tmp_path: Path, projects: Path) -> dict[str, object]:
 
 
 def _database(resources: dict[str, object]) -> VoxlDatabase:
-    return resources["voxl_db"].database  # type: ignore[attr-defined,no-any-return]
+    return resources["voxl_db"].database  # type: ignore[attr-defined]
 
 
 def _partitions(instance: DagsterInstance, project: str, ids: list[int]) -> None:
