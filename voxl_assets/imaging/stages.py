@@ -41,7 +41,7 @@ class StudyStages:
     archives: ArchiveSet
     raw_cache: RawCache
     anonymised: AnonymisedStore
-    destinations: DestinationClients
+    destinations: DestinationClients | None = None  # the run's; needed by the upload stage only
     force_upload: bool = False
     retry_delay: float = 2.0
     top_up_cached: bool = False  # check cached studies for instances the archive gained since
@@ -73,6 +73,8 @@ class StudyStages:
 
     def _uploader(self, request: StudyRequest) -> Any:
         """The project's image client, kept by ``destinations`` for the run's next study."""
+        if self.destinations is None:
+            raise TypeError("StudyStages needs the run's destination clients to upload")
         try:
             return self.destinations.images(self._project(request))
         except UploadError as exc:
