@@ -1,5 +1,7 @@
 """The raw cache: atomic writes, LRU eviction that spares pinned studies, restarts."""
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -33,13 +35,27 @@ def test_a_failed_write_leaves_nothing_that_looks_complete(tmp_path: Path) -> No
 
 def test_a_killed_run_is_cleaned_up_on_restart(tmp_path: Path) -> None:
     RawCache(tmp_path, max_bytes=10_000)
-    leftover = tmp_path / ".staging" / "a-deadbeef"
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    leftover = tmp_path / ".staging" / f"a-{dead.stdout.strip()}-1-deadbeef"
     leftover.mkdir()
     (leftover / "000001.dcm").write_bytes(b"half")
+    legacy = tmp_path / ".staging" / "b-deadbeef"  # named before staging folders had owners
+    legacy.mkdir()
     (tmp_path / "studies" / "orphan").mkdir()  # a folder without an index row
-    restarted = RawCache(tmp_path, max_bytes=10_000)
+    running = RawCache(tmp_path, max_bytes=10_000)
+    with running.writing("c") as in_flight:  # a live process's retrieval is left alone
+        restarted = RawCache(tmp_path, max_bytes=10_000)
+        assert in_flight.is_dir()
+        (in_flight / "000001.dcm").write_bytes(b"x")
+    assert restarted.lookup("c") is not None
     assert restarted.lookup("a") is None and not (tmp_path / "studies" / "orphan").exists()
-    assert restarted.clean_staging() == 1
+    assert not leftover.exists() and not legacy.exists()
+    assert not any((tmp_path / ".staging").iterdir())
 
 
 def test_least_recently_used_unpinned_studies_are_evicted_first(tmp_path: Path) -> None:
