@@ -22,7 +22,7 @@ from voxl_assets.db import Study, StudyStatus, VoxlDatabase
 from voxl_assets.deid.hashing import LocalHashing, SaltStore
 from voxl_assets.deid.store import AnonymisedStore
 from voxl_assets.imaging import stages as stages_module
-from voxl_assets.imaging.pipeline import StageResult
+from voxl_assets.imaging.pipeline import StageOutcome, StageResult
 from voxl_assets.imaging.stages import StudyStages
 from voxl_assets.imaging.study_state import StudyRequest
 from voxl_assets.project_config import ProjectRegistry
@@ -123,6 +123,7 @@ def test_a_study_read_by_one_process_is_not_evicted_by_another(
 
     monkeypatch.setattr(stages_module, "anonymise_study", anonymise_while_another_process_stores)
     outcome = stages.anonymise(request, {})
+    assert isinstance(outcome, StageOutcome)
     assert other == ["full"], "the other process evicted a study this one was reading"
     assert outcome.result is StageResult.DONE, outcome.reason
     assert outcome.metadata["instances_out"] == 3
@@ -189,9 +190,11 @@ def test_a_pin_holds_across_processes_until_its_process_ends_or_dies(tmp_path: P
     assert pinner.stdout is not None and pinner.stdin is not None
     assert pinner.stdout.readline().strip() == "pinned"
     assert cache.pinned_keys() == {"a", "b"}
-    with pytest.raises(cache_module.CacheFull, match="held by running work"):
-        with cache.writing("c") as staging:
-            (staging / "000001.dcm").write_bytes(b"x" * 200)
+    with (
+        pytest.raises(cache_module.CacheFull, match="held by running work"),
+        cache.writing("c") as staging,
+    ):
+        (staging / "000001.dcm").write_bytes(b"x" * 200)
     assert cache.lookup("a") is not None and cache.lookup("b") is not None
     pinner.send_signal(signal.SIGKILL)  # dies holding its pins
     pinner.wait()
