@@ -8,6 +8,7 @@ from voxl_assets.db.models import (
     Study,
     StudyExport,
     StudyStatus,
+    UploadAttempt,
 )
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "Study",
     "StudyExport",
     "StudyStatus",
+    "UploadAttempt",
     "VoxlDatabase",
     "make_engine",
     "upgrade_database",

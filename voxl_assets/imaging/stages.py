@@ -181,4 +181,5 @@ class StudyStages:
             "bytes": report.bytes,
             "seconds": round(report.seconds, 3),
             "sent": True,
+            "resend": report.resend,
         }
