@@ -2,7 +2,8 @@
 receives (a Lua ReceivedInstanceFilter, which sees a re-sent copy that Orthanc then stores over
 the first), and the FTPS server counts every completed upload.
 
-- a re-run of a project's studies sends nothing again;
+- a re-run of a project's studies sends nothing again, nor does a `--top-up-cache` re-run that
+  fetched an instance the archive gained;
 - a process killed between the destination accepting a study and VOXL recording it (the one
   window no system can close) leads to a resend: the destination received the study twice but
   holds it once (idempotent names), and the resend is recorded and reported as such.
@@ -19,9 +20,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pydicom
 import pytest
 import yaml
 from dagster import DagsterInstance
+from pydicom.uid import generate_uid
 from sqlalchemy import select
 
 from tests.peers._upload_study import TARGET, anonymised_study, database_with_study, export_count
@@ -106,6 +109,21 @@ def test_a_rerun_sends_nothing_the_destination_counts_each_instance_once(
 
     assert voxl_main(["backfill", SLUG, "--in-process"]) == 0  # everything again
     assert counting_orthanc.deliveries() == first  # ... and nothing reached the destination
+
+    # The archive gains an instance of a delivered study: a plain re-run does not ask for it,
+    # `--top-up-cache` fetches it into the cache; the delivered study is not sent again.
+    source = next(p for p in sorted(scenario.archive_dir.rglob("*")) if p.is_file())
+    extra = pydicom.dcmread(source)
+    extra.SOPInstanceUID = extra.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    extra.save_as(tmp_path / "extra.dcm", enforce_file_format=True)
+    orthanc.upload(tmp_path / "extra.dcm")
+    cached = home / "raw-cache" / "studies"
+    before = sum(1 for p in cached.rglob("*") if p.is_file())
+    assert voxl_main(["backfill", SLUG, "--in-process"]) == 0
+    assert sum(1 for p in cached.rglob("*") if p.is_file()) == before
+    assert voxl_main(["backfill", SLUG, "--top-up-cache", "--in-process"]) == 0
+    assert sum(1 for p in cached.rglob("*") if p.is_file()) == before + 1
+    assert counting_orthanc.deliveries() == first
 
 
 def _destination(kind: str, orthanc: OrthancServer | None, ftps: FtpServer | None) -> Any:

@@ -100,3 +100,37 @@ def test_a_second_record_refreshes_the_first(tmp_path: Path, uploader) -> None: 
     with database.session() as session:
         row = session.scalars(select(StudyExport)).one()
         assert (row.instances, row.bytes) == (5, 7)
+
+
+def test_a_record_written_meanwhile_by_another_run_stands(tmp_path: Path, uploader) -> None:  # type: ignore[no-untyped-def]
+    """Another run records the same export between this run's check and its insert (the unique
+    key refuses the second row): this run's attempt is still closed as sent."""
+    from sqlalchemy import event, text
+
+    files = anonymised_study(tmp_path / "anon", instances=2)
+    database = database_with_study(tmp_path)
+    destination = uploader.describe()
+    other = VoxlDatabase(database.url)
+
+    done: list[bool] = []
+
+    def the_other_run_records_first(conn, cursor, statement, *args) -> None:  # type: ignore[no-untyped-def]
+        if statement.startswith("INSERT INTO study_exports") and not done:
+            done.append(True)
+            with other.engine.begin() as connection:
+                connection.execute(
+                    text(
+                        "INSERT INTO study_exports (study_id, destination, instances, bytes,"
+                        " exported_at) VALUES (1, :d, 2, 99, CURRENT_TIMESTAMP)"
+                    ),
+                    {"d": destination},
+                )
+
+    event.listen(database.engine, "before_cursor_execute", the_other_run_records_first)
+    report = upload_study_once(database, 1, uploader, files, TARGET)
+    event.remove(database.engine, "before_cursor_execute", the_other_run_records_first)
+    assert done and report is not None and not report.resend
+    with database.session() as session:
+        row = session.scalars(select(StudyExport)).one()
+        assert row.bytes == 99  # the other run's record stands
+    assert _attempts(database) == [("sent", False, True)]

@@ -106,6 +106,15 @@ def test_an_extract_is_exported_once_every_study_has_ended(
     assert changed.run_requests[0].run_key != requests[0].run_key  # type: ignore[index]
 
 
+def test_each_extract_is_judged_on_its_own(instance: DagsterInstance, database_url: str) -> None:
+    database = VoxlDatabase(database_url)
+    _studies(database, "a", ["uploaded", "waiting"])  # not ready
+    _studies(database, "b", ["uploaded", "failed"])  # ready
+    _studies(database, "c", ["queued"])  # not ready
+    requests = list(_tick(extract_export_sensor, instance, None, database_url).run_requests or [])
+    assert [r.partition_key for r in requests] == ["b/2026-11-01T12-00-00"]
+
+
 def test_an_extract_without_studies_is_not_exported(
     instance: DagsterInstance, database_url: str
 ) -> None:

@@ -23,7 +23,6 @@ import ast
 import copy
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -162,10 +161,6 @@ def mutants_of(module: str) -> list[Mutant]:
         if _is_docstring(node):
             skip.add(id(node))
             skip.update(id(n) for n in ast.walk(node))
-        if isinstance(node, (ast.Import, ast.ImportFrom, ast.AnnAssign)) or (
-            isinstance(node, ast.Subscript)  # type annotations' subscripts, e.g. dict[str, int]
-        ):
-            pass
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             for annotation in [node.returns, *(a.annotation for a in node.args.args)]:
                 if annotation is not None:
@@ -212,18 +207,65 @@ def load_equivalent() -> dict[str, str]:
     return found
 
 
+PRELOADED = (
+    "dagster",
+    "sqlalchemy",
+    "alembic",
+    "pydicom",
+    "pynetdicom",
+    "numpy",
+    "pandas",
+    "pyarrow",
+    "requests",
+    "pydantic",
+    "yaml",
+    "pytest",
+)
+
+
+def preload() -> None:
+    """Import the heavy third-party libraries once; each mutant's test run is a fork of this
+    process, so it imports only VOXL's own modules (the mutated one among them) afresh."""
+    import importlib
+
+    for name in PRELOADED:
+        importlib.import_module(name)
+
+
 def run_tests(copy_root: Path, tests: list[str], timeout: float) -> str:
-    try:
-        result = subprocess.run(
-            [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
-            cwd=copy_root,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            timeout=timeout,
-        )
-    except subprocess.TimeoutExpired:
-        return "timeout"
-    return "survived" if result.returncode == 0 else "killed"
+    """``pytest -x`` on ``tests`` in a forked child whose imports come from ``copy_root``."""
+    import os
+    import signal
+
+    pid = os.fork()
+    if pid == 0:  # the child: forget this repository's modules, run pytest in the copy
+        code = 3
+        try:
+            os.chdir(copy_root)
+            sys.path[:] = [str(copy_root)] + [p for p in sys.path if p not in ("", str(REPO))]
+            for name in [m for m in sys.modules if m.split(".")[0] in OWN_PACKAGES]:
+                del sys.modules[name]
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 1)
+            os.dup2(devnull, 2)
+            import pytest
+
+            code = int(pytest.main(["-x", "-q", "-p", "no:cacheprovider", *tests]))
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return "survived" if os.waitstatus_to_exitcode(status) == 0 else "killed"
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return "timeout"
+        time.sleep(0.05)
+
+
+OWN_PACKAGES = {"voxl_assets", "resources", "sensors", "io_managers", "tests", "benchmarks"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -233,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="list the mutants, run nothing")
     args = parser.parse_args(argv)
     modules = args.modules or list(DEFAULT_TESTS)
+    if not args.list:
+        preload()
     equivalent = load_equivalent()
     report: dict[str, dict[str, object]] = {}
     work = Path(tempfile.mkdtemp(prefix="voxl-mutation-"))
@@ -290,8 +334,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{module}: {counts} score {report[module]['score']}", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    if not args.list:
-        (HERE / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    if not args.list:  # merged with earlier runs' modules
+        path = HERE / "report.json"
+        merged = json.loads(path.read_text()) if path.exists() else {}
+        path.write_text(json.dumps(merged | report, indent=2, sort_keys=True) + "\n")
     return 0
 
 
