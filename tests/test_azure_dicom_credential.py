@@ -50,7 +50,8 @@ def token_endpoint(tmp_path: Path) -> Iterator[TokenEndpoint]:
 
         def do_GET(self) -> None:  # OpenID discovery of the tenant
             tenant = self.path.split("/")[1]
-            root = f"https://127.0.0.1:{self.server.server_address[1]}/{tenant}"
+            port = self.server.server_address[1]  # type: ignore[index]
+            root = f"https://127.0.0.1:{port}/{tenant}"
             self._json(
                 {
                     "token_endpoint": f"{root}/oauth2/v2.0/token",

@@ -15,7 +15,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import RLELossless
 
 from tests.helpers.deid import make_engine, make_project
-from voxl_assets.deid.engine import FilterReason, iter_study_files
+from voxl_assets.deid.engine import DeidReport, FilterReason, iter_study_files
 from voxl_assets.deid.identifiers import StudyIdentifiers
 from voxl_assets.synthetic import SeriesSpec, StudySpec, make_instance, write_study
 
@@ -55,7 +55,7 @@ def _ultrasound(frames: int = 1, samples: int = 1, planar: int = 0) -> Dataset:
     return ds
 
 
-def _deidentify(tmp_path: Path, datasets: list[Dataset], **deid: object):  # type: ignore[no-untyped-def]
+def _deidentify(tmp_path: Path, datasets: list[Dataset], **deid: object) -> DeidReport:
     engine = make_engine(
         tmp_path, make_project(deid={"blank_ultrasound_outside_regions": True, **deid})
     )

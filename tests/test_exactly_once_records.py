@@ -4,6 +4,7 @@ when, a cut-off attempt making the next one a resend, a failed attempt not being
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -31,13 +32,13 @@ def _attempts(database: VoxlDatabase) -> list[tuple[str | None, bool, bool]]:
 
 
 @pytest.fixture
-def uploader(tmp_path: Path):  # type: ignore[no-untyped-def]
+def uploader(tmp_path: Path) -> Any:
     made = make_image_uploader(LocalDirectoryDestination(kind="local", path=str(tmp_path / "out")))
     assert made is not None
     return made
 
 
-def test_an_upload_is_recorded_once_and_not_repeated(tmp_path: Path, uploader) -> None:  # type: ignore[no-untyped-def]
+def test_an_upload_is_recorded_once_and_not_repeated(tmp_path: Path, uploader: Any) -> None:
     files = anonymised_study(tmp_path / "anon", instances=3)
     database = database_with_study(tmp_path)
     destination = uploader.describe()
@@ -59,7 +60,7 @@ def test_an_upload_is_recorded_once_and_not_repeated(tmp_path: Path, uploader) -
     assert export_count(database) == 1 and len(_attempts(database)) == 2
 
 
-def test_a_cut_off_attempt_makes_the_next_a_resend(tmp_path: Path, uploader) -> None:  # type: ignore[no-untyped-def]
+def test_a_cut_off_attempt_makes_the_next_a_resend(tmp_path: Path, uploader: Any) -> None:
     files = anonymised_study(tmp_path / "anon", instances=2)
     database = database_with_study(tmp_path)
     destination = uploader.describe()
@@ -77,7 +78,9 @@ def test_a_cut_off_attempt_makes_the_next_a_resend(tmp_path: Path, uploader) -> 
     assert export_count(database) == 1
 
 
-def test_a_failed_attempt_is_closed_and_the_retry_is_no_resend(tmp_path: Path, uploader) -> None:  # type: ignore[no-untyped-def]
+def test_a_failed_attempt_is_closed_and_the_retry_is_no_resend(
+    tmp_path: Path, uploader: Any
+) -> None:
     files = anonymised_study(tmp_path / "anon", instances=2)
     database = database_with_study(tmp_path)
     missing = [*files, tmp_path / "gone.dcm"]
@@ -89,7 +92,7 @@ def test_a_failed_attempt_is_closed_and_the_retry_is_no_resend(tmp_path: Path, u
     assert _attempts(database) == [("failed", False, True), ("sent", False, True)]
 
 
-def test_a_second_record_refreshes_the_first(tmp_path: Path, uploader) -> None:  # type: ignore[no-untyped-def]
+def test_a_second_record_refreshes_the_first(tmp_path: Path, uploader: Any) -> None:
     files = anonymised_study(tmp_path / "anon", instances=2)
     database = database_with_study(tmp_path)
     report = upload_study_once(database, 1, uploader, files, TARGET)
@@ -102,7 +105,7 @@ def test_a_second_record_refreshes_the_first(tmp_path: Path, uploader) -> None: 
         assert (row.instances, row.bytes) == (5, 7)
 
 
-def test_a_record_written_meanwhile_by_another_run_stands(tmp_path: Path, uploader) -> None:  # type: ignore[no-untyped-def]
+def test_a_record_written_meanwhile_by_another_run_stands(tmp_path: Path, uploader: Any) -> None:
     """Another run records the same export between this run's check and its insert (the unique
     key refuses the second row): this run's attempt is still closed as sent."""
     from sqlalchemy import event, text
@@ -114,7 +117,7 @@ def test_a_record_written_meanwhile_by_another_run_stands(tmp_path: Path, upload
 
     done: list[bool] = []
 
-    def the_other_run_records_first(conn, cursor, statement, *args) -> None:  # type: ignore[no-untyped-def]
+    def the_other_run_records_first(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
         if statement.startswith("INSERT INTO study_exports") and not done:
             done.append(True)
             with other.engine.begin() as connection:

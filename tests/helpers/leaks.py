@@ -124,7 +124,7 @@ def _sqlite_text(data: bytes) -> str:
         copy.flush()
         connection = sqlite3.connect(f"file:{copy.name}?mode=ro", uri=True)
         try:
-            lines = []
+            lines: list[str] = []
             tables = [r[0] for r in connection.execute("SELECT name FROM sqlite_master")]
             for table in tables:
                 try:
@@ -134,7 +134,10 @@ def _sqlite_text(data: bytes) -> str:
                 for row in rows:
                     for value in row:
                         if isinstance(value, bytes):
-                            lines.extend(view.decode("latin-1") for _, _, view in _texts(value, ""))
+                            lines.extend(
+                                view.decode("latin-1") if isinstance(view, bytes) else view
+                                for _, _, view in _texts(value, "")
+                            )
                         else:
                             lines.append(str(value))
             return "\n".join(lines)

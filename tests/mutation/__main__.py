@@ -29,6 +29,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -100,6 +101,7 @@ def _functions(tree: ast.Module) -> dict[int, str]:
 
 def _candidates(node: ast.AST) -> Iterator[tuple[str, ast.AST]]:
     """(description, replacement node) for each mutation of ``node`` itself."""
+    mutated: Any
     if isinstance(node, ast.Compare):
         for index, op in enumerate(node.ops):
             swap = COMPARE_SWAPS.get(type(op))
@@ -152,6 +154,12 @@ class _Replace(ast.NodeTransformer):
         return super().visit(node)
 
 
+def _deepcopy_tree(tree: ast.Module, target: ast.AST) -> ast.Module:
+    """A copy of ``tree`` in which ``target`` is still the same object, so it can be replaced."""
+    memo = {id(target): target}
+    return copy.deepcopy(tree, memo)
+
+
 def mutants_of(module: str) -> list[Mutant]:
     source = (REPO / module).read_text()
     tree = ast.parse(source)
@@ -173,7 +181,7 @@ def mutants_of(module: str) -> list[Mutant]:
         if id(node) in skip or not hasattr(node, "lineno"):
             continue
         for description, replacement in _candidates(node):
-            mutated_tree = _Replace(node, replacement).visit(copy.deepcopy_tree(tree, node))
+            mutated_tree = _Replace(node, replacement).visit(_deepcopy_tree(tree, node))
             function = owner.get(id(node), "<module>")
             base = f"{description}@{function}"
             seen[base] = seen.get(base, 0) + 1
@@ -184,15 +192,6 @@ def mutants_of(module: str) -> list[Mutant]:
                 continue
             mutants.append(Mutant(module, function, node.lineno, numbered, mutated_source))
     return mutants
-
-
-def _deepcopy_tree(tree: ast.Module, target: ast.AST) -> ast.Module:
-    """A copy of ``tree`` in which ``target`` is still the same object, so it can be replaced."""
-    memo = {id(target): target}
-    return copy.deepcopy(tree, memo)
-
-
-copy.deepcopy_tree = _deepcopy_tree  # type: ignore[attr-defined]
 
 
 def load_equivalent() -> dict[str, str]:
