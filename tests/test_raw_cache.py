@@ -84,3 +84,23 @@ def test_cache_keys_do_not_reveal_identifiers() -> None:
     assert cache_key(mrn="40001", accession_number="ACC1") != cache_key(
         mrn="40001", accession_number="ACC2"
     )
+
+
+def test_a_cached_study_lists_its_instance_files(tmp_path: Path) -> None:
+    cache = RawCache(tmp_path, max_bytes=10_000)
+    with cache.writing("a") as staging:
+        for name in ("b.dcm", "a.dcm"):
+            (staging / name).write_bytes(b"x")
+    found = cache.lookup("a")
+    assert found is not None and found.complete
+    assert found.file_names() == {"a.dcm", "b.dcm"}
+    assert [p.name for p in found.files()] == ["a.dcm", "b.dcm"]
+
+
+def test_folders_a_crash_left_in_the_trash_are_deleted_on_restart(tmp_path: Path) -> None:
+    RawCache(tmp_path, max_bytes=10_000)
+    left = tmp_path / ".trash" / "evicted-1234abcd"
+    left.mkdir()
+    (left / "000001.dcm").write_bytes(b"identifiable")
+    RawCache(tmp_path, max_bytes=10_000)
+    assert not any((tmp_path / ".trash").iterdir())

@@ -155,7 +155,7 @@ def test_a_process_starting_up_keeps_a_study_another_is_moving_into_place(
             # The study is in place; a process starts up now (it may wait for the index).
             assert starter.stdout is not None
             assert starter.stdout.readline().strip() == "starting"
-            deadline = time.monotonic() + 3
+            deadline = time.monotonic() + 1.5
             while starter.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.05)
             started.append(True)

@@ -272,6 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("modules", nargs="*", help="module paths (default: this phase's list)")
     parser.add_argument("--tests", nargs="+", help="test files for every module given")
     parser.add_argument("--list", action="store_true", help="list the mutants, run nothing")
+    parser.add_argument(
+        "--only", nargs="+", metavar="KEY", help="run only these mutants (keys as printed)"
+    )
     args = parser.parse_args(argv)
     modules = args.modules or list(DEFAULT_TESTS)
     if not args.list:
@@ -291,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
             if not tests:
                 parser.error(f"no tests mapped to {module}: give --tests")
             mutants = mutants_of(module)
+            if args.only:
+                mutants = [m for m in mutants if m.key in args.only]
             if args.list:
                 for mutant in mutants:
                     print(f"{mutant.key}  (line {mutant.line})")
