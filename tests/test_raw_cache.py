@@ -46,6 +46,7 @@ def test_a_killed_run_is_cleaned_up_on_restart(tmp_path: Path) -> None:
     (leftover / "000001.dcm").write_bytes(b"half")
     legacy = tmp_path / ".staging" / "b-deadbeef"  # named before staging folders had owners
     legacy.mkdir()
+    (tmp_path / ".staging" / "d-12345").mkdir()  # an old name that starts like a pid
     (tmp_path / "studies" / "orphan").mkdir()  # a folder without an index row
     running = RawCache(tmp_path, max_bytes=10_000)
     with running.writing("c") as in_flight:  # a live process's retrieval is left alone
@@ -56,6 +57,9 @@ def test_a_killed_run_is_cleaned_up_on_restart(tmp_path: Path) -> None:
     assert restarted.lookup("a") is None and not (tmp_path / "studies" / "orphan").exists()
     assert not leftover.exists() and not legacy.exists()
     assert not any((tmp_path / ".staging").iterdir())
+    (tmp_path / ".staging" / "e-deadbeef").mkdir()  # left while this process runs
+    assert restarted.clean_staging(only_dead=True) == 1
+    assert restarted.clean_staging() == 0
 
 
 def test_least_recently_used_unpinned_studies_are_evicted_first(tmp_path: Path) -> None:

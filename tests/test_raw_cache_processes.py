@@ -218,6 +218,12 @@ def test_a_dead_process_or_a_reused_pid_holds_nothing() -> None:
     own = os.getpid()
     assert cache_module.process_alive(own, cache_module.process_start(own))
     assert not cache_module.process_alive(own, "0")  # this pid, another start: a reused pid
-    child = subprocess.Popen([sys.executable, "-c", "pass"])
-    child.wait()
-    assert not cache_module.process_alive(child.pid, "")
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        started = cache_module.process_start(child.pid)
+        assert started and cache_module.process_alive(child.pid, started)
+        assert not cache_module.process_alive(child.pid, "0")  # its pid, another start
+    finally:
+        child.kill()
+        child.wait()
+    assert not cache_module.process_alive(child.pid, started)
