@@ -73,6 +73,9 @@ def test_least_recently_used_unpinned_studies_are_evicted_first(tmp_path: Path) 
     assert cache.keys_by_age()[-1] == "d"
     assert {k for k in "abcd" if cache.lookup(k) is not None} == {"a", "b", "d"}
     assert cache.used_bytes() == 300
+    # The evicted study is gone from the disk too (it is identifiable), not only from the index.
+    assert sorted(p.name for p in (tmp_path / "studies").iterdir()) == ["a", "b", "d"]
+    assert not any((tmp_path / ".trash").iterdir())
 
 
 def test_a_study_larger_than_the_cache_is_refused_clearly(tmp_path: Path) -> None:
@@ -80,6 +83,7 @@ def test_a_study_larger_than_the_cache_is_refused_clearly(tmp_path: Path) -> Non
     with pytest.raises(CacheFull, match="larger than the whole raw cache"):
         _write(cache, "big", 100)
     assert cache.lookup("big") is None and cache.used_bytes() == 0
+    assert not any((tmp_path / ".staging").iterdir())
 
 
 def test_cache_keys_do_not_reveal_identifiers() -> None:
@@ -108,3 +112,46 @@ def test_folders_a_crash_left_in_the_trash_are_deleted_on_restart(tmp_path: Path
     (left / "000001.dcm").write_bytes(b"identifiable")
     RawCache(tmp_path, max_bytes=10_000)
     assert not any((tmp_path / ".trash").iterdir())
+
+
+def test_a_study_the_size_of_the_cache_evicts_everything_else_and_fits(tmp_path: Path) -> None:
+    cache = RawCache(tmp_path, max_bytes=200)
+    _write(cache, "a", 100)
+    _write(cache, "b", 100)
+    _write(cache, "whole", 200)
+    assert cache.keys_by_age() == ["whole"] and cache.used_bytes() == 200
+
+
+def test_a_partial_entry_is_only_returned_when_asked_for(tmp_path: Path) -> None:
+    cache = RawCache(tmp_path, max_bytes=10_000)
+    with (
+        pytest.raises(ConnectionError),
+        cache.writing("a", keep_partial_on=(ConnectionError,)) as s,
+    ):
+        (s / "1.dcm").write_bytes(b"x")
+        raise ConnectionError("cut off")
+    assert cache.lookup("a") is None
+    partial = cache.lookup("a", partial=True)
+    assert partial is not None and not partial.complete and partial.file_names() == {"1.dcm"}
+    with cache.writing("a", keep_existing=True) as staging:  # the top-up starts from what arrived
+        assert {p.name for p in staging.iterdir()} == {"1.dcm"}
+        (staging / "2.dcm").write_bytes(b"y")
+    topped = cache.lookup("a")
+    assert topped is not None and topped.complete and topped.file_names() == {"1.dcm", "2.dcm"}
+
+
+def test_a_fresh_write_replaces_the_cached_study(tmp_path: Path) -> None:
+    cache = RawCache(tmp_path, max_bytes=10_000)
+    _write(cache, "a", 10)
+    with cache.writing("a") as staging:
+        assert not any(staging.iterdir())  # starts empty unless asked to keep the existing files
+        (staging / "other.dcm").write_bytes(b"z")
+    found = cache.lookup("a")
+    assert found is not None and found.file_names() == {"other.dcm"} and found.instances == 1
+
+
+def test_cleaning_all_staging_removes_live_retrievals_too(tmp_path: Path) -> None:
+    cache = RawCache(tmp_path, max_bytes=10_000)
+    with pytest.raises(FileNotFoundError), cache.writing("a") as staging:
+        assert cache.clean_staging() == 1  # only when no retrieval runs: this one is lost
+        (staging / "1.dcm").write_bytes(b"x")
