@@ -196,6 +196,7 @@ def test_a_pin_holds_across_processes_until_its_process_ends_or_dies(tmp_path: P
     ):
         (staging / "000001.dcm").write_bytes(b"x" * 200)
     assert cache.lookup("a") is not None and cache.lookup("b") is not None
+    assert pinner.poll() is None  # asking whether it lives must not harm it
     pinner.send_signal(signal.SIGKILL)  # dies holding its pins
     pinner.wait()
     assert cache.pinned_keys() == set()
