@@ -1,5 +1,6 @@
 """The raw cache: atomic writes, LRU eviction that spares pinned studies, restarts."""
 
+import shutil
 import subprocess
 import sys
 import time
@@ -155,3 +156,10 @@ def test_cleaning_all_staging_removes_live_retrievals_too(tmp_path: Path) -> Non
     with pytest.raises(FileNotFoundError), cache.writing("a") as staging:
         assert cache.clean_staging() == 1  # only when no retrieval runs: this one is lost
         (staging / "1.dcm").write_bytes(b"x")
+
+
+def test_a_study_whose_folder_vanished_is_a_miss(tmp_path: Path) -> None:
+    cache = RawCache(tmp_path, max_bytes=10_000)
+    _write(cache, "a", 10)
+    shutil.rmtree(tmp_path / "studies" / "a")  # removed behind the cache's back
+    assert cache.lookup("a") is None and cache.lookup("a", partial=True) is None

@@ -173,13 +173,14 @@ class RawCache:
     def clean_staging(self, *, only_dead: bool = False) -> int:
         """Remove staging folders of retrievals that died; with ``only_dead`` False, every one
         (call only when no retrieval runs)."""
-        removed = 0
-        for leftover in self._staging.iterdir():
-            if only_dead and _staging_owner_alive(leftover.name):
-                continue
+        leftovers = [
+            folder
+            for folder in self._staging.iterdir()
+            if not (only_dead and _staging_owner_alive(folder.name))
+        ]
+        for leftover in leftovers:
             shutil.rmtree(leftover, ignore_errors=True)
-            removed += 1
-        return removed
+        return len(leftovers)
 
     # --- reading ---------------------------------------------------------------------------
 
