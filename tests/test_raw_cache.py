@@ -163,3 +163,5 @@ def test_a_study_whose_folder_vanished_is_a_miss(tmp_path: Path) -> None:
     _write(cache, "a", 10)
     shutil.rmtree(tmp_path / "studies" / "a")  # removed behind the cache's back
     assert cache.lookup("a") is None and cache.lookup("a", partial=True) is None
+    restarted = RawCache(tmp_path, max_bytes=10_000)  # its row is dropped: no bytes held
+    assert restarted.used_bytes() == 0 and restarted.keys_by_age() == []
