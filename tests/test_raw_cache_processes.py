@@ -177,8 +177,9 @@ def test_a_pin_holds_across_processes_until_its_process_ends_or_dies(tmp_path: P
             (staging / "000001.dcm").write_bytes(b"x" * 100)
     pinner = _other_process(
         f"""
-        import sys, time
+        import signal, sys, time
         from pathlib import Path
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)  # as usual, whatever the runner set
         from voxl_assets.vna.cache import RawCache
         cache = RawCache(Path({str(tmp_path)!r}), 300)
         with cache.pin("a", "b"):
