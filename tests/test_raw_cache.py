@@ -165,3 +165,20 @@ def test_a_study_whose_folder_vanished_is_a_miss(tmp_path: Path) -> None:
     assert cache.lookup("a") is None and cache.lookup("a", partial=True) is None
     restarted = RawCache(tmp_path, max_bytes=10_000)  # its row is dropped: no bytes held
     assert restarted.used_bytes() == 0 and restarted.keys_by_age() == []
+
+
+def test_an_interrupted_transfer_that_brought_nothing_leaves_nothing(tmp_path: Path) -> None:
+    cache = RawCache(tmp_path, max_bytes=10_000)
+    with pytest.raises(ConnectionError), cache.writing("a", keep_partial_on=(ConnectionError,)):
+        raise ConnectionError("refused before the first instance")
+    assert cache.lookup("a", partial=True) is None
+    assert not any((tmp_path / ".staging").iterdir())
+
+
+def test_a_study_that_cannot_make_room_leaves_no_staging(tmp_path: Path) -> None:
+    cache = RawCache(tmp_path, max_bytes=200)
+    _write(cache, "held", 150)
+    with cache.pin("held"), pytest.raises(CacheFull, match="held by running work"):
+        _write(cache, "new", 100)
+    assert not any((tmp_path / ".staging").iterdir())
+    assert cache.keys_by_age() == ["held"]
