@@ -27,7 +27,7 @@ LEAKING = [
     "47-00-00-22",
     "(47000022)",
     "id=47000022;",
-    "４７０００００２２",  # full-width digits
+    "４７００００２２",  # full-width digits
     "12345678 (leading zeros dropped)",
     "pt_ACC5566778",
     "ACC5566778#2",

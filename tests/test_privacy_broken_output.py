@@ -10,7 +10,7 @@ from pydicom.data import get_testdata_file
 
 from tests.helpers.deid import make_engine
 from tests.helpers.privacy import deidentify, hostile_spec, instance, project, save
-from voxl_assets.deid.checks import check_output
+from voxl_assets.deid.checks import check_integrity, check_output
 from voxl_assets.deid.encoding import encode_file_meta
 from voxl_assets.deid.engine import DeidReport
 from voxl_assets.deid.identifiers import StudyIdentifiers
@@ -24,6 +24,7 @@ def _assert_sound(report: DeidReport, out_dir: Path) -> None:
     assert report.bytes_out == sum(p.stat().st_size for p in written)
     refused = sum(getattr(report, "refused", {}).values())
     assert report.instances_in == report.instances_out + sum(report.filtered.values()) + refused
+    assert check_integrity(written).passed
     for path in written:
         ds = pydicom.dcmread(path)
         if "PixelData" in ds:
@@ -133,5 +134,5 @@ def test_checker_flags_broken_output_files(tmp_path: Path, damage: str) -> None:
             "VOXL",
         )
         path.write_bytes(meta + data[meta_end:])
-    results = check_output([path], engine.policy, StudyIdentifiers())
+    results = [*check_output([path], engine.policy, StudyIdentifiers()), check_integrity([path])]
     assert any(not result.passed for result in results), damage

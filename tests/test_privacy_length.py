@@ -34,18 +34,21 @@ def _long(position: int, identifier: str, total: int = 210_000) -> bytes:
 
 @pytest.mark.parametrize("position", POSITIONS)
 @pytest.mark.parametrize("where", ["implicit LO", "private UT", "private OB", "sequence item"])
+# Private elements in an implicit-VR file: no VR is written, the dictionary's (CS) applies.
 def test_engine_refuses_an_identifier_at_any_position(
     tmp_path: Path, position: int, where: str
 ) -> None:
     ds = instance()
     value = _long(position, MRN)
-    implicit = where == "implicit LO"
+    implicit = where != "sequence item"  # explicit VR caps LO and CS values at 65,534 bytes
     if where == "implicit LO":
         put(ds, SERIES_DESCRIPTION, "LO", value, implicit=True)
     elif where == "private UT":
         siemens_private(ds, 0x0D, "UT", value)
+        ds[0x00191000 | 0x0D].is_implicit_VR = True
     elif where == "private OB":
         siemens_private(ds, 0x0D, "OB", value)
+        ds[0x00191000 | 0x0D].is_implicit_VR = True
     else:
         item = Dataset()
         item.ReferencedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"

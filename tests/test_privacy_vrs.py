@@ -70,15 +70,21 @@ def test_kept_private_elements_under_any_vr_never_leak(tmp_path: Path, vr: str, 
 
 def test_a_vr_change_is_reported_with_its_reason(tmp_path: Path) -> None:
     ds = instance()
-    put(ds, SERIES_DESCRIPTION, "OD", b"AXIAL 1.0")  # text under a binary VR, no identifier
-    put(ds, 0x00280010, "LO", b"512 ")  # Rows (US) as text: cannot be a US value
+    put(ds, SERIES_DESCRIPTION, "UN", b"AXIAL 1.0")  # no stated type: pydicom rereads it as LO
+    put(ds, 0x00081030, "OD", b"CHEST 1.0")  # StudyDescription under a float VR: removed
+    put(ds, 0x00180060, "LO", b"120 ")  # KVP (DS) under another text VR: relabelled
+    put(ds, 0x00280030, "FD", b"\0" * 16)  # PixelSpacing (DS) as binary: removed
     report = deidentify(tmp_path, [save(ds, tmp_path / "raw" / "1.dcm")])
-    assert isinstance(report, DeidReport)
+    assert isinstance(report, DeidReport), str(report)
     out = pydicom.dcmread(report.output_files[0])
     assert out.get_item(SERIES_DESCRIPTION).VR == "LO" and out.SeriesDescription == "AXIAL 1.0"
-    assert 0x00280010 not in out
-    reasons = " ".join(report.vr_changes)  # type: ignore[attr-defined]
-    assert "(0008,103E)" in reasons and "(0028,0010)" in reasons
+    assert out.get_item(0x00180060).VR == "DS" and out.KVP == 120
+    assert 0x00081030 not in out and 0x00280030 not in out
+    assert set(report.vr_changes) == {
+        "(0008,1030) removed: a OD value cannot be LO",
+        "(0018,0060) LO relabelled DS",
+        "(0028,0030) removed: a FD value cannot be DS",
+    }
 
 
 @pytest.mark.parametrize("vr", VRS)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydicom import dcmread
+from pydicom import config, dcmread
 from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
@@ -18,7 +18,7 @@ from pydicom.tag import BaseTag
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from tests.helpers.deid import make_engine, make_project
-from voxl_assets.deid import engine as engine_module
+from voxl_assets.deid import output as output_module
 from voxl_assets.deid.checks import check_output
 from voxl_assets.deid.engine import Deidentifier, DeidReport, OutputCheckError
 from voxl_assets.deid.identifiers import StudyIdentifiers
@@ -63,7 +63,8 @@ def put(ds: Dataset, tag: int, vr: str, value: bytes, implicit: bool = False) ->
     """Store ``value`` as it is, under ``vr`` (which need not be the tag's dictionary VR)."""
     value = padded(value, 8 if vr in {"FD", "OD", "OV", "UV", "SV"} else 4 if vr in {
         "FL", "OF", "OL", "UL", "SL", "AT"} else 2)
-    ds[tag] = RawDataElement(BaseTag(tag), vr, len(value), value, 0, implicit, True)
+    # Straight into the dataset: pydicom's __setitem__ would convert a known private element.
+    ds._dict[BaseTag(tag)] = RawDataElement(BaseTag(tag), vr, len(value), value, 0, implicit, True)
 
 
 def siemens_private(ds: Dataset, offset: int, vr: str, value: bytes) -> int:
@@ -77,7 +78,12 @@ def siemens_private(ds: Dataset, offset: int, vr: str, value: bytes) -> int:
 def save(ds: Dataset, path: Path, implicit: bool = False) -> Path:
     ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
     path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True, implicit_vr=implicit, little_endian=True)
+    wrong_length = config.convert_wrong_length_to_UN
+    config.convert_wrong_length_to_UN = True  # pydicom rereads known private tags on writing
+    try:
+        ds.save_as(path, enforce_file_format=True, implicit_vr=implicit, little_endian=True)
+    finally:
+        config.convert_wrong_length_to_UN = wrong_length
     return path
 
 
@@ -109,7 +115,7 @@ def deidentify_unchecked(
     engine = engine or make_engine(tmp_path, project())
     identifiers = StudyIdentifiers()
     with monkeypatch.context() as patch:
-        patch.setattr(engine_module, "identifier_hits", lambda *_args, **_kwargs: [])
+        patch.setattr(output_module, "output_identifier_hits", lambda *_args, **_kwargs: [])
         report = engine.deidentify_study(files, tmp_path / "unchecked", identifiers)
     return engine, report, identifiers
 

@@ -1,57 +1,71 @@
 """The leak guard: no value from an extract's private files may appear in what leaves.
 
 Identifiers are every value of the private files' columns, except join keys that the public files
-carry on purpose (person_id, procedure_occurrence_id: OMOP ES's pseudonymous keys). Bundle values
-are compared as whole tokens, lower-cased, with spacing removed: "943 476 5919" matches the NHS
-number 9434765919 and "acc 123" matches ACC123, but "ACC1234" does not match ACC123. The scan is
-vectorised with pyarrow (tokens, neighbouring-token joins, and set membership in C++), one record
-batch at a time, so memory stays bounded whatever the bundle's size.
+carry on purpose (person_id, procedure_occurrence_id: OMOP ES's pseudonymous keys). They are
+matched under the shared rules of ``voxl_assets/identifier_rules.py`` (the DICOM checks use the
+same): folded for case, accents and separators, and looked for as substrings, so "MRN: 47000022.",
+"mrn47000023", "pt_ACC123", "4700 0022" and "943 476 5919" are caught while "470000221" (another
+number) is not.
+
+The scan is one linear pass per record batch: the cells' bytes folded at C speed (ASCII cells;
+the rare others one by one) and searched with an Aho-Corasick automaton of all identifiers at
+once; only candidate cells are decoded in Python, to confirm the match under the rules and name
+the row. Memory stays bounded by the batch size whatever the bundle's size.
 
 A hit names the file, column and row: never the value.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import date, datetime
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-TOKEN_PATTERN = r"[^0-9a-z.]+"  # split on everything but letters, digits and '.' (UIDs)
-MAX_JOINED_TOKENS = 3  # "943 476 5919": three tokens make one NHS number
-MIN_IDENTIFIER_LENGTH = 4  # shorter values (a sex code, a count) would hit everywhere
+from voxl_assets.identifier_rules import (
+    IdentifierMatcher,
+    Needle,
+    date_needles,
+    fold,
+    fold_ascii_bytes,
+    value_needles,
+)
+
 BATCH_ROWS = 65_536
-MAX_WHOLE_CELL = 128  # longer cells hold an identifier only as tokens, which are checked anyway
+# 1 for the bytes that folding keeps (ASCII letters and digits), 0 for those it removes.
+_KEPT = bytes(1 if chr(b).isalnum() and b < 128 else 0 for b in range(256))
 
 
-def normalise(value: object) -> str:
-    return re.sub(r"\s+", "", str(value).strip().lower())
+def identifier_matcher(values: Iterable[object]) -> IdentifierMatcher:
+    """A matcher for identifying values of any kind (dates as dates, UIDs as UIDs)."""
+    needles: list[Needle] = []
+    for value in values:
+        if value is None:
+            continue
+        if isinstance(value, datetime | date):
+            needles += date_needles(value.strftime("%Y%m%d"))
+        else:
+            needles += value_needles(str(value))
+    return IdentifierMatcher(needles)
 
 
-def private_identifiers(private_files: Iterable[Path], public_columns: set[str]) -> pa.Array:
-    """Every identifying value in the private files, normalised, as a pyarrow string array."""
-    values: set[str] = set()
-    for path in private_files:
-        parquet = pq.ParquetFile(path)
-        columns = [c for c in parquet.schema_arrow.names if c not in public_columns]
-        for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=columns):
-            for column in batch.columns:
-                text = (
-                    pc.cast(column, pa.string(), safe=False)
-                    if column.type != pa.string()
-                    else column
-                )
-                for value in text.to_pylist():
-                    if value is None:
-                        continue
-                    normalised = normalise(value)
-                    if len(normalised) >= MIN_IDENTIFIER_LENGTH:
-                        values.add(normalised)
-    return pa.array(sorted(values), type=pa.string())
+def private_identifiers(private_files: Iterable[Path], public_columns: set[str]) -> IdentifierMatcher:
+    """Every identifying value in the private files, compiled into one matcher."""
+
+    def values() -> Iterator[object]:
+        for path in private_files:
+            parquet = pq.ParquetFile(path)
+            columns = [c for c in parquet.schema_arrow.names if c not in public_columns]
+            for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=columns):
+                for column in batch.columns:
+                    yield from column.to_pylist()
+
+    return identifier_matcher(values())
 
 
 @dataclass
@@ -82,61 +96,62 @@ class LeakReport:
         return f"{len(self.hits)} leaks: " + "; ".join(str(h) for h in self.hits[:5])
 
 
-def _hit_rows(column: pa.Array, identifiers: pa.Array) -> list[int]:
-    """Rows of ``column`` holding an identifier as a whole value or as 1-3 joined tokens."""
-    text = pc.cast(column, pa.string(), safe=False) if column.type != pa.string() else column
-    lowered = pc.utf8_lower(text)
-    rows: set[int] = set()
-    # Whole cells, spacing removed: only short cells can equal an identifier.
-    short = pc.indices_nonzero(
-        pc.fill_null(pc.less_equal(pc.utf8_length(lowered), MAX_WHOLE_CELL), False)
-    )
-    if len(short):
-        cells = pc.take(lowered, short)
-        whole = pc.is_in(pc.replace_substring_regex(cells, r"\s+", ""), value_set=identifiers)
-        rows.update(pc.take(short, pc.indices_nonzero(pc.fill_null(whole, False))).to_pylist())
-    tokens = pc.split_pattern_regex(lowered, TOKEN_PATTERN)
-    flat = pc.list_flatten(tokens)
-    if len(flat) == 0:
-        return sorted(rows)
-    parents = pc.list_parent_indices(tokens)
-    for width in range(1, MAX_JOINED_TOKENS + 1):
-        if len(flat) < width:
-            break
-        joined = flat.slice(0, len(flat) - width + 1)
-        same_row = None
-        for offset in range(1, width):
-            joined = pc.binary_join_element_wise(
-                joined, flat.slice(offset, len(flat) - width + 1), ""
-            )
-            same = pc.equal(
-                parents.slice(0, len(flat) - width + 1),
-                parents.slice(offset, len(flat) - width + 1),
-            )
-            same_row = same if same_row is None else pc.and_(same_row, same)
-        found = pc.is_in(joined, value_set=identifiers)
-        if same_row is not None:
-            found = pc.and_(found, same_row)
-        positions = pc.indices_nonzero(pc.fill_null(found, False))
-        if len(positions):
-            rows.update(pc.take(parents.slice(0, len(flat) - width + 1), positions).to_pylist())
+def _ascii_hit_rows(text: pa.Array, matcher: IdentifierMatcher) -> list[int]:
+    """Rows of an all-ASCII string array holding an identifier: one fold and one automaton pass
+    over the array's bytes; rows located and confirmed only for the candidates."""
+    offsets_buffer, data_buffer = text.buffers()[1], text.buffers()[2]
+    offset_type = np.int64 if pa.types.is_large_string(text.type) else np.int32
+    offsets = np.frombuffer(offsets_buffer, dtype=offset_type)[text.offset : text.offset + len(text) + 1]
+    start, end = int(offsets[0]), int(offsets[-1])
+    if data_buffer is None or end == start:
+        return []
+    raw = memoryview(data_buffer)[start:end].tobytes()
+    candidates = matcher.candidates_in_folded_bytes(fold_ascii_bytes(raw))
+    if not candidates:
+        return []
+    kept = np.frombuffer(raw.translate(_KEPT), dtype=np.uint8)
+    row_starts = (offsets[:-1] - start).astype(np.int64)
+    lengths = np.diff(offsets)
+    counts = np.zeros(len(row_starts), dtype=np.int64)
+    present = np.flatnonzero((lengths > 0) & (row_starts < len(kept)))
+    if len(present):
+        counts[present] = np.add.reduceat(kept, row_starts[present], dtype=np.int64)
+    folded_ends = np.cumsum(counts)
+    rows = sorted({int(r) for r in np.searchsorted(folded_ends, [c[1] for c in candidates], side="right")})
+    return [r for r in rows if r < len(text) and matcher.find(text[r].as_py() or "")]
+
+
+def _hit_rows(column: pa.Array, matcher: IdentifierMatcher) -> list[int]:
+    """Rows of ``column`` holding an identifier under the matching rules."""
+    text = column if pa.types.is_string(column.type) or pa.types.is_large_string(column.type) else pc.cast(column, pa.string(), safe=False)
+    if text.null_count:
+        text = pc.fill_null(text, "")
+    if isinstance(text, pa.ChunkedArray):
+        text = text.combine_chunks()
+    ascii_cells = pc.string_is_ascii(text)
+    if pc.all(ascii_cells).as_py():
+        return _ascii_hit_rows(text, matcher)
+    ascii_index = pc.indices_nonzero(ascii_cells)
+    rows = [int(ascii_index[r].as_py()) for r in _ascii_hit_rows(pc.take(text, ascii_index), matcher)]
+    for row in pc.indices_nonzero(pc.invert(ascii_cells)).to_pylist():
+        cell = text[row].as_py() or ""
+        if matcher.any_in_folded(fold(cell)) and matcher.find(cell):
+            rows.append(row)
     return sorted(rows)
 
 
 def _scan_table_batches(
-    batches: Iterator[pa.RecordBatch], name: str, identifiers: pa.Array, report: LeakReport
+    batches: Iterator[pa.RecordBatch], name: str, matcher: IdentifierMatcher, report: LeakReport
 ) -> None:
     hits: dict[str, list[int]] = {}
     offset = 0
     for batch in batches:
         for column_name, column in zip(batch.schema.names, batch.columns, strict=True):
-            if (
-                pa.types.is_floating(column.type)
-                or pa.types.is_boolean(column.type)
-                or pa.types.is_temporal(column.type)
-            ):
-                continue  # numbers with decimals, flags and dates cannot hold an identifier token
-            rows = _hit_rows(column, identifiers)
+            if pa.types.is_boolean(column.type) or pa.types.is_temporal(column.type):
+                continue  # flags and typed dates cannot hold an identifier's text
+            if pa.types.is_nested(column.type) or pa.types.is_null(column.type):
+                continue
+            rows = _hit_rows(column, matcher)
             if rows:
                 hits.setdefault(column_name, []).extend(r + offset for r in rows)
         offset += batch.num_rows
@@ -145,7 +160,7 @@ def _scan_table_batches(
         report.hits.append(LeakHit(name, column_name, rows))
 
 
-def scan_bundle(bundle_dir: Path, identifiers: pa.Array) -> LeakReport:
+def scan_bundle(bundle_dir: Path, identifiers: IdentifierMatcher) -> LeakReport:
     """Scan every file under ``bundle_dir``: parquet cell by cell, text files line by line."""
     report = LeakReport()
     for path in sorted(p for p in bundle_dir.rglob("*") if p.is_file()):
