@@ -9,7 +9,7 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from tests.helpers.deid import make_engine
-from tests.helpers.privacy import deidentify, hostile_spec, instance, project, save
+from tests.helpers.privacy import deidentify, hostile_spec, instance, project, save, shared_engine
 from voxl_assets.deid.checks import check_integrity, check_output
 from voxl_assets.deid.encoding import encode_file_meta
 from voxl_assets.deid.engine import DeidReport
@@ -114,7 +114,7 @@ def test_an_image_without_pixel_data_is_refused(tmp_path: Path) -> None:
 @pytest.mark.parametrize("damage", ["truncated pixel data", "truncated header", "deflate label"])
 def test_checker_flags_broken_output_files(tmp_path: Path, damage: str) -> None:
     paths = _study(tmp_path, 1)
-    engine = make_engine(tmp_path, project())
+    engine = shared_engine()
     report = deidentify(tmp_path, paths, engine)
     assert isinstance(report, DeidReport)
     path = report.output_files[0]

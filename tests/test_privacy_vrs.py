@@ -94,7 +94,7 @@ def test_checker_scans_every_vr_of_a_written_file(
     ds = instance()
     ds.SeriesDescription = "AXIAL"
     engine, report, identifiers = deidentify_unchecked(
-        tmp_path, [save(ds, tmp_path / "raw" / "1.dcm")], monkeypatch, make_engine(tmp_path, project())
+        tmp_path, [save(ds, tmp_path / "raw" / "1.dcm")], monkeypatch
     )
     crafted = pydicom.dcmread(report.output_files[0])
     # Written as the engine writes kept private blocks, whatever VR the source gave.

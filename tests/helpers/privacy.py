@@ -4,6 +4,7 @@ in every written byte without VOXL's own matching rules (so a bug there cannot h
 from __future__ import annotations
 
 import struct
+import tempfile
 import unicodedata
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -91,12 +92,28 @@ def project(**overrides: Any) -> ProjectDefinition:
     return make_project(allowed_manufacturers=[{"regex": ".*"}], **overrides)
 
 
+_ENGINES: dict[str, Deidentifier] = {}
+_ENGINE_DIR = Path(tempfile.mkdtemp(prefix="voxl-privacy-engines-"))
+
+
+def shared_engine(definition: ProjectDefinition | None = None) -> Deidentifier:
+    """One engine per project definition for the whole session (an engine keeps no study's
+    state; its hashing database takes a while to set up)."""
+    definition = definition or project()
+    key = definition.model_dump_json()
+    if key not in _ENGINES:
+        directory = _ENGINE_DIR / str(len(_ENGINES))
+        directory.mkdir(parents=True)
+        _ENGINES[key] = make_engine(directory, definition)
+    return _ENGINES[key]
+
+
 def deidentify(
     tmp_path: Path, files: Sequence[Path], engine: Deidentifier | None = None
 ) -> DeidReport | OutputCheckError:
     """The engine's outcome: its report, or the privacy failure it raised."""
     tmp_path.mkdir(parents=True, exist_ok=True)
-    engine = engine or make_engine(tmp_path, project())
+    engine = engine or shared_engine()
     try:
         return engine.deidentify_study(files, tmp_path / "out", StudyIdentifiers())
     except OutputCheckError as exc:
@@ -112,7 +129,7 @@ def deidentify_unchecked(
     """What the engine writes with its in-memory identifier check switched off: the files the
     independent checker must catch."""
     tmp_path.mkdir(parents=True, exist_ok=True)
-    engine = engine or make_engine(tmp_path, project())
+    engine = engine or shared_engine()
     identifiers = StudyIdentifiers()
     with monkeypatch.context() as patch:
         patch.setattr(output_module, "output_identifier_hits", lambda *_args, **_kwargs: [])

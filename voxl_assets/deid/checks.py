@@ -22,6 +22,7 @@ from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.tag import BaseTag
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID_dictionary
@@ -102,30 +103,32 @@ def disallowed_tags(ds: Dataset, operations: TagOperations) -> list[str]:
     found: list[str] = []
 
     def visit(item: Dataset, prefix: str) -> None:
+        # The dataset's own mapping and plain ints: this runs for every element written.
+        elements = item._dict
         block_creators: dict[tuple[int, int], str] = {}
-        tags = sorted(item.keys(), key=int)  # int keys: BaseTag compares in Python
-        for tag in tags:
-            if tag.is_private and 0x10 <= tag.element <= 0xFF:
-                block_creators[(tag.group, tag.element)] = str(item[tag].value)
-        for tag in tags:
-            if tag.is_private:
-                if 0x10 <= tag.element <= 0xFF:
-                    ok = (tag.group, block_creators[(tag.group, tag.element)]) in creators
-                else:
-                    creator = block_creators.get((tag.group, tag.element >> 8))
-                    ok = creator is not None and (
-                        (tag.group, creator, tag.element & 0xFF) in allowed_private
-                    )
-            else:
-                ok = tag in allowed_public
-            if not ok:
-                found.append(f"{prefix}{tag}")
-            if element_vr(item.get_item(tag)) == "SQ":
+        private: list[int] = []
+        for tag, elem in elements.items():
+            if tag >> 16 & 1:
+                private.append(tag)
+                if 0x10 <= tag & 0xFFFF <= 0xFF:
+                    block_creators[(tag >> 16, tag & 0xFFFF)] = str(item[tag].value)
+            elif tag not in allowed_public:
+                found.append(f"{prefix}{BaseTag(tag)}")
+            if elem.VR == "SQ":
                 for index, child in enumerate(item[tag].value):
-                    visit(child, f"{prefix}{tag}[{index}].")
+                    visit(child, f"{prefix}{BaseTag(tag)}[{index}].")
+        for tag in private:
+            group, element = tag >> 16, tag & 0xFFFF
+            if 0x10 <= element <= 0xFF:
+                ok = (group, block_creators[(group, element)]) in creators
+            else:
+                creator = block_creators.get((group, element >> 8))
+                ok = creator is not None and (group, creator, element & 0xFF) in allowed_private
+            if not ok:
+                found.append(f"{prefix}{BaseTag(tag)}")
 
     visit(ds, "")
-    return found
+    return sorted(found)
 
 
 def element_vr(elem: DataElement | RawDataElement) -> str:

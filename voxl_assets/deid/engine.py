@@ -282,8 +282,8 @@ class Deidentifier:
         return source_series, out_path, header_value(ds, "SeriesInstanceUID")
 
     def _needs_blanking(self, header: Dataset) -> bool:
-        modality = str(header.get("Modality", "") or "").upper()
-        sop_class = str(header.get("SOPClassUID", "") or "")
+        modality = header_value(header, "Modality").upper()
+        sop_class = header_value(header, "SOPClassUID")
         ultrasound = modality == "US" or sop_class.startswith(ULTRASOUND_SOP_PREFIXES)
         return ultrasound and self.options.blank_ultrasound_outside_regions
 
@@ -490,12 +490,9 @@ class _Walker:
         allowed = dictionary_vrs(number, creator)
         if allowed is None:
             return True
-        raw = ds.get_item(tag)
-        vr = raw.VR
-        if vr is None and not number >> 16 & 1:
-            return True  # implicit VR: the dictionary's by definition
-        if vr in allowed:
-            return True
+        vr = ds._dict[tag].VR  # the mapping itself: this runs for every kept element
+        if vr in allowed or (vr is None and not number >> 16 & 1):
+            return True  # (implicit VR: the dictionary's by definition)
         change = conform_vr(ds, tag, creator)
         if change is not None:
             self.vr_changes.append(change)

@@ -313,14 +313,12 @@ def scan_instance(path: Path) -> InstanceScan:
     """Structure and identifying values of ``path``, reading no pixel data."""
     scan = InstanceScan()
     try:
-        with path.open("rb") as handle:
-            size = path.stat().st_size
-            if size < 132:
+        with path.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            if len(data) < 132:
                 scan.refusal = Refusal.UNREADABLE
                 return scan
-            with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
-                _scan(data, size, scan)
-    except OSError:
+            _scan(data, len(data), scan)
+    except (OSError, ValueError):  # ValueError: an empty file cannot be mapped
         scan.refusal = Refusal.UNREADABLE
     return scan
 

@@ -83,7 +83,7 @@ def encode_instance_header(ds: Dataset, encodings: list[str]) -> EncodedHeader:
     the engine's speed: pydicom's writer re-encodes every element.
     """
     meta = ds.file_meta
-    syntax = str(meta.get("TransferSyntaxUID", ""))
+    syntax = _text(meta, 0x00020010)
     if syntax == BIG_ENDIAN:  # retired, rare: pydicom's writer, on the fully read dataset
         out = io.BytesIO()
         dcmwrite(out, ds, enforce_file_format=True)
@@ -98,11 +98,11 @@ def encode_instance_header(ds: Dataset, encodings: list[str]) -> EncodedHeader:
     buffer.is_implicit_VR = implicit
     buffer.write(
         encode_file_meta(
-            str(meta.get("MediaStorageSOPClassUID", "")),
-            str(meta.get("MediaStorageSOPInstanceUID", "")),
+            _text(meta, 0x00020002),
+            _text(meta, 0x00020003),
             syntax,
-            str(meta.get("ImplementationClassUID", "")),
-            str(meta.get("ImplementationVersionName", "")),
+            _text(meta, 0x00020012),
+            _text(meta, 0x00020013),
         )
     )
     header = EncodedHeader(b"")
@@ -142,6 +142,17 @@ def encode_instance_header(ds: Dataset, encodings: list[str]) -> EncodedHeader:
             _triage(header, number, vr, _value_of(encoded, vr, implicit))
     header.data = buffer.getvalue()
     return header
+
+
+def _text(ds: Dataset, tag: int) -> str:
+    """An ASCII value as stored (the engine writes the file meta encoded), else as pydicom has it."""
+    elem = ds.get_item(tag)
+    if elem is None or elem.value is None:
+        return ""
+    value = elem.value
+    if isinstance(value, bytes):
+        return value.decode("latin-1").strip(" \0")
+    return str(value)
 
 
 def _value_of(encoded: bytes, vr: str, implicit: bool) -> bytes:
