@@ -90,9 +90,7 @@ def voxl_scan(folder: Path, count: int) -> None:
 def pandas_scan(folder: Path, count: int) -> None:
     import pandas as pd
 
-    pattern = re.compile(
-        r"\\b(?:" + "|".join(identifiers(count)) + r")\\b", re.IGNORECASE
-    )
+    pattern = re.compile(r"\\b(?:" + "|".join(identifiers(count)) + r")\\b", re.IGNORECASE)
     for path in sorted(folder.glob("*.parquet"))[:1]:
         frame = pd.read_parquet(path)
         for column in ("note_text", "note_title"):

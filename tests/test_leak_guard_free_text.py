@@ -27,7 +27,7 @@ LEAKING = [
     "47-00-00-22",
     "(47000022)",
     "id=47000022;",
-    "４７００００２２",  # full-width digits
+    "\uff14\uff17\uff10\uff10\uff10\uff10\uff12\uff12",  # full-width digits
     "12345678 (leading zeros dropped)",
     "pt_ACC5566778",
     "ACC5566778#2",
@@ -69,7 +69,9 @@ def _write_private(root: Path) -> list[Path]:
     return sorted(private.glob("*.parquet"))
 
 
-def _scan(tmp_path: Path, notes: list[str], text_file: str | None = None) -> list[tuple[str, str, list[int]]]:
+def _scan(
+    tmp_path: Path, notes: list[str], text_file: str | None = None
+) -> list[tuple[str, str, list[int]]]:
     private = _write_private(tmp_path)
     bundle = tmp_path / "bundle"
     (bundle / "omop").mkdir(parents=True)
@@ -131,7 +133,9 @@ FORMS = st.sampled_from(
 )
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     words=st.lists(st.sampled_from(WORDS), min_size=0, max_size=30),
     numbers=st.lists(st.integers(0, 10**10), max_size=5),
@@ -160,7 +164,9 @@ def test_property_any_embedding_is_caught_and_nothing_else(
     value = value.upper() if upper else value.lower()
     embedded = form.format(p="", v=value, s=".", sep=sep)
     safe_numbers = [
-        str(n) for n in numbers if all(str(n).lstrip("0") != m.lstrip("0") for m in [*MRNS, *NHS, "5566778"])
+        str(n)
+        for n in numbers
+        if all(str(n).lstrip("0") != m.lstrip("0") for m in [*MRNS, *NHS, "5566778"])
     ]
     clean = " ".join(words + safe_numbers)
     notes = [clean] * 5

@@ -36,7 +36,9 @@ def test_a_deflated_instance_comes_out_readable_with_its_pixels(tmp_path: Path) 
     original = pydicom.dcmread(source)
     engine = make_engine(
         tmp_path,
-        project(project={"modalities": [str(original.Modality)]}, deid={"allow_secondary_capture": True}),
+        project(
+            project={"modalities": [str(original.Modality)]}, deid={"allow_secondary_capture": True}
+        ),
     )
     report = deidentify(tmp_path, [source], engine)
     assert isinstance(report, DeidReport), str(report)
@@ -52,7 +54,9 @@ def _study(tmp_path: Path, count: int = 3) -> list[Path]:
     return [save(instance(spec, i), tmp_path / "raw" / f"{i}.dcm") for i in range(1, count + 1)]
 
 
-@pytest.mark.parametrize("cut", ["inside pixel data", "inside pixel data header", "inside header", "in a value"])
+@pytest.mark.parametrize(
+    "cut", ["inside pixel data", "inside pixel data header", "inside header", "in a value"]
+)
 def test_a_truncated_instance_is_refused_with_its_reason(tmp_path: Path, cut: str) -> None:
     paths = _study(tmp_path)
     data = paths[1].read_bytes()

@@ -45,10 +45,8 @@ def test_engine_refuses_an_identifier_at_any_position(
         put(ds, SERIES_DESCRIPTION, "LO", value, implicit=True)
     elif where == "private UT":
         siemens_private(ds, 0x0D, "UT", value)
-        ds[0x00191000 | 0x0D].is_implicit_VR = True
     elif where == "private OB":
         siemens_private(ds, 0x0D, "OB", value)
-        ds[0x00191000 | 0x0D].is_implicit_VR = True
     else:
         item = Dataset()
         item.ReferencedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"

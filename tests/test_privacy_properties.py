@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from pydicom.charset import convert_encodings, encode_string
 from pydicom.dataset import Dataset
@@ -31,7 +31,7 @@ from voxl_assets.deid.engine import OutputCheckError
 from voxl_assets.synthetic import SeriesSpec
 
 # (SpecificCharacterSet, family names that charset can write).
-CHARSETS = [
+CHARSETS: list[tuple[str | list[str], list[str]]] = [
     ("ISO_IR 6", ["OTTERBURN", "FAIRWEATHER", "QUIMBLETON"]),
     ("ISO_IR 100", ["Müllerová", "Søndergård", "Fairweather"]),
     ("ISO_IR 101", ["Dvořáková", "Łukaszewski"]),
@@ -42,7 +42,24 @@ CHARSETS = [
     (["", "ISO 2022 IR 149"], ["김철수님", "OTTERBURN"]),
 ]
 SEPARATORS = ["", " ", ".", "-", "_", ": ", "/", "#", ", ", "\t"]
-VRS = ["LO", "SH", "LT", "ST", "UT", "UC", "CS", "PN", "OB", "OW", "OD", "OF", "FD", "FL", "UN", "UL"]
+VRS = [
+    "LO",
+    "SH",
+    "LT",
+    "ST",
+    "UT",
+    "UC",
+    "CS",
+    "PN",
+    "OB",
+    "OW",
+    "OD",
+    "OF",
+    "FD",
+    "FL",
+    "UN",
+    "UL",
+]
 PLACES = [
     "SeriesDescription",
     "StudyDescription",
@@ -93,9 +110,12 @@ def _render(plant: Plant, identity: dict[str, str]) -> tuple[str, str]:
         core = identity["given"] + (sep or " ") + identity["family"]
     elif plant.kind == "birth date":
         y, m, d = identity["birth"][:4], identity["birth"][4:6], identity["birth"][6:]
-        core = {"": f"{y}{m}{d}", "-": f"{y}-{m}-{d}", "/": f"{d}/{m}/{y}", ".": f"{d}.{m}.{y}"}.get(
-            sep, f"{d} Dec {y}" if m == "12" else f"{y}-{m}-{d}"
-        )
+        core = {
+            "": f"{y}{m}{d}",
+            "-": f"{y}-{m}-{d}",
+            "/": f"{d}/{m}/{y}",
+            ".": f"{d}.{m}.{y}",
+        }.get(sep, f"{d} Dec {y}" if m == "12" else f"{y}-{m}-{d}")
     else:
         core = identity["uid"]
     if plant.upper:
@@ -114,12 +134,16 @@ def _identity(family: str, index: int) -> dict[str, str]:
     }
 
 
-def _plant(ds: Dataset, plant: Plant, text: str, charset: object) -> None:
-    encodings = convert_encodings([charset] if isinstance(charset, str) else list(charset))
+def _plant(ds: Dataset, plant: Plant, text: str, charset: str | list[str]) -> None:
+    encodings = convert_encodings([charset] if isinstance(charset, str) else charset)
     filler = "AXIAL " * (plant.filler // 6)
     value = encode_string(filler + text, encodings)
     if plant.place in ("SeriesDescription", "StudyDescription", "ProtocolName"):
-        tag = {"SeriesDescription": 0x0008103E, "StudyDescription": 0x00081030, "ProtocolName": 0x00181030}
+        tag = {
+            "SeriesDescription": 0x0008103E,
+            "StudyDescription": 0x00081030,
+            "ProtocolName": 0x00181030,
+        }
         put(ds, tag[plant.place], plant.vr if plant.filler < 60_000 else "UT", value)
     elif plant.place == "private kept":
         siemens_private(ds, 0x0E, plant.vr if plant.filler < 60_000 else "UT", value)
@@ -188,10 +212,12 @@ def test_planted_identifiers_never_leave(
                     cores.append(core)
             paths.append(save(ds, tmp / "raw" / f"{index}.dcm", implicit=implicit))
         outcome = deidentify(tmp / "checked", paths)
+        event("engine refused" if isinstance(outcome, OutputCheckError) else "engine wrote")
         if not isinstance(outcome, OutputCheckError):
             assert not leaked(outcome.output_files, cores), (planted, charset)
         engine, report, identifiers = deidentify_unchecked(tmp / "unchecked", paths, monkeypatch)
         if leaked(report.output_files, cores):
+            event("unchecked output held a planted identifier")
             _allow, leaks = check_output(report.output_files, engine.policy, identifiers)
             assert not leaks.passed, ("checker missed", planted, charset)
             assert isinstance(outcome, OutputCheckError)  # and the engine refused it

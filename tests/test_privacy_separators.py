@@ -14,11 +14,13 @@ from tests.helpers.privacy import (
     deidentify_unchecked,
     instance,
     save,
+    shared_engine,
     siemens_private,
     study_identifiers,
 )
 from voxl_assets.deid.checks import check_output
 from voxl_assets.deid.engine import DeidReport, OutputCheckError
+from voxl_assets.deid.operations import TagPolicy
 
 # The study's identifiers are MRN 47000022, accession ACC5566778, ZEBEDEE^QUINCY, born 19611231.
 LEAKING = [
@@ -109,8 +111,5 @@ def test_ordinary_text_passes(tmp_path: Path, text: str, place: str) -> None:
     assert leaks.passed, leaks.summary()
 
 
-def make_policy(tmp_path: Path):  # type: ignore[no-untyped-def]
-    from tests.helpers.deid import make_engine
-    from tests.helpers.privacy import project
-
-    return make_engine(tmp_path / "policy", project()).policy
+def make_policy(tmp_path: Path) -> TagPolicy:
+    return shared_engine().policy

@@ -65,8 +65,7 @@ def test_kept_private_ui_elements_are_replaced(tmp_path: Path) -> None:
     operations = tmp_path / "ops"
     operations.mkdir()
     (operations / "private.yaml").write_text(
-        "operations:\n"
-        "  - {group: 0x0029, private_creator: 'ACME 1', element: 0x01, op: keep}\n"
+        "operations:\n  - {group: 0x0029, private_creator: 'ACME 1', element: 0x01, op: keep}\n"
     )
     engine = make_engine(tmp_path, project())
     extra = load_policy(operations, ["private.yaml"], []).base

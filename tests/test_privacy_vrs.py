@@ -8,7 +8,6 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from tests.helpers.deid import make_engine
 from tests.helpers.privacy import (
     BIRTH_DATE,
     MRN,
@@ -17,7 +16,6 @@ from tests.helpers.privacy import (
     deidentify_unchecked,
     instance,
     leaked,
-    project,
     put,
     save,
     siemens_private,
@@ -47,7 +45,9 @@ def _outcome_is_safe(outcome: DeidReport | OutputCheckError, planted: str) -> No
 
 @pytest.mark.parametrize("payload", list(PAYLOADS))
 @pytest.mark.parametrize("vr", VRS)
-def test_a_kept_text_attribute_under_any_vr_never_leaks(tmp_path: Path, vr: str, payload: str) -> None:
+def test_a_kept_text_attribute_under_any_vr_never_leaks(
+    tmp_path: Path, vr: str, payload: str
+) -> None:
     ds = instance()
     put(ds, SERIES_DESCRIPTION, vr, PAYLOADS[payload])
     outcome = deidentify(tmp_path, [save(ds, tmp_path / "raw" / "1.dcm")])
@@ -61,7 +61,9 @@ def test_a_kept_text_attribute_under_any_vr_never_leaks(tmp_path: Path, vr: str,
 
 @pytest.mark.parametrize("offset", [0x0C, 0x0D, 0x0E, 0x27])
 @pytest.mark.parametrize("vr", VRS)
-def test_kept_private_elements_under_any_vr_never_leak(tmp_path: Path, vr: str, offset: int) -> None:
+def test_kept_private_elements_under_any_vr_never_leak(
+    tmp_path: Path, vr: str, offset: int
+) -> None:
     ds = instance()
     siemens_private(ds, offset, vr, NAME.encode())
     outcome = deidentify(tmp_path, [save(ds, tmp_path / "raw" / "1.dcm")])

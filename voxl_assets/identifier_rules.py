@@ -52,7 +52,7 @@ _SPECIAL_LETTERS = {
     "đ": "d",
     "ð": "d",
     "þ": "th",
-    "ı": "i",
+    "\u0131": "i",  # dotless i
     "ħ": "h",
     "ŧ": "t",
     "ŀ": "l",
@@ -65,7 +65,33 @@ _ASCII_NON_ALNUM_TO_SPACE = bytes(
     b if chr(b).isalnum() or b >= 128 else 32 for b in range(256)
 ).translate(_ASCII_LOWER)
 _PARTICLES = frozenset(
-    "van von der den de del della da das dos di du la le les el al bin ben ibn mac mc st y e".split()
+    [
+        "van",
+        "von",
+        "der",
+        "den",
+        "de",
+        "del",
+        "della",
+        "da",
+        "das",
+        "dos",
+        "di",
+        "du",
+        "la",
+        "le",
+        "les",
+        "el",
+        "al",
+        "bin",
+        "ben",
+        "ibn",
+        "mac",
+        "mc",
+        "st",
+        "y",
+        "e",
+    ]
 )
 _MONTHS = [
     ("jan", "january"),
@@ -204,7 +230,7 @@ def name_parts(value: str) -> list[str]:
             wanted = [group]
         words: list[str] = []
         for component in wanted:
-            words += [w for w in re.split(r"[\s,\-'’.]+", component) if w]
+            words += [w for w in re.split("[\\s,\\-'\u2019.]+", component) if w]
         folded_words = [fold(w) for w in words]
         parts += [w for w in folded_words if w and w not in _PARTICLES]
         family = fold(components[0]) if len(components) > 1 else ""

@@ -49,7 +49,9 @@ def hostile_spec(**kwargs: Any) -> StudySpec:
     return StudySpec(**values)
 
 
-def instance(spec: StudySpec | None = None, index: int = 1, series: SeriesSpec | None = None) -> Dataset:
+def instance(
+    spec: StudySpec | None = None, index: int = 1, series: SeriesSpec | None = None
+) -> Dataset:
     spec = spec or hostile_spec()
     return make_instance(spec, series or spec.series[0], index)
 
@@ -62,8 +64,14 @@ def padded(value: bytes, multiple: int = 2, pad: bytes = b" ") -> bytes:
 
 def put(ds: Dataset, tag: int, vr: str, value: bytes, implicit: bool = False) -> None:
     """Store ``value`` as it is, under ``vr`` (which need not be the tag's dictionary VR)."""
-    value = padded(value, 8 if vr in {"FD", "OD", "OV", "UV", "SV"} else 4 if vr in {
-        "FL", "OF", "OL", "UL", "SL", "AT"} else 2)
+    value = padded(
+        value,
+        8
+        if vr in {"FD", "OD", "OV", "UV", "SV"}
+        else 4
+        if vr in {"FL", "OF", "OL", "UL", "SL", "AT"}
+        else 2,
+    )
     # Straight into the dataset: pydicom's __setitem__ would convert a known private element.
     ds._dict[BaseTag(tag)] = RawDataElement(BaseTag(tag), vr, len(value), value, 0, implicit, True)
 

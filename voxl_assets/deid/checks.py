@@ -11,6 +11,7 @@ pseudonymous. Findings name the file and the tag path, never the offending value
 
 from __future__ import annotations
 
+import contextlib
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -22,9 +23,9 @@ from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.tag import BaseTag
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element
+from pydicom.tag import BaseTag
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID_dictionary
 
 from voxl_assets.deid.identifiers import ENGINE_TAGS, StudyIdentifiers
@@ -117,15 +118,15 @@ def disallowed_tags(ds: Dataset, operations: TagOperations) -> list[str]:
             if elem.VR == "SQ":
                 for index, child in enumerate(item[tag].value):
                     visit(child, f"{prefix}{BaseTag(tag)}[{index}].")
-        for tag in private:
-            group, element = tag >> 16, tag & 0xFFFF
+        for number in private:
+            group, element = number >> 16, number & 0xFFFF
             if 0x10 <= element <= 0xFF:
                 ok = (group, block_creators[(group, element)]) in creators
             else:
                 creator = block_creators.get((group, element >> 8))
                 ok = creator is not None and (group, creator, element & 0xFF) in allowed_private
             if not ok:
-                found.append(f"{prefix}{BaseTag(tag)}")
+                found.append(f"{prefix}{BaseTag(number)}")
 
     visit(ds, "")
     return sorted(found)
@@ -165,10 +166,8 @@ def value_texts(value: bytes, vr: str, encodings: Sequence[str]) -> list[str]:
     texts = []
     delimiters = {0x5E, 0x3D, 0x5C} if vr == "PN" else {0x5C, 0x0D, 0x0A, 0x09, 0x0C}
     for chosen in (set(), delimiters):
-        try:
+        with contextlib.suppress(LookupError, ValueError):
             texts.append(decode_bytes(value, list(encodings), chosen))
-        except (LookupError, ValueError):
-            pass
     for codec in (*encodings, "utf-8", "latin-1"):
         try:
             texts.append(value.decode(codec, "replace"))
@@ -245,10 +244,7 @@ def _leaves(
         if isinstance(elem, RawDataElement):
             raw = elem.value if isinstance(elem.value, bytes) else b""
         else:
-            if isinstance(elem.value, bytes):
-                raw = elem.value
-            else:
-                raw = _encoded(elem, encodings)
+            raw = elem.value if isinstance(elem.value, bytes) else _encoded(elem, encodings)
         yield f"{prefix}{tag}", int(tag), vr, raw
 
 
@@ -275,15 +271,18 @@ def identifier_hits(
         except KeyError:
             dictionary = ""
         in_date = vr in DATE_VRS or dictionary in DATE_VRS
-        if any(matcher.find(text, in_date_attribute=in_date) for text in value_texts(raw, vr, encodings)):
-            hits.append(path)
-        elif (vr in NUMBER_STRING_VRS or dictionary in NUMBER_STRING_VRS) and number_string_hits(
-            raw, matcher.numbers
+        if (
+            any(
+                matcher.find(text, in_date_attribute=in_date)
+                for text in value_texts(raw, vr, encodings)
+            )
+            or (
+                (vr in NUMBER_STRING_VRS or dictionary in NUMBER_STRING_VRS)
+                and number_string_hits(raw, matcher.numbers)
+            )
+            or binary_number_hits(raw, matcher.numbers, little)
+            or (uids and vr == "UI" and _foreign_uid(raw))
         ):
-            hits.append(path)
-        elif binary_number_hits(raw, matcher.numbers, little):  # any VR: labels can lie
-            hits.append(path)
-        elif uids and vr == "UI" and _foreign_uid(raw):
             hits.append(path)
     return hits
 
@@ -308,7 +307,7 @@ def check_output(
         leaks.files_checked += 1
         try:
             ds = dcmread(path)
-        except Exception as exc:  # noqa: BLE001 - any failure to read is the finding
+        except Exception as exc:
             for result in (allow, leaks):
                 result.findings.append(
                     CheckFinding(path.name, "file", f"not readable ({type(exc).__name__})")
@@ -323,7 +322,9 @@ def check_output(
             allow.findings.append(CheckFinding(path.name, tag_path, "not in the allow-list"))
         for tag_path in identifier_hits(ds, matcher, uids=True):
             leaks.findings.append(
-                CheckFinding(path.name, tag_path, "holds an identifier of the study or a source UID")
+                CheckFinding(
+                    path.name, tag_path, "holds an identifier of the study or a source UID"
+                )
             )
         for tag_path in identifier_hits(ds.file_meta, matcher, uids=True):
             leaks.findings.append(
@@ -343,8 +344,10 @@ def check_integrity(files: Sequence[Path]) -> CheckResult:
         result.files_checked += 1
         try:
             ds = dcmread(path)
-        except Exception as exc:  # noqa: BLE001 - any failure to read is the finding
-            result.findings.append(CheckFinding(path.name, "file", f"not readable ({type(exc).__name__})"))
+        except Exception as exc:
+            result.findings.append(
+                CheckFinding(path.name, "file", f"not readable ({type(exc).__name__})")
+            )
             continue
         scan = scan_instance(path)
         if scan.refusal is not None:
@@ -352,7 +355,9 @@ def check_integrity(files: Sequence[Path]) -> CheckResult:
         sop = str(ds.get("SOPInstanceUID", "") or "")
         if not sop or sop != str(ds.file_meta.get("MediaStorageSOPInstanceUID", "")):
             result.findings.append(
-                CheckFinding(path.name, "(0008,0018)", "SOP Instance UID missing or unlike the file meta's")
+                CheckFinding(
+                    path.name, "(0008,0018)", "SOP Instance UID missing or unlike the file meta's"
+                )
             )
         problem = _pixel_problem(ds)
         if problem:

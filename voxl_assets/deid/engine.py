@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 from pydicom import dcmread
@@ -31,7 +31,7 @@ from pydicom.tag import BaseTag
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
 
 from voxl_assets.deid import output
-from voxl_assets.deid.checks import disallowed_tags, element_vr, identifier_hits, instance_encodings
+from voxl_assets.deid.checks import disallowed_tags, element_vr, instance_encodings
 from voxl_assets.deid.encoding import TEXT_VRS, encode_value
 from voxl_assets.deid.hashing import ProjectHasher
 from voxl_assets.deid.header_scan import DEFLATED, EXPLICIT, InstanceScan, Refusal, scan_instance
@@ -273,7 +273,9 @@ class Deidentifier:
                 if length and _keeps_pixel_data(operations):
                     _copy_range(source, out, offset, length)
                 written = out.tell()
-            if written != len(encoded.data) + (length if length and _keeps_pixel_data(operations) else 0):
+            if written != len(encoded.data) + (
+                length if length and _keeps_pixel_data(operations) else 0
+            ):
                 tmp_path.unlink()
                 return Refusal.TRUNCATED_PIXEL_DATA
         os.replace(tmp_path, out_path)
@@ -378,8 +380,6 @@ class OutputCheckError(DeidError):
         if leaks:
             parts.append(f"identifiers in: {', '.join(leaks[:5])}")
         super().__init__(f"{file_name}: " + "; ".join(parts))
-
-
 
 
 def _keeps_pixel_data(operations: TagOperations) -> bool:

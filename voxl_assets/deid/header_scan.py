@@ -10,6 +10,7 @@ instance is de-identified (finding 6 of issue 13: a name only a later instance c
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import struct
 import zlib
@@ -129,10 +130,8 @@ def _decodings(raw: bytes, encodings: list[str], name: bool) -> list[str]:
             texts.append(raw.decode(codec))
         except (LookupError, UnicodeDecodeError):
             continue
-    try:
+    with contextlib.suppress(UnicodeDecodeError):
         texts.append(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        pass
     return list(dict.fromkeys(texts))
 
 
@@ -313,7 +312,10 @@ def scan_instance(path: Path) -> InstanceScan:
     """Structure and identifying values of ``path``, reading no pixel data."""
     scan = InstanceScan()
     try:
-        with path.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        with (
+            path.open("rb") as handle,
+            mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data,
+        ):
             if len(data) < 132:
                 scan.refusal = Refusal.UNREADABLE
                 return scan

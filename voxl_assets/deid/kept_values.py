@@ -25,7 +25,25 @@ from voxl_assets.deid.encoding import LONG_LENGTH_VRS, encode_value
 
 WELL_KNOWN_UIDS = frozenset(UID_dictionary)
 TEXT_VRS = frozenset(
-    {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"}
+    {
+        "AE",
+        "AS",
+        "CS",
+        "DA",
+        "DS",
+        "DT",
+        "IS",
+        "LO",
+        "LT",
+        "PN",
+        "SH",
+        "ST",
+        "TM",
+        "UC",
+        "UI",
+        "UR",
+        "UT",
+    }
 )
 FIXED_SIZE = {
     "US": 2, "SS": 2, "OW": 2, "UL": 4, "SL": 4, "FL": 4, "OF": 4, "OL": 4, "AT": 4,
@@ -55,7 +73,9 @@ def dictionary_vrs(tag: int, creator: str | None) -> frozenset[str] | None:
 
 def _fits(value: bytes, vr: str) -> bool:
     if vr in TEXT_VRS:
-        return not value.rstrip(b"\0 ").translate(None, delete=bytes(range(32, 256)) + b"\t\n\f\r\x1b")
+        return not value.rstrip(b"\0 ").translate(
+            None, delete=bytes(range(32, 256)) + b"\t\n\f\r\x1b"
+        )
     size = FIXED_SIZE.get(vr)
     if size is not None:
         return len(value) % size == 0
@@ -95,7 +115,13 @@ def conform_vr(ds: Dataset, tag: BaseTag, creator: str | None) -> str | None:
         del ds[tag]
         return f"{tag} removed: a {vr} value too long for {target}"
     ds[tag] = RawDataElement(
-        elem.tag, target, len(value), value, elem.value_tell, elem.is_implicit_VR, elem.is_little_endian
+        elem.tag,
+        target,
+        len(value),
+        value,
+        elem.value_tell,
+        elem.is_implicit_VR,
+        elem.is_little_endian,
     )
     return f"{tag} {vr} relabelled {target}"
 
@@ -122,6 +148,13 @@ def replace_foreign_uids(ds: Dataset, tag: BaseTag, replace: Callable[[str], str
         elem = ds[tag]
     assert isinstance(elem, DataElement)
     current = elem.value
-    items = list(current) if isinstance(current, list | tuple) or hasattr(current, "__len__") and not isinstance(current, str) else [current]
-    replaced = [str(v) if not str(v) or str(v) in WELL_KNOWN_UIDS else replace(str(v)) for v in items]
+    items = (
+        list(current)
+        if isinstance(current, list | tuple)
+        or (hasattr(current, "__len__") and not isinstance(current, str))
+        else [current]
+    )
+    replaced = [
+        str(v) if not str(v) or str(v) in WELL_KNOWN_UIDS else replace(str(v)) for v in items
+    ]
     elem.value = replaced if len(replaced) > 1 else replaced[0]

@@ -21,6 +21,7 @@ function the independent checker runs on written files.
 from __future__ import annotations
 
 import io
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from pydicom import dcmread
@@ -65,10 +66,8 @@ def _triage(header: EncodedHeader, tag: int, vr: str, value: bytes) -> None:
         header.exponents.append(value)
 
 
-def _triage_items(header: EncodedHeader, items: object, encodings: list[str]) -> None:
-    if not isinstance(items, list | tuple) and not hasattr(items, "__iter__"):
-        return
-    for item in items:  # type: ignore[attr-defined]
+def _triage_items(header: EncodedHeader, items: Iterable[object], encodings: list[str]) -> None:
+    for item in items:
         if isinstance(item, Dataset):
             for _path, tag, vr, raw in checks._leaves(item, "", encodings):
                 _triage(header, tag, vr, raw)
@@ -158,9 +157,13 @@ def _text(ds: Dataset, tag: int) -> str:
 def _value_of(encoded: bytes, vr: str, implicit: bool) -> bytes:
     if implicit:
         return encoded[8:]
-    return encoded[12:] if len(encoded) >= 12 and encoded[4:6] in (
-        b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"UC", b"UN", b"UR", b"UT", b"SV", b"UV"
-    ) else encoded[8:]
+    return (
+        encoded[12:]
+        if len(encoded) >= 12
+        and encoded[4:6]
+        in (b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"UC", b"UN", b"UR", b"UT", b"SV", b"UV")
+        else encoded[8:]
+    )
 
 
 def _scanned_bytes(header: EncodedHeader) -> bytes:

@@ -54,7 +54,9 @@ def identifier_matcher(values: Iterable[object]) -> IdentifierMatcher:
     return IdentifierMatcher(needles)
 
 
-def private_identifiers(private_files: Iterable[Path], public_columns: set[str]) -> IdentifierMatcher:
+def private_identifiers(
+    private_files: Iterable[Path], public_columns: set[str]
+) -> IdentifierMatcher:
     """Every identifying value in the private files, compiled into one matcher."""
 
     def values() -> Iterator[object]:
@@ -101,7 +103,9 @@ def _ascii_hit_rows(text: pa.Array, matcher: IdentifierMatcher) -> list[int]:
     over the array's bytes; rows located and confirmed only for the candidates."""
     offsets_buffer, data_buffer = text.buffers()[1], text.buffers()[2]
     offset_type = np.int64 if pa.types.is_large_string(text.type) else np.int32
-    offsets = np.frombuffer(offsets_buffer, dtype=offset_type)[text.offset : text.offset + len(text) + 1]
+    offsets = np.frombuffer(offsets_buffer, dtype=offset_type)[
+        text.offset : text.offset + len(text) + 1
+    ]
     start, end = int(offsets[0]), int(offsets[-1])
     if data_buffer is None or end == start:
         return []
@@ -117,13 +121,19 @@ def _ascii_hit_rows(text: pa.Array, matcher: IdentifierMatcher) -> list[int]:
     if len(present):
         counts[present] = np.add.reduceat(kept, row_starts[present], dtype=np.int64)
     folded_ends = np.cumsum(counts)
-    rows = sorted({int(r) for r in np.searchsorted(folded_ends, [c[1] for c in candidates], side="right")})
+    rows = sorted(
+        {int(r) for r in np.searchsorted(folded_ends, [c[1] for c in candidates], side="right")}
+    )
     return [r for r in rows if r < len(text) and matcher.find(text[r].as_py() or "")]
 
 
 def _hit_rows(column: pa.Array, matcher: IdentifierMatcher) -> list[int]:
     """Rows of ``column`` holding an identifier under the matching rules."""
-    text = column if pa.types.is_string(column.type) or pa.types.is_large_string(column.type) else pc.cast(column, pa.string(), safe=False)
+    text = (
+        column
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
+        else pc.cast(column, pa.string(), safe=False)
+    )
     if text.null_count:
         text = pc.fill_null(text, "")
     if isinstance(text, pa.ChunkedArray):
@@ -132,7 +142,9 @@ def _hit_rows(column: pa.Array, matcher: IdentifierMatcher) -> list[int]:
     if pc.all(ascii_cells).as_py():
         return _ascii_hit_rows(text, matcher)
     ascii_index = pc.indices_nonzero(ascii_cells)
-    rows = [int(ascii_index[r].as_py()) for r in _ascii_hit_rows(pc.take(text, ascii_index), matcher)]
+    rows = [
+        int(ascii_index[r].as_py()) for r in _ascii_hit_rows(pc.take(text, ascii_index), matcher)
+    ]
     for row in pc.indices_nonzero(pc.invert(ascii_cells)).to_pylist():
         cell = text[row].as_py() or ""
         if matcher.any_in_folded(fold(cell)) and matcher.find(cell):
