@@ -140,3 +140,13 @@ def test_checker_flags_broken_output_files(tmp_path: Path, damage: str) -> None:
         path.write_bytes(meta + data[meta_end:])
     results = [*check_output([path], engine.policy, StudyIdentifiers()), check_integrity([path])]
     assert any(not result.passed for result in results), damage
+
+
+@pytest.mark.parametrize("size", [32, 48, 92])  # 32 rows is b" \0" (looks like padding)
+def test_images_whose_sizes_look_like_text_padding_are_written(tmp_path: Path, size: int) -> None:
+    spec = hostile_spec(rows=size, columns=size, series=[SeriesSpec(instances=2)])
+    paths = [save(instance(spec, i), tmp_path / "raw" / f"{i}.dcm") for i in (1, 2)]
+    report = deidentify(tmp_path, paths)
+    assert isinstance(report, DeidReport), str(report)
+    assert report.instances_out == 2 and not report.refused
+    _assert_sound(report, tmp_path / "out")

@@ -283,15 +283,18 @@ class _Walker:
 
     def _number(self, key: str, default: int | None = None) -> int | None:
         raw = self.image.get(key)
-        if raw is None or not raw.strip(b" \0"):
+        if raw is None:
             return default
-        if key == "frames":
+        if key == "frames":  # IS: text
+            text = raw.strip(b" \0")
+            if not text:
+                return default
             try:
-                return int(float(raw.strip(b" \0").split(b"\\")[0]))
+                return int(float(text.split(b"\\")[0]))
             except ValueError:
                 return None
-        if len(raw) < 2:
-            return None
+        if len(raw) < 2:  # US: binary (32 rows is b" \0": nothing to strip)
+            return default
         return int(struct.unpack_from(self.prefix + "H", raw)[0])
 
     def check_native_length(self, tag: int, length: int) -> None:
