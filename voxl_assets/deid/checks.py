@@ -224,9 +224,10 @@ def _encoded(elem: DataElement, encodings: list[str]) -> bytes:
     return buffer.getvalue()[8:]
 
 
-def _leaves(
+def leaf_values(
     ds: Dataset, prefix: str, encodings: list[str]
 ) -> Iterable[tuple[str, int, str, bytes]]:
+    """(tag path, tag, VR, value bytes) of every element that is not a sequence, at any depth."""
     for tag in sorted(ds.keys(), key=int):
         elem = ds.get_item(tag)
         vr = element_vr(elem)
@@ -237,7 +238,7 @@ def _leaves(
             if isinstance(value, Iterable):
                 for index, child in enumerate(value):
                     if isinstance(child, Dataset):
-                        yield from _leaves(child, f"{prefix}{tag}[{index}].", encodings)
+                        yield from leaf_values(child, f"{prefix}{tag}[{index}].", encodings)
                 continue
         if elem.value is None:
             continue
@@ -263,7 +264,7 @@ def identifier_hits(
     encodings = list(dict.fromkeys([*instance_encodings(ds), *encodings]))
     little = getattr(ds, "is_little_endian", None) is not False
     hits: list[str] = []
-    for path, tag, vr, raw in _leaves(ds, "", encodings):
+    for path, tag, vr, raw in leaf_values(ds, "", encodings):
         if tag in PIXEL_TAGS or not raw:
             continue
         try:

@@ -15,8 +15,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from pydicom.datadict import dictionary_VR, private_dictionary_VR
-from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
 from pydicom.uid import UID_dictionary
 
@@ -146,15 +147,11 @@ def replace_foreign_uids(ds: Dataset, tag: BaseTag, replace: Callable[[str], str
             )
             return
         elem = ds[tag]
-    assert isinstance(elem, DataElement)
     current = elem.value
-    items = (
-        list(current)
-        if isinstance(current, list | tuple)
-        or (hasattr(current, "__len__") and not isinstance(current, str))
-        else [current]
+    values = (
+        [str(v) for v in current]
+        if isinstance(current, list | tuple | MultiValue)
+        else [str(current)]
     )
-    replaced = [
-        str(v) if not str(v) or str(v) in WELL_KNOWN_UIDS else replace(str(v)) for v in items
-    ]
+    replaced = [v if not v or v in WELL_KNOWN_UIDS else replace(v) for v in values]
     elem.value = replaced if len(replaced) > 1 else replaced[0]

@@ -69,7 +69,7 @@ def _triage(header: EncodedHeader, tag: int, vr: str, value: bytes) -> None:
 def _triage_items(header: EncodedHeader, items: Iterable[object], encodings: list[str]) -> None:
     for item in items:
         if isinstance(item, Dataset):
-            for _path, tag, vr, raw in checks._leaves(item, "", encodings):
+            for _path, tag, vr, raw in checks.leaf_values(item, "", encodings):
                 _triage(header, tag, vr, raw)
 
 
@@ -88,7 +88,7 @@ def encode_instance_header(ds: Dataset, encodings: list[str]) -> EncodedHeader:
         dcmwrite(out, ds, enforce_file_format=True)
         header = EncodedHeader(out.getvalue(), little_endian=False)
         parsed = dcmread(io.BytesIO(header.data))
-        for _path, tag, vr, raw in checks._leaves(parsed, "", encodings):
+        for _path, tag, vr, raw in checks.leaf_values(parsed, "", encodings):
             _triage(header, tag, vr, raw)
         return header
     implicit = syntax == IMPLICIT

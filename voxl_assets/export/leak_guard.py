@@ -7,10 +7,9 @@ same): folded for case, accents and separators, and looked for as substrings, so
 "mrn47000023", "pt_ACC123", "4700 0022" and "943 476 5919" are caught while "470000221" (another
 number) is not.
 
-The scan is one linear pass per record batch: the cells' bytes folded at C speed (ASCII cells;
-the rare others one by one) and searched with an Aho-Corasick automaton of all identifiers at
-once; only candidate cells are decoded in Python, to confirm the match under the rules and name
-the row. Memory stays bounded by the batch size whatever the bundle's size.
+The scan is one linear pass per record batch: the cells folded together (at C speed when they
+are ASCII) and searched with an Aho-Corasick automaton of all identifiers at once; only candidate
+cells are matched again under the rules, to confirm the match and name the row. Memory stays bounded by the batch size whatever the bundle's size.
 
 A hit names the file, column and row: never the value.
 """
@@ -22,23 +21,21 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from voxl_assets.identifier_rules import (
+    MARKER,
     IdentifierMatcher,
     Needle,
     date_needles,
-    fold,
-    fold_ascii_bytes,
+    fold_many,
     value_needles,
 )
 
 BATCH_ROWS = 65_536
-# 1 for the bytes that folding keeps (ASCII letters and digits), 0 for those it removes.
-_KEPT = bytes(1 if chr(b).isalnum() and b < 128 else 0 for b in range(256))
+MARKER_BYTE = MARKER.encode("ascii")
 
 
 def identifier_matcher(values: Iterable[object]) -> IdentifierMatcher:
@@ -98,58 +95,24 @@ class LeakReport:
         return f"{len(self.hits)} leaks: " + "; ".join(str(h) for h in self.hits[:5])
 
 
-def _ascii_hit_rows(text: pa.Array, matcher: IdentifierMatcher) -> list[int]:
-    """Rows of an all-ASCII string array holding an identifier: one fold and one automaton pass
-    over the array's bytes; rows located and confirmed only for the candidates."""
-    offsets_buffer, data_buffer = text.buffers()[1], text.buffers()[2]
-    offset_type = np.int64 if pa.types.is_large_string(text.type) else np.int32
-    offsets = np.frombuffer(offsets_buffer, dtype=offset_type)[
-        text.offset : text.offset + len(text) + 1
-    ]
-    start, end = int(offsets[0]), int(offsets[-1])
-    if data_buffer is None or end == start:
-        return []
-    raw = memoryview(data_buffer)[start:end].tobytes()
-    candidates = matcher.candidates_in_folded_bytes(fold_ascii_bytes(raw))
-    if not candidates:
-        return []
-    kept = np.frombuffer(raw.translate(_KEPT), dtype=np.uint8)
-    row_starts = (offsets[:-1] - start).astype(np.int64)
-    lengths = np.diff(offsets)
-    counts = np.zeros(len(row_starts), dtype=np.int64)
-    present = np.flatnonzero((lengths > 0) & (row_starts < len(kept)))
-    if len(present):
-        counts[present] = np.add.reduceat(kept, row_starts[present], dtype=np.int64)
-    folded_ends = np.cumsum(counts)
-    rows = sorted(
-        {int(r) for r in np.searchsorted(folded_ends, [c[1] for c in candidates], side="right")}
-    )
-    return [r for r in rows if r < len(text) and matcher.find(text[r].as_py() or "")]
-
-
 def _hit_rows(column: pa.Array, matcher: IdentifierMatcher) -> list[int]:
-    """Rows of ``column`` holding an identifier under the matching rules."""
-    text = (
-        column
-        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
-        else pc.cast(column, pa.string(), safe=False)
+    """Rows of ``column`` holding an identifier: all cells folded in one pass (C speed when they
+    are ASCII), one automaton pass over the result, and only candidate cells confirmed."""
+    text = column
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        text = pc.cast(column, pa.string(), safe=False)
+    cells = [cell or "" for cell in text.to_pylist()]
+    folded = fold_many(cells)
+    candidates = sorted(
+        start for _needle, start, _end in matcher.candidates_in_folded_bytes(folded)
     )
-    if text.null_count:
-        text = pc.fill_null(text, "")
-    if isinstance(text, pa.ChunkedArray):
-        text = text.combine_chunks()
-    ascii_cells = pc.string_is_ascii(text)
-    if pc.all(ascii_cells).as_py():
-        return _ascii_hit_rows(text, matcher)
-    ascii_index = pc.indices_nonzero(ascii_cells)
-    rows = [
-        int(ascii_index[r].as_py()) for r in _ascii_hit_rows(pc.take(text, ascii_index), matcher)
-    ]
-    for row in pc.indices_nonzero(pc.invert(ascii_cells)).to_pylist():
-        cell = text[row].as_py() or ""
-        if matcher.any_in_folded(fold(cell)) and matcher.find(cell):
-            rows.append(row)
-    return sorted(rows)
+    rows: set[int] = set()
+    row, position = 0, 0
+    for start in candidates:  # cells are joined by MARKER: count them up to each candidate
+        row += folded.count(MARKER_BYTE, position, start)
+        position = start
+        rows.add(row)
+    return sorted(r for r in rows if matcher.find(cells[r]))
 
 
 def _scan_table_batches(
