@@ -111,6 +111,26 @@ def test_text_files_in_the_bundle_are_scanned(tmp_path: Path) -> None:
     assert ("log.txt", "line", [1]) in _scan(tmp_path, ["Chest clear."], log)
 
 
+def test_identifiers_in_binary_list_and_number_columns(tmp_path: Path) -> None:
+    private = _write_private(tmp_path)
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    table = pa.table(
+        {
+            "blob": pa.array([b"x", b"MRN: 47000022.", b"\xff\xfe"], pa.binary()),
+            "tags": pa.array([["a"], [], ["pt_ACC5566778"]], pa.list_(pa.string())),
+            "mrn_float": pa.array([1.5, 47000023.0, None]),
+        }
+    )
+    pq.write_table(table, bundle / "OTHER.parquet")
+    report = scan_bundle(bundle, private_identifiers(private, PUBLIC_KEYS))
+    assert sorted((h.column, h.rows) for h in report.hits) == [
+        ("blob", [1]),
+        ("mrn_float", [1]),
+        ("tags", [2]),
+    ]
+
+
 def test_hits_in_every_batch_are_named_by_row(tmp_path: Path) -> None:
     notes = ["clear"] * 140_000
     for row in (0, 65_535, 65_536, 131_071, 139_999):

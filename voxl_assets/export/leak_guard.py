@@ -98,10 +98,15 @@ class LeakReport:
 def _hit_rows(column: pa.Array, matcher: IdentifierMatcher) -> list[int]:
     """Rows of ``column`` holding an identifier: all cells folded in one pass (C speed when they
     are ASCII), one automaton pass over the result, and only candidate cells confirmed."""
-    text = column
-    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
-        text = pc.cast(column, pa.string(), safe=False)
-    cells = [cell or "" for cell in text.to_pylist()]
+    kind = column.type
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        cells = [cell or "" for cell in column.to_pylist()]
+    elif pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
+        cells = [cell.decode("utf-8", "replace") if cell else "" for cell in column.to_pylist()]
+    elif pa.types.is_nested(kind):  # lists, structs, maps: their values, as text
+        cells = ["" if cell is None else str(cell) for cell in column.to_pylist()]
+    else:
+        cells = [cell or "" for cell in pc.cast(column, pa.string(), safe=False).to_pylist()]
     folded = fold_many(cells)
     candidates = sorted(
         start for _needle, start, _end in matcher.candidates_in_folded_bytes(folded)
@@ -124,7 +129,7 @@ def _scan_table_batches(
         for column_name, column in zip(batch.schema.names, batch.columns, strict=True):
             if pa.types.is_boolean(column.type) or pa.types.is_temporal(column.type):
                 continue  # flags and typed dates cannot hold an identifier's text
-            if pa.types.is_nested(column.type) or pa.types.is_null(column.type):
+            if pa.types.is_null(column.type):
                 continue
             rows = _hit_rows(column, matcher)
             if rows:
