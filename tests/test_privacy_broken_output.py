@@ -150,3 +150,42 @@ def test_images_whose_sizes_look_like_text_padding_are_written(tmp_path: Path, s
     assert isinstance(report, DeidReport), str(report)
     assert report.instances_out == 2 and not report.refused
     _assert_sound(report, tmp_path / "out")
+
+
+SAMPLES = [
+    "CT_small.dcm",
+    "MR_small.dcm",
+    "MR_small_bigendian.dcm",
+    "MR_small_implicit.dcm",
+    "SC_rgb_jpeg.dcm",  # declares explicit VR, is implicit: refused
+    "image_dfl.dcm",
+    "JPEG2000.dcm",
+    "SC_rgb_rle_2frame.dcm",
+    "SC_rgb_small_odd.dcm",
+    "SC_rgb_dcmtk_+eb+cr.dcm",
+    "ExplVR_BigEnd.dcm",
+    "MR_truncated.dcm",  # pixel data cut short: refused
+    "rtplan_truncated.dcm",  # header cut short: refused
+]
+
+
+@pytest.mark.parametrize("name", SAMPLES)
+def test_pydicom_samples_are_written_whole_or_refused_with_a_reason(
+    tmp_path: Path, name: str
+) -> None:
+    source = Path(str(get_testdata_file(name, download=False)))
+    original = pydicom.dcmread(source)
+    engine = make_engine(
+        tmp_path,
+        project(
+            project={"modalities": [str(original.get("Modality", "OT"))]},
+            deid={"allow_secondary_capture": True, "allow_burned_in_annotation": True},
+        ),
+    )
+    report = deidentify(tmp_path, [source], engine)
+    assert isinstance(report, DeidReport), str(report)
+    if "truncated" in name or name == "SC_rgb_jpeg.dcm":
+        assert report.instances_out == 0 and sum(report.refused.values()) == 1
+        return
+    assert report.instances_out == 1, (report.filtered, report.refused)
+    _assert_sound(report, tmp_path / "out")

@@ -257,6 +257,9 @@ class Deidentifier:
                 ds = header
             encodings = instance_encodings(ds)
             report.vr_changes.update(self.deidentify_dataset(ds, identifiers))
+            pixels = ds.get_item(0x7FE00010)
+            if pixels is not None and tail == (0, 0) and _encapsulated(ds):
+                ds[0x7FE00010].is_undefined_length = True  # fragments: written as such
             operations = self.policy.for_manufacturer(header_value(ds, "Manufacturer"))
             disallowed = disallowed_tags(ds, operations)
             encoded = output.encode_instance_header(ds, encodings)
@@ -380,6 +383,11 @@ class OutputCheckError(DeidError):
         if leaks:
             parts.append(f"identifiers in: {', '.join(leaks[:5])}")
         super().__init__(f"{file_name}: " + "; ".join(parts))
+
+
+def _encapsulated(ds: Dataset) -> bool:
+    syntax = header_value(ds.file_meta, "TransferSyntaxUID")
+    return syntax not in UNCOMPRESSED_SYNTAXES and syntax != DEFLATED
 
 
 def _keeps_pixel_data(operations: TagOperations) -> bool:

@@ -32,6 +32,32 @@ PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
 LONG_VRS = frozenset(
     {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT", b"SV", b"UV"}
 )
+KNOWN_VRS = LONG_VRS | frozenset(
+    vr.encode()
+    for vr in [
+        "AE",
+        "AS",
+        "AT",
+        "CS",
+        "DA",
+        "DS",
+        "DT",
+        "FL",
+        "FD",
+        "IS",
+        "LO",
+        "LT",
+        "PN",
+        "SH",
+        "SL",
+        "SS",
+        "ST",
+        "TM",
+        "UI",
+        "UL",
+        "US",
+    ]
+)
 ID_TAGS = frozenset({0x00100020, 0x00101000, 0x00080050, 0x00200010, 0x00101090})
 NAME_TAGS = frozenset({0x00100010, 0x00101001, 0x00101005, 0x00101060, 0x00102297})
 BIRTH_DATE_TAG = 0x00100030
@@ -60,6 +86,7 @@ class Refusal(StrEnum):
     NO_PIXEL_DATA = "image without pixel data"
     NO_IMAGE_GEOMETRY = "pixel data without Rows, Columns or BitsAllocated"
     BROKEN_STRUCTURE = "malformed element structure"
+    MISLABELLED_SYNTAX = "encoded unlike its transfer syntax (implicit as explicit VR or back)"
     NO_SOP_INSTANCE_UID = "no SOP Instance UID"
     DUPLICATE_SOP_INSTANCE_UID = "SOP Instance UID of another instance of the study"
 
@@ -358,7 +385,13 @@ def _scan(data: mmap.mmap, size: int, scan: InstanceScan) -> None:
                 raise _Broken(Refusal.UNREADABLE) from None
             pos, end = 0, len(body)
             scan.needs_full_read = True
-        walker = _Walker(body, explicit=syntax != IMPLICIT, little=syntax != BIG_ENDIAN)
+        explicit = syntax != IMPLICIT
+        first_vr = bytes(body[pos + 4 : pos + 6]) if pos + 6 <= end else b""
+        if pos + 6 <= end and explicit != (first_vr in KNOWN_VRS):
+            # pydicom reads such a file as its bytes say, but it cannot be written back as its
+            # transfer syntax says: refused rather than passed on broken.
+            raise _Broken(Refusal.MISLABELLED_SYNTAX)
+        walker = _Walker(body, explicit=explicit, little=syntax != BIG_ENDIAN)
         walker.values = meta.values
         walker.dataset(pos, end, 0, item=False)
     except _Broken as broken:
