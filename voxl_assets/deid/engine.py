@@ -256,7 +256,7 @@ class Deidentifier:
             else:
                 ds = header
             encodings = instance_encodings(ds)
-            report.vr_changes.update(self.deidentify_dataset(ds, identifiers))
+            report.vr_changes.update(self.deidentify_dataset(ds))
             pixels = ds.get_item(0x7FE00010)
             if pixels is not None and tail == (0, 0) and _encapsulated(ds):
                 ds[0x7FE00010].is_undefined_length = True  # fragments: written as such
@@ -292,9 +292,7 @@ class Deidentifier:
         ultrasound = modality == "US" or sop_class.startswith(ULTRASOUND_SOP_PREFIXES)
         return ultrasound and self.options.blank_ultrasound_outside_regions
 
-    def deidentify_dataset(
-        self, ds: Dataset, identifiers: StudyIdentifiers | None = None
-    ) -> list[str]:
+    def deidentify_dataset(self, ds: Dataset) -> list[str]:
         """Apply the allow-list to one instance in place and fix its file meta. Returns the VR
         changes made to kept elements (tag and VRs, for the report)."""
         operations = self.policy.for_manufacturer(header_value(ds, "Manufacturer"))
@@ -302,7 +300,7 @@ class Deidentifier:
         shift = self.hasher.date_shift_days(patient_key, self.options.date_shift_days_max)
         if self.options.dates == "shift" and shift == 0:
             shift = self.hasher.date_shift_days(patient_key, 365)
-        walker = _Walker(self, operations, shift, identifiers)
+        walker = _Walker(self, operations, shift)
         walker.walk(ds)
         syntax = header_value(ds.file_meta, "TransferSyntaxUID")
         if syntax == DEFLATED:  # read inflated: written as what it now is
@@ -484,12 +482,10 @@ class _Walker:
         engine: Deidentifier,
         operations: TagOperations,
         shift_days: int,
-        identifiers: StudyIdentifiers | None,
     ) -> None:
         self.engine = engine
         self.operations = operations
         self.shift_days = shift_days
-        self.identifiers = identifiers
         self.private_creators_kept = {(g, c) for (g, c, _e) in operations.private}
         self.vr_changes: list[str] = []
 
