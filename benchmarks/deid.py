@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
-from dicognito.anonymizer import Anonymizer
 
 from benchmarks._common import measure, median, write_result
 from tests.helpers.deid import make_engine, make_project
@@ -44,8 +43,20 @@ def voxl_deid(raw: Path, out: Path) -> None:
     assert report.instances_out > 0
 
 
+def reference_anonymizer() -> Any:
+    """dicognito's ``Anonymizer``: a Python library (the ``bench`` extra), not a system program."""
+    try:
+        from dicognito.anonymizer import Anonymizer
+    except ImportError:
+        raise SystemExit(
+            "benchmark cannot run: the reference dicognito is not installed; "
+            "run `uv sync --extra dev --extra bench` first"
+        ) from None
+    return Anonymizer
+
+
 def dicognito_deid(raw: Path, out: Path) -> None:
-    anonymizer = Anonymizer()
+    anonymizer = reference_anonymizer()()
     out.mkdir(parents=True, exist_ok=True)
     for path in sorted(raw.iterdir()):
         with pydicom.dcmread(path) as dataset:
@@ -63,6 +74,7 @@ def main() -> None:
         help="where the study and the outputs are written (default: tmpfs when there is one)",
     )
     args = parser.parse_args()
+    reference_anonymizer()  # imported now, before the timed children are forked
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # one core, for both sides
     global _ENGINE
     with tempfile.TemporaryDirectory(prefix="voxl-bench-deid-", dir=args.dir) as tmp:

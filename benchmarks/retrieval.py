@@ -20,7 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import measure, median, write_result
+from benchmarks._common import measure, median, resolve_tools_or_exit, write_result
 from tests.peers import wait_for_port
 from tests.peers.orthanc import VOXL_AE, OrthancServer
 from voxl_assets.synthetic import SeriesSpec, StudySpec, write_study
@@ -38,11 +38,17 @@ def voxl_retrieve(settings: VnaSettings, study_uid: str, out: Path) -> None:
     assert count == location.instances, (count, location.instances)
 
 
-def movescu_retrieve(orthanc: OrthancServer, study_uid: str, out: Path) -> None:
+# dcmtk's, resolved on the system: pynetdicom installs scripts of the same names in .venv/bin.
+REFERENCE_TOOLS = {"movescu": "dcmtk", "storescp": "dcmtk"}
+
+
+def movescu_retrieve(
+    orthanc: OrthancServer, study_uid: str, out: Path, tools: dict[str, str]
+) -> None:
     out.mkdir(parents=True)
     env = {**os.environ, "TCP_NODELAY": "1"}
     receiver = subprocess.Popen(
-        ["storescp", "-aet", VOXL_AE, "-od", str(out), "+xa", str(orthanc.move_scp_port)],
+        [tools["storescp"], "-aet", VOXL_AE, "-od", str(out), "+xa", str(orthanc.move_scp_port)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -51,7 +57,7 @@ def movescu_retrieve(orthanc: OrthancServer, study_uid: str, out: Path) -> None:
         assert wait_for_port(orthanc.move_scp_port, 10)
         subprocess.run(
             [
-                "movescu",
+                tools["movescu"],
                 "-aet",
                 "BENCH",
                 "-aec",
@@ -82,6 +88,7 @@ def main() -> None:
     parser.add_argument("--instances", type=int, default=500)
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
+    tools = resolve_tools_or_exit(REFERENCE_TOOLS)
     with tempfile.TemporaryDirectory(prefix="voxl-bench-retrieval-") as tmp:
         root = Path(tmp)
         spec = StudySpec(
@@ -115,7 +122,7 @@ def main() -> None:
                 "voxl_c_move": lambda out: voxl_retrieve(
                     replace(base, retrieve="c-move"), spec.study_uid, out
                 ),
-                "movescu": lambda out: movescu_retrieve(orthanc, spec.study_uid, out),
+                "movescu": lambda out: movescu_retrieve(orthanc, spec.study_uid, out, tools),
             }
             results: dict[str, list[tuple[float, float]]] = {name: [] for name in sides}
             for run in range(args.runs):

@@ -52,7 +52,7 @@ from typing import Any
 
 import requests
 
-from benchmarks._common import measure_with_cpu, median, write_result
+from benchmarks._common import measure_with_cpu, median, resolve_tools_or_exit, write_result
 from tests.peers import free_port, wait_for_port
 from tests.peers.ftps import make_certificate
 from tests.peers.sftp import write_sshd_config
@@ -66,9 +66,11 @@ from voxl_assets.synthetic import SeriesSpec, StudySpec, write_study
 from voxl_assets.upload.base import UploadTarget
 from voxl_assets.upload.factory import make_image_uploader
 
-ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
 DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
-SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+# GNU time measures each raw tool's own peak memory and CPU.
+COMMON_TOOLS = {"time": "time"}
+# The resolved path of every program a chosen peer needs (``reference_tools``), set by ``main``.
+TOOLS: dict[str, str] = {}
 AZURITE_ACCOUNT = "devstoreaccount1"
 # Azurite's well-known development key (public, documented by Microsoft).
 AZURITE_KEY = (
@@ -87,8 +89,9 @@ def _target(run: int) -> UploadTarget:
 def _run(command: list[str], peak_file: Path | None = None) -> None:
     """Run a raw tool; with ``peak_file``, GNU time writes the tool's own peak RSS (KiB) and its
     user and system CPU seconds (its waited-for children, such as sftp's ssh, included) there."""
+    command = [TOOLS.get(command[0], command[0]), *command[1:]]
     if peak_file is not None:
-        command = ["/usr/bin/time", "-f", "%M %U %S", "-o", str(peak_file), *command]
+        command = [TOOLS["time"], "-f", "%M %U %S", "-o", str(peak_file), *command]
     result = subprocess.run(command, capture_output=True)
     if result.returncode != 0:
         raise RuntimeError(f"{command[0]} failed ({result.returncode}): {result.stderr[-500:]!r}")
@@ -98,9 +101,11 @@ def _run(command: list[str], peak_file: Path | None = None) -> None:
 
 
 class Peer:
-    """One destination: started once; ``voxl`` and ``raw`` run in a forked, timed child."""
+    """One destination: started once; ``voxl`` and ``raw`` run in a forked, timed child.
+    ``tools``: the system programs it needs (the server, the raw side) and how to install them."""
 
     name = ""
+    tools: dict[str, str] = {}
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -140,6 +145,7 @@ class Peer:
 
 class OrthancPeer(Peer):
     name = "dicomweb"
+    tools = {"Orthanc": "orthanc orthanc-dicomweb", "curl": "curl"}
 
     def start(self) -> None:
         self.port = free_port()
@@ -161,7 +167,9 @@ class OrthancPeer(Peer):
         (self.root / "orthanc.json").write_text(json.dumps(config))
         log = (self.root / "orthanc.log").open("wb")
         self.processes.append(
-            subprocess.Popen([ORTHANC, str(self.root / "orthanc.json")], stdout=log, stderr=log)
+            subprocess.Popen(
+                [TOOLS["Orthanc"], str(self.root / "orthanc.json")], stdout=log, stderr=log
+            )
         )
         if not wait_for_port(self.port, 30):
             raise RuntimeError("Orthanc did not start")
@@ -239,6 +247,7 @@ class FtpsPeer(Peer):
     """pyftpdlib in its own process, so the server does not share the benchmark's interpreter."""
 
     name = "ftps"
+    tools = {"lftp": "lftp"}
 
     def start(self) -> None:
         self.home = self.root / "home"
@@ -298,6 +307,7 @@ class FtpsPeer(Peer):
 
 class SftpPeer(Peer):
     name = "sftp"
+    tools = {"sftp": "openssh-client", "sshd": "openssh-server"}
 
     def start(self) -> None:
         base = self.root
@@ -311,7 +321,7 @@ class SftpPeer(Peer):
         Path("/run/sshd").mkdir(exist_ok=True)
         self.processes.append(
             subprocess.Popen(
-                [SSHD, "-D", "-e", "-f", str(base / "sshd_config")],
+                [TOOLS["sshd"], "-D", "-e", "-f", str(base / "sshd_config")],
                 stdout=subprocess.DEVNULL,
                 stderr=(base / "sshd.log").open("wb"),
             )
@@ -399,16 +409,14 @@ class SftpPeer(Peer):
 class AzuritePeer(Peer):
     name = "azure_blob"
     container = "bench"
+    tools = {"azurite-blob": "npm install -g azurite", "curl": "curl"}
 
     def start(self) -> None:
-        binary = shutil.which("azurite-blob")
-        if binary is None:
-            raise RuntimeError("azurite-blob not installed")
         self.port = free_port()
         self.processes.append(
             subprocess.Popen(
                 [
-                    binary,
+                    TOOLS["azurite-blob"],
                     "--blobHost",
                     "127.0.0.1",
                     "--blobPort",
@@ -486,6 +494,14 @@ class AzuritePeer(Peer):
 PEERS: dict[str, type[Peer]] = {p.name: p for p in (OrthancPeer, FtpsPeer, SftpPeer, AzuritePeer)}
 
 
+def reference_tools(peers: list[str]) -> dict[str, str]:
+    """The system programs the chosen peers need, with how to install each."""
+    tools = dict(COMMON_TOOLS)
+    for name in peers:
+        tools.update(PEERS[name].tools)
+    return tools
+
+
 # --- main -------------------------------------------------------------------------------------
 
 
@@ -523,6 +539,10 @@ def main() -> None:
     )
     args = parser.parse_args()
     chosen = [name.strip() for name in args.peers.split(",") if name.strip()]
+    unknown = [name for name in chosen if name not in PEERS]
+    if unknown:
+        raise SystemExit(f"unknown peers {unknown}: choose from {', '.join(PEERS)}")
+    TOOLS.update(resolve_tools_or_exit(reference_tools(chosen)))
     summary: dict[str, Any] = {}
     _import_uploaders()
     with tempfile.TemporaryDirectory(prefix="voxl-bench-upload-", dir=args.dir) as tmp:

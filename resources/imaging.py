@@ -8,13 +8,21 @@ from __future__ import annotations
 
 import os
 import threading
+from pathlib import Path
 from typing import Any
 
 from dagster import ConfigurableResource
 
 from voxl_assets import settings
+from voxl_assets.at_rest import make_private_dir
 from voxl_assets.deid.store import AnonymisedStore
-from voxl_assets.vna.archives import ArchiveConfig, ArchiveSet, archives_file, load_archive_configs
+from voxl_assets.vna.archives import (
+    ArchiveConfig,
+    ArchiveSet,
+    archives_file,
+    load_archive_configs,
+    parse_move_source_addresses,
+)
 from voxl_assets.vna.cache import RawCache
 from voxl_assets.vna.client import DicomWebVna, DimseVna, VnaSettings, make_vna_client
 
@@ -43,6 +51,8 @@ class VnaResource(ConfigurableResource):
     retrieve: str = ""
     move_destination_ae: str = ""
     store_scp_port: int = -1
+    store_scp_host: str = ""
+    move_source_addresses: str = ""
     dicomweb_url: str = ""
     queries_per_second: float = 0.0
     network_timeout: float = 0.0
@@ -59,6 +69,11 @@ class VnaResource(ConfigurableResource):
             store_scp_port=self.store_scp_port
             if self.store_scp_port >= 0
             else int(_env("VOXL_STORE_SCP_PORT", "0")),
+            store_scp_host=self.store_scp_host or _env("VOXL_STORE_SCP_HOST", "127.0.0.1"),
+            move_source_addresses=parse_move_source_addresses(
+                self.move_source_addresses or _env("VOXL_VNA_MOVE_SOURCE_ADDRESSES", ""),
+                "VOXL_VNA_MOVE_SOURCE_ADDRESSES",
+            ),
             dicomweb_url=self.dicomweb_url or _env("VOXL_VNA_DICOMWEB_URL", ""),
             queries_per_second=self.queries_per_second
             or float(_env("VOXL_VNA_QUERIES_PER_SECOND", "5")),
@@ -111,19 +126,12 @@ class StoresResource(ConfigurableResource):
         limit = self.raw_cache_max_bytes or int(_env("VOXL_RAW_CACHE_MAX_BYTES", str(50 * 1024**3)))
         with _lock:
             if (root, limit) not in _caches:
-                from pathlib import Path
-
-                _caches[(root, limit)] = RawCache(Path(root), limit)
+                _caches[(root, limit)] = RawCache(make_private_dir(Path(root)), limit)
             return _caches[(root, limit)]
 
     def anonymised(self) -> AnonymisedStore:
-        from pathlib import Path
-
-        return AnonymisedStore(
-            Path(self.anonymised_dir) if self.anonymised_dir else settings.anon_store_dir()
-        )
+        root = Path(self.anonymised_dir) if self.anonymised_dir else settings.anon_store_dir()
+        return AnonymisedStore(make_private_dir(root))
 
     def exports(self) -> Any:
-        from pathlib import Path
-
-        return Path(self.export_dir) if self.export_dir else settings.export_dir()
+        return make_private_dir(Path(self.export_dir) if self.export_dir else settings.export_dir())

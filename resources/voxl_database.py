@@ -2,25 +2,13 @@
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 from dagster import ConfigurableResource
 
 from voxl_assets import settings
-from voxl_assets.db import VoxlDatabase
+from voxl_assets.db import VoxlDatabase, shared_database
 from voxl_assets.project_config import ProjectRegistry
-
-_databases: dict[str, VoxlDatabase] = {}
-_lock = threading.Lock()
-
-
-def shared_database(url: str) -> VoxlDatabase:
-    """One engine (and one migration check) per URL and process."""
-    with _lock:
-        if url not in _databases:
-            _databases[url] = VoxlDatabase(url)
-        return _databases[url]
 
 
 class VoxlDatabaseResource(ConfigurableResource):

@@ -1,12 +1,19 @@
 """Sensor: an extract whose studies have all ended (uploaded, filtered, or failed after retries)
 gets its export. The run key holds the extract and its end counts, so an unchanged extract is
-exported once, and a later change (a failed study retried and uploaded) exports it again."""
+exported once, and a later change (a failed study retried and uploaded) exports it again.
+
+An extract already exported in that end state by any run (the demo, `voxl export`, `voxl backfill
+--in-process`, a run from the UI) is not exported again: the export records the end state on its
+``ehr_bundle`` materialisation (``end_state``), which the sensor reads before requesting a run.
+"""
 
 import json
 import os
 
 from dagster import (
     AssetKey,
+    AssetRecordsFilter,
+    DagsterInstance,
     DefaultSensorStatus,
     RunRequest,
     SensorEvaluationContext,
@@ -16,19 +23,24 @@ from dagster import (
 
 from resources.voxl_database import VoxlDatabaseResource
 from voxl_assets.cohort.ingest import study_counts_by_status
-from voxl_assets.db import Extract, StudyStatus
+from voxl_assets.db import Extract
 from voxl_assets.db.models import extract_partition_key
+from voxl_assets.progress import END_STATE, ENDED, ready_exports
 
 EXPORT_ASSETS = [AssetKey("mapping_table"), AssetKey("ehr_bundle")]
-ENDED = {StudyStatus.UPLOADED.value, StudyStatus.FILTERED.value, StudyStatus.FAILED.value}
+__all__ = ["ENDED", "EXPORT_ASSETS", "extract_export_sensor", "ready_exports"]
 
 
-def ready_exports(counts: dict[str, int]) -> str | None:
-    """A signature of the extract's end state when every study has ended, else None."""
-    total = sum(counts.values())
-    if total == 0 or any(state not in ENDED for state, n in counts.items() if n):
+def exported_end_state(instance: DagsterInstance, extract_key: str) -> str | None:
+    """The end state the extract's latest delivered export recorded, if any."""
+    records = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=AssetKey("ehr_bundle"), asset_partitions=[extract_key]),
+        limit=1,
+    ).records
+    if not records or records[0].asset_materialization is None:
         return None
-    return "-".join(f"{state}{counts.get(state, 0)}" for state in sorted(ENDED))
+    value = records[0].asset_materialization.metadata.get(END_STATE)
+    return str(value.value) if value is not None else None
 
 
 @sensor(
@@ -54,6 +66,9 @@ def extract_export_sensor(
         signature = ready_exports(counts.get(extract_id, {}))
         if signature is None or exported.get(key) == signature:
             continue
+        exported[key] = signature
+        if exported_end_state(context.instance, key) == signature:
+            continue  # exported in this state by a run the sensor did not request
         requests.append(
             RunRequest(
                 run_key=f"export:{key}:{signature}",
@@ -61,5 +76,4 @@ def extract_export_sensor(
                 asset_selection=EXPORT_ASSETS,
             )
         )
-        exported[key] = signature
     return SensorResult(run_requests=requests, cursor=json.dumps(exported, sort_keys=True))

@@ -1,6 +1,8 @@
 """Sensor: each new complete extract in ``VOXL_EXTRACTS_DIR`` becomes an extract partition and a
-``cohort_messages`` run. An extract of an unregistered project is reported once and not processed
-(it is picked up if the project is registered later)."""
+``cohort_messages`` run (a CSV file may hold several extracts). A source that cannot be registered
+(unreadable, an unregistered project, an identity another source holds) is reported once, with the
+reason, here and in `voxl status`; the other sources go on in the same tick. A failed extract runs
+again when a corrected copy arrives or its files change."""
 
 import json
 import os
@@ -17,14 +19,19 @@ from dagster import (
 from resources.voxl_database import ProjectRegistryResource, VoxlDatabaseResource
 from voxl_assets import settings
 from voxl_assets.assets.cohort import cohort_messages
-from voxl_assets.cohort.discovery import candidate_extracts, is_complete
-from voxl_assets.cohort.extract_reader import ExtractError, read_any_summary
-from voxl_assets.cohort.ingest import register_extract
+from voxl_assets.cohort.discovery import scan_extracts
 from voxl_assets.partitions import EXTRACTS
 
 
 def _quiet_seconds() -> float:
     return float(os.environ.get("VOXL_EXTRACT_QUIET_SECONDS", "30"))
+
+
+def _reported(cursor: dict[str, object]) -> dict[str, str]:
+    reported = cursor.get("reported", {})
+    if isinstance(reported, list):  # cursors written before problems had reasons
+        return {str(name): "" for name in reported}
+    return {str(k): str(v) for k, v in dict(reported).items()}  # type: ignore[call-overload]
 
 
 @sensor(
@@ -40,47 +47,23 @@ def new_extract_sensor(
     projects: ProjectRegistryResource,
 ) -> SensorResult:
     cursor = json.loads(context.cursor) if context.cursor else {}
-    seen: set[str] = set(cursor.get("seen", []))
-    reported: set[str] = set(cursor.get("reported", []))
-    registry = projects.load()
-    root = settings.extracts_dir()
-    quiet = _quiet_seconds()
-
-    new_keys: list[str] = []
-    run_requests: list[RunRequest] = []
-    for path in candidate_extracts(root):
-        name = path.name
-        if name in seen or not is_complete(path, quiet_seconds=quiet):
-            continue
-        try:
-            summary = read_any_summary(path)
-        except ExtractError as exc:
-            if name not in reported:
-                context.log.error(f"extract {name} cannot be read: {exc}")
-                reported.add(name)
-            continue
-        slug = summary.project_slug
-        if slug not in registry:
-            if name not in reported:
-                context.log.warning(
-                    f"extract {name}: project '{slug}' is not registered (no YAML in "
-                    "project_definitions/); not processing it"
-                )
-                reported.add(name)
-            continue
-        key = register_extract(voxl_db.database, summary, slug)
-        seen.add(name)
-        reported.discard(name)
-        new_keys.append(key)
-        run_requests.append(RunRequest(run_key=key, partition_key=key))
-        context.log.info(f"new extract {name} registered as partition {key}")
-
+    report = scan_extracts(
+        voxl_db.database,
+        projects.load(),
+        settings.extracts_dir(),
+        quiet_seconds=_quiet_seconds(),
+        seen=set(cursor.get("seen", [])),
+        reported=_reported(cursor),
+    )
+    for problem in report.problems:
+        context.log.error(problem)
+    for notice in report.notices:
+        context.log.info(notice)
+    keys = list(dict.fromkeys(r.key for r in report.to_run))
     return SensorResult(
-        run_requests=run_requests,
-        dynamic_partitions_requests=(
-            [AddDynamicPartitionsRequest(EXTRACTS, new_keys)] if new_keys else []
-        ),
-        cursor=json.dumps({"seen": sorted(seen), "reported": sorted(reported)}),
+        run_requests=[RunRequest(run_key=r.run_key, partition_key=r.key) for r in report.to_run],
+        dynamic_partitions_requests=[AddDynamicPartitionsRequest(EXTRACTS, keys)] if keys else [],
+        cursor=json.dumps({"seen": sorted(report.seen), "reported": report.reported}),
     )
 
 

@@ -1,10 +1,12 @@
-"""Sensor: new study partitions are started in batches (raw -> anonymised -> upload).
+"""Sensor: studies still queued in the VOXL db are started in batches (raw -> anonymised -> upload).
 
-The cursor is the number of study partitions already requested, in the order Dagster keeps them
-(the order they were added). Each batch is a contiguous range of one project's partitions,
-requested with a run key, so a sensor stopped for a day catches up without launching any batch
-twice. Each run carries its project's priority (``dagster/priority``), so the run queue serves
-higher-priority projects first.
+The VOXL db, not Dagster's partition list, says what is left to do: a study that a run outside the
+sensor already processed (`voxl backfill --in-process`, the demo, a backfill from the UI) is not
+queued any more and is never requested again. The cursor remembers which queued studies were
+requested (``QueuedCursor``), so a study waiting in the run queue is not requested twice. Each
+batch is a contiguous range of one project's partitions, requested with a run key, so a sensor
+stopped for a day catches up without launching any batch twice. Each run carries its project's
+priority (``dagster/priority``), so the run queue serves higher-priority projects first.
 """
 
 import os
@@ -16,7 +18,13 @@ from dagster import (
     sensor,
 )
 
-from voxl_assets.imaging.batches import STUDY_ASSETS, study_batch_requests
+from resources.voxl_database import VoxlDatabaseResource
+from voxl_assets.imaging.batches import (
+    STUDY_ASSETS,
+    QueuedCursor,
+    queued_batch_requests,
+    queued_studies,
+)
 from voxl_assets.partitions import STUDIES
 from voxl_assets.project_config import ProjectConfigError, ProjectRegistry
 
@@ -42,14 +50,21 @@ def project_priorities() -> dict[str, int]:
     asset_selection=STUDY_ASSETS,
     minimum_interval_seconds=int(os.environ.get("VOXL_STUDY_SENSOR_INTERVAL", "30")),
     default_status=DefaultSensorStatus.RUNNING,
-    description="Starts raw -> anonymised -> upload for new study partitions, in batches.",
+    description="Starts raw -> anonymised -> upload for studies still queued, in batches.",
 )
-def study_batch_sensor(context: SensorEvaluationContext) -> SensorResult:
-    keys = list(context.instance.get_dynamic_partitions(STUDIES))
-    start = int(context.cursor) if context.cursor else 0
-    requests, position = study_batch_requests(
-        keys, start, batch_size(), max_runs_per_tick(), project_priorities()
+def study_batch_sensor(
+    context: SensorEvaluationContext, voxl_db: VoxlDatabaseResource
+) -> SensorResult:
+    def partition_keys() -> list[str]:
+        return list(context.instance.get_dynamic_partitions(STUDIES))
+
+    cursor = QueuedCursor.load(context.cursor, partition_keys)
+    queued = queued_studies(voxl_db.database)
+    fresh = any(i > cursor.after and i not in cursor.above for i, _ in queued)
+    keys = partition_keys() if fresh else []
+    requests, cursor = queued_batch_requests(
+        keys, queued, cursor, batch_size(), max_runs_per_tick(), project_priorities()
     )
     if requests:
-        context.log.info(f"{len(requests)} batch(es) for {position - start} new studies")
-    return SensorResult(run_requests=requests, cursor=str(position))
+        context.log.info(f"{len(requests)} batch(es) of queued studies")
+    return SensorResult(run_requests=requests, cursor=cursor.dump())

@@ -200,7 +200,7 @@ def _window_tick(instance: DagsterInstance) -> list[Any]:
 
     from voxl_assets.definitions import defs
 
-    sensor = defs.get_sensor_def("archive_window_sensor")
+    sensor = defs.resolve_sensor_def("archive_window_sensor")
     result = sensor(build_sensor_context(instance=instance, resources=defs.resources))
     assert isinstance(result, SensorResult)
     return list(result.run_requests or [])

@@ -13,8 +13,8 @@ import pytest
 
 from tests.peers.orthanc import VOXL_AE, OrthancServer, start_orthanc
 from voxl_assets.db import StudyStatus
-from voxl_assets.imaging.study_state import StudyRequest
 from voxl_assets.retry import TransientError
+from voxl_assets.study_state import StudyRequest
 from voxl_assets.synthetic import SeriesSpec, StudySpec, write_study
 from voxl_assets.vna import client as vna_client
 from voxl_assets.vna.archives import Archive, ArchiveConfig, ArchiveSet

@@ -90,6 +90,8 @@ def test_ui_shows_the_assets_and_a_materialised_partition(
     answer = requests.post(f"{url}/graphql", json={"query": query}, timeout=30).json()
     partitions = [m["partition"] for m in answer["data"]["assetOrError"]["assetMaterializations"]]
     assert partitions and all(p.startswith("test-extract-uclh-omop-cdm/") for p in partitions)
+    nux = requests.post(f"{url}/graphql", json={"query": "{ shouldShowNux }"}, timeout=30).json()
+    assert nux["data"]["shouldShowNux"] is False  # no onboarding modal over the page
 
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     screenshot = SCREENSHOTS / "dagster-ui-raw-study.png"

@@ -1,6 +1,8 @@
 """The `voxl` command end to end on the embedded default (SQLite under a throwaway VOXL_HOME)."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -93,9 +95,14 @@ def test_populate_then_status(
 ) -> None:
     extract = write_omop_extract(tmp_path / "extract", synthetic_extract_rows(7))
     assert main(["populate", str(extract)]) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert "extract test-extract-uclh-omop-cdm/2026-11-01T12-00-00" in out
     assert "new_studies: 7" in out
+    # Dagster's event log went to the command's log file, whose path is printed, not to the terminal.
+    assert "DEBUG" not in out + err and "RUN_SUCCESS" not in out + err
+    logs = list((voxl_home / "logs").glob("*-populate.log"))
+    assert len(logs) == 1 and err.strip() == f"log: {logs[0]}"
+    assert "DEBUG" in logs[0].read_text() and "RUN_SUCCESS" in logs[0].read_text()
     # The run went through the instance under VOXL_HOME, so the UI shows it.
     with DagsterInstance.from_config(str(voxl_home / "dagster")) as instance:
         assert len(instance.get_dynamic_partitions("studies")) == 7
@@ -128,9 +135,58 @@ def test_populate_reports_bad_extract_without_identifiers(
     rows = synthetic_extract_rows(3, people=3)
     rows[2].mrn = rows[0].mrn
     extract = write_omop_extract(tmp_path / "x", rows)
-    assert main(["populate", str(extract)]) == 1
-    err = capsys.readouterr().err
+    assert main(["populate", str(extract)]) == 2  # bad input, not a failed operation
+    out, err = capsys.readouterr()
     assert "more than one person_id" in err and rows[0].mrn not in err
+    # One line, naming the log that holds Dagster's account of the failed run; no stack.
+    assert len(err.strip().splitlines()) == 1 and err.startswith("voxl: error: ")
+    assert "Traceback" not in out + err and "DEBUG" not in out + err
+    log = next((voxl_home / "logs").glob("*-populate.log"))
+    assert f"(log: {log})" in err and "STEP_FAILURE" in log.read_text()
+    assert rows[0].mrn not in log.read_text()
+
+
+def test_an_unexpected_error_is_one_line_and_its_stack_goes_to_the_log(
+    voxl_home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def broken(*_args: object, **_kwargs: object) -> None:
+        value = "".join(["MRN", "123"])  # as if read from a file: not in the source line
+        raise RuntimeError(f"a message that quotes a value: {value}")
+
+    monkeypatch.setattr("voxl_assets.status.extract_statuses", broken)
+    assert main(["status"]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert "unexpected RuntimeError at test_cli.py" in err and "MRN123" not in err
+    log = next((voxl_home / "logs").glob("*-status.log")).read_text()
+    assert "in broken" in log and "MRN123" not in log
+
+
+def test_help_status_and_input_errors_load_no_dagster(voxl_home: Path) -> None:
+    """`voxl --help`, `voxl status` and errors found before any work answer without importing
+    Dagster, pandas or pydicom (nor Alembic, once the database exists: the schema check reads the
+    migration files itself)."""
+    assert main(["status"]) == 0  # creates and migrates the database
+    heavy = ["dagster", "pandas", "pyarrow", "pydicom", "pynetdicom", "pydantic", "alembic"]
+    probe = (
+        "import sys\n"
+        "from voxl_assets.cli import main\n"
+        "try:\n"
+        "    main(sys.argv[1:])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({heavy!r})))\n"
+    )
+    for argv in (
+        ["--help"],
+        ["status"],
+        ["populate", str(voxl_home / "no-such-extract")],
+        ["backfill", "no-such-project"],
+    ):
+        done = subprocess.run(
+            [sys.executable, "-c", probe, *argv], capture_output=True, text=True, check=True
+        )
+        assert done.stdout.strip().splitlines()[-1] == "[]", (argv, done.stdout, done.stderr)
 
 
 def test_status_unknown_project(voxl_home: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -53,6 +53,7 @@ def test_production_yaml_uses_postgres(
     with DagsterInstance.from_config(str(home)) as instance:
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"
         assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
+        assert instance.nux_enabled is False  # no onboarding modal in the UI
         _materialise_one_extract(instance, tmp_path, f"sqlite:///{tmp_path / 'voxl.db'}")
     assert not list(home.glob("**/*.db")), "production storage must not fall back to SQLite"
 
@@ -69,5 +70,6 @@ def test_local_yaml_keeps_everything_under_voxl_home(
     assert home == tmp_path / "voxl-home" / "dagster"
     with DagsterInstance.from_config(str(home)) as instance:
         assert type(instance.run_storage).__name__ == "SqliteRunStorage"
+        assert instance.nux_enabled is False  # no onboarding modal in the UI
         _materialise_one_extract(instance, tmp_path, f"sqlite:///{tmp_path / 'voxl.db'}")
     assert list((tmp_path / "voxl-home" / "dagster").glob("**/runs.db"))

@@ -32,8 +32,9 @@ def _attempts(database: VoxlDatabase) -> list[tuple[str | None, bool, bool]]:
 
 
 @pytest.fixture
-def uploader(tmp_path: Path) -> Any:
-    made = make_image_uploader(LocalDirectoryDestination(kind="local", path=str(tmp_path / "out")))
+def uploader(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setenv("VOXL_HOME", str(tmp_path / "home"))  # local paths are under VOXL_HOME
+    made = make_image_uploader(LocalDirectoryDestination(kind="local", path="out"))
     assert made is not None
     return made
 

@@ -24,7 +24,7 @@ from voxl_assets.export.bundle import (
     write_ehr_bundle,
 )
 from voxl_assets.export.leak_guard import private_identifiers, scan_bundle
-from voxl_assets.imaging.study_state import set_status
+from voxl_assets.study_state import set_status
 from voxl_assets.synthetic import ExtractRow, synthetic_extract_rows, write_omop_extract
 from voxl_assets.upload.ftps import FtpsUploader
 from voxl_assets.upload.local import LocalUploader

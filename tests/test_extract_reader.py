@@ -6,14 +6,12 @@ from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from voxl_assets.cohort.extract_reader import (
-    ExtractError,
-    read_any_extract,
-    read_csv_extract,
-    read_extract,
-)
+from voxl_assets.cohort.csv_extract import read_csv_extract
+from voxl_assets.cohort.extract_reader import ExtractError, read_any_extract, read_extract
 from voxl_assets.synthetic import ExtractRow, synthetic_extract_rows, write_omop_extract
 
 
@@ -129,7 +127,7 @@ def test_bad_procedure_datetime_names_row(tmp_path: Path) -> None:
 
     _rewrite(public, corrupt)
     with pytest.raises(
-        ExtractError, match=r"row 2: column procedure_datetime is not a valid datetime"
+        ExtractError, match=r"row 2: column procedure_datetime is not a date or datetime"
     ):
         read_extract(extract)
 
@@ -191,14 +189,187 @@ def test_csv_missing_column_and_bad_date(tmp_path: Path) -> None:
         read_csv_extract(path)
 
 
-def test_csv_duplicate_procedure(tmp_path: Path) -> None:
-    path = tmp_path / "a.csv"
-    line = "7,123,ACC1,P,2026-10-01 10:00:00,2019-01-01,1.2.3,\n"
-    path.write_text(CSV_HEADER + line + line)
-    with pytest.raises(ExtractError, match="duplicate procedure"):
-        read_csv_extract(path)
-
-
 def test_extract_row_dataclass_defaults() -> None:
     row = ExtractRow(1, 1, "1", "A", "1.2")
     assert row.study_datetime.year == 2024
+
+
+# --- ids, identifiers and datetimes as real extracts carry them ---------------------------------
+
+
+def _links(extract: Path) -> Path:
+    return extract / "private/PROCEDURE_OCCURRENCE_LINKS.parquet"
+
+
+def _persons(extract: Path) -> Path:
+    return extract / "private/PERSON_LINKS.parquet"
+
+
+def _procedures(extract: Path) -> Path:
+    return extract / "public/omop/PROCEDURE_OCCURRENCE.parquet"
+
+
+def _write_table(path: Path, table: pa.Table) -> None:
+    pq.write_table(table, path)
+
+
+def _replace_column(path: Path, column: str, array: pa.Array) -> None:
+    table = pq.read_table(path)
+    _write_table(path, table.set_column(table.schema.get_field_index(column), column, array))
+
+
+@pytest.mark.parametrize(
+    ("values", "arrow_type"),
+    [
+        ([1, 2, 2**64 - 1], pa.uint64()),  # uint64 max: wrapped to -1 before
+        ([1.0, 2.0, 1e19], pa.float64()),  # beyond int64
+        ([1.0, 2.0, float(2**53 + 2)], pa.float64()),  # a float this large may be rounded
+        (["1", "2", "18446744073709551615"], pa.string()),
+        (["1", "2", "9223372036854775808"], pa.string()),  # int64 max + 1
+        ([1.0, 2.0, 2.5], pa.float64()),
+        ([1.0, 2.0, float("inf")], pa.float64()),
+        ([1, 2, None], pa.int64()),
+    ],
+)
+def test_ids_must_fit_a_signed_64_bit_integer(
+    tmp_path: Path, values: list[object], arrow_type: pa.DataType
+) -> None:
+    extract = write_omop_extract(tmp_path / "e", synthetic_extract_rows(3))
+    _replace_column(_procedures(extract), "procedure_occurrence_id", pa.array(values, arrow_type))
+    with pytest.raises(ExtractError) as error:
+        read_extract(extract)
+    message = str(error.value)
+    assert "PROCEDURE_OCCURRENCE.parquet: row 2: column procedure_occurrence_id" in message
+    assert "18446744073709551615" not in message and "1e+19" not in message
+
+
+def test_largest_ids_are_kept_exactly(tmp_path: Path) -> None:
+    rows = synthetic_extract_rows(2)
+    rows[0].procedure_occurrence_id, rows[1].procedure_occurrence_id = 2**63 - 1, -(2**63)
+    rows[0].person_id = 2**62 + 1
+    cohort = read_extract(write_omop_extract(tmp_path / "e", rows))
+    assert sorted(cohort.messages["procedure_occurrence_id"]) == [-(2**63), 2**63 - 1]
+
+
+def test_binary_mrn_columns_are_utf8_or_refused(tmp_path: Path) -> None:
+    rows = synthetic_extract_rows(3, people=3)
+    extract = write_omop_extract(tmp_path / "e", rows)
+    mrns = [r.mrn.encode() for r in rows]
+    mrns[1] = " Müller-7 ".encode()  # UTF-8, with stray spaces
+    _replace_column(_persons(extract), "PrimaryMrn", pa.array(mrns, pa.binary()))
+    cohort = read_extract(extract)
+    assert set(cohort.messages["mrn"]) == {rows[0].mrn, "Müller-7", rows[2].mrn}
+    mrns[2] = b"\xff\xfe4711"
+    _replace_column(_persons(extract), "PrimaryMrn", pa.array(mrns, pa.binary()))
+    with pytest.raises(ExtractError, match=r"row 2: column PrimaryMrn is binary data that is not"):
+        read_extract(extract)
+
+
+@pytest.mark.parametrize("control", ["\n", "\r", "\x00", "\t", "\x1b", "\x7f", "\x85"])
+@pytest.mark.parametrize(
+    ("file", "column"),
+    [
+        ("persons", "PrimaryMrn"),
+        ("links", "AccessionNumber"),
+        ("links", "StudyUid_X"),
+        ("links", "SeriesUid_X"),
+    ],
+)
+def test_control_characters_in_identifiers_are_refused(
+    tmp_path: Path, control: str, file: str, column: str
+) -> None:
+    rows = synthetic_extract_rows(3, people=3)
+    extract = write_omop_extract(tmp_path / "e", rows)
+    path = _persons(extract) if file == "persons" else _links(extract)
+    table = pq.read_table(path)
+    values = [f"ID{n}" for n in range(table.num_rows)]
+    values[1] = f"ID4{control}711"
+    if column in table.schema.names:
+        _replace_column(path, column, pa.array(values))
+    else:
+        _write_table(path, table.append_column(column, pa.array(values)))
+    with pytest.raises(ExtractError, match=rf"row 1: column {column} holds a control character"):
+        read_extract(extract)
+
+
+def test_an_identifier_too_long_for_the_database_is_refused(tmp_path: Path) -> None:
+    extract = write_omop_extract(tmp_path / "e", synthetic_extract_rows(3))
+    _replace_column(_links(extract), "AccessionNumber", pa.array(["A1", "A2", "A" * 65]))
+    with pytest.raises(ExtractError, match=r"row 2: column AccessionNumber is longer than 64"):
+        read_extract(extract)
+
+
+def test_timezone_aware_and_text_procedure_datetimes(tmp_path: Path) -> None:
+    extract = write_omop_extract(tmp_path / "e", synthetic_extract_rows(3))
+    _replace_column(
+        _procedures(extract),
+        "procedure_datetime",
+        pa.array(["2024-01-31T13:45:00Z", "2024-02-01 08:00:00+01:00", "2024-02-02"]),
+    )
+    times = read_extract(extract).messages.sort_values("procedure_occurrence_id")
+    assert list(times["study_datetime"]) == [
+        pd.Timestamp("2024-01-31 13:45"),
+        pd.Timestamp("2024-02-01 08:00"),  # wall-clock time kept, as DICOM study times are
+        pd.Timestamp("2024-02-02"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("stamp", "expected"),
+    [
+        ("2026-11-01 12:00:00", datetime(2026, 11, 1, 12, 0)),
+        ("2026-11-01T12:00:00Z", datetime(2026, 11, 1, 12, 0)),
+        ("2026-11-01T13:00:00+01:00", datetime(2026, 11, 1, 12, 0)),
+        ("2026-11-01T12:00:00.999999", datetime(2026, 11, 1, 12, 0)),  # keys hold seconds
+    ],
+)
+def test_summary_datetimes_in_iso_8601(tmp_path: Path, stamp: str, expected: datetime) -> None:
+    extract = write_omop_extract(tmp_path / "e", synthetic_extract_rows(1))
+    summary = extract / "extract_summary.json"
+    data = json.loads(summary.read_text())
+    summary.write_text(json.dumps({**data, "datetime": stamp}))
+    assert read_extract(extract).summary.extract_datetime == expected
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"\xff\xfe{}", r"not UTF-8 text \(byte 0\)"),
+        (b"[" * 100_000 + b"]" * 100_000, r"JSON nested too deeply|nested more than 32"),
+        (
+            json.dumps(
+                {
+                    "datetime": "2026-01-01",
+                    "settings": {
+                        "cdm_source_name": "x",
+                        "a": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]],
+                    },
+                }
+            ).encode(),
+            r"nested more than 32",
+        ),
+        (b'{"datetime": 12, "settings": {"cdm_source_name": "x"}}', r"'datetime' is not a"),
+        (b'{"datetime": "2026-01-01", "settings": {"cdm_source_name": []}}', r"cdm_source_name"),
+        (b'{"datetime": "2026-01-01", "settings": {"cdm_source_name": "??"}}', r"no letters"),
+        (b"{" + b" " * (1 << 20) + b"}", r"larger than"),
+    ],
+)
+def test_summaries_that_are_not_summaries(tmp_path: Path, content: bytes, message: str) -> None:
+    extract = write_omop_extract(tmp_path / "e", synthetic_extract_rows(1))
+    (extract / "extract_summary.json").write_bytes(content)
+    with pytest.raises(ExtractError, match=message):
+        read_extract(extract)
+
+
+def test_a_summary_that_is_a_folder_is_named(tmp_path: Path) -> None:
+    extract = write_omop_extract(tmp_path / "e", synthetic_extract_rows(1))
+    summary = extract / "extract_summary.json"
+    summary.unlink()
+    summary.mkdir()
+    with pytest.raises(ExtractError, match=r"extract_summary\.json: cannot be read \(is a dir"):
+        read_extract(extract)
+
+
+def test_a_zero_row_extract_is_read(tmp_path: Path) -> None:
+    cohort = read_extract(write_omop_extract(tmp_path / "e", []))
+    assert cohort.rows_read == 0 and cohort.imaging_studies == 0

@@ -72,7 +72,7 @@ def test_destination_secrets_are_env_var_names(tmp_path: Path) -> None:
     bad = write_project(
         tmp_path, extra={"destinations": {"images": {**ftps, "password": "hunter2"}}}
     )
-    with pytest.raises(ProjectConfigError, match=r"destinations\.images\.ftps\.password"):
+    with pytest.raises(ProjectConfigError, match=r"destinations\.images\.password"):
         load_project(bad)
 
 
@@ -103,9 +103,7 @@ def test_sftp_known_host_key_is_checked_when_the_project_loads(
     bad = write_project(
         tmp_path, extra={"destinations": {"ehr": {**sftp, "known_host_key": known_host_key}}}
     )
-    with pytest.raises(
-        ProjectConfigError, match=rf"destinations\.ehr\.sftp\.known_host_key.*{problem}"
-    ):
+    with pytest.raises(ProjectConfigError, match=rf"destinations\.ehr\.known_host_key.*{problem}"):
         load_project(bad)
 
 

@@ -24,8 +24,8 @@ from voxl_assets.deid.store import AnonymisedStore
 from voxl_assets.imaging import stages as stages_module
 from voxl_assets.imaging.pipeline import StageOutcome, StageResult
 from voxl_assets.imaging.stages import StudyStages
-from voxl_assets.imaging.study_state import StudyRequest
 from voxl_assets.project_config import ProjectRegistry
+from voxl_assets.study_state import StudyRequest
 from voxl_assets.synthetic import SeriesSpec, StudySpec, write_study
 from voxl_assets.vna import cache as cache_module
 from voxl_assets.vna.archives import ArchiveSet

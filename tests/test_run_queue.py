@@ -92,7 +92,19 @@ def test_queued_runs_start_by_priority_up_to_the_cap(
         routine = [f"routine/{n}" for n in range(1, 6)]
         urgent = [f"urgent/{n}" for n in range(6, 11)]
         instance.add_dynamic_partitions(STUDIES, routine + urgent)
-        result = study_batch_sensor(build_sensor_context(instance=instance))
+        from resources.voxl_database import VoxlDatabaseResource
+        from voxl_assets.db import Study, VoxlDatabase
+
+        voxl_url = f"sqlite:///{tmp_path / 'voxl.db'}"
+        with VoxlDatabase(voxl_url).session() as session:  # the studies the sensor finds queued
+            for number in range(1, 11):
+                project = "routine" if number <= 5 else "urgent"
+                session.add(Study(id=number, project=project, mrn=f"M{number}", status="queued"))
+        result = study_batch_sensor(
+            build_sensor_context(
+                instance=instance, resources={"voxl_db": VoxlDatabaseResource(url=voxl_url)}
+            )
+        )
         requests = sorted(
             result.run_requests or [],  # type: ignore[union-attr]
             key=lambda r: int(r.tags["dagster/asset_partition_range_start"].rpartition("/")[2]),

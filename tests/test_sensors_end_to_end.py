@@ -62,7 +62,7 @@ def _project_dir(tmp_path: Path, dicomweb_url: str, ftps: FtpServer) -> Path:
 def _tick(instance: DagsterInstance, name: str, cursors: dict[str, str | None]) -> list[Any]:
     from voxl_assets.definitions import defs
 
-    sensor = defs.get_sensor_def(name)
+    sensor = defs.resolve_sensor_def(name)
     context = build_sensor_context(
         instance=instance, cursor=cursors.get(name), resources=defs.resources
     )

@@ -12,11 +12,10 @@ from voxl_assets.imaging.pipeline import (
     Stage,
     StageOutcome,
     StageResult,
-    StudyFailure,
-    StudyFiltered,
     run_studies,
 )
-from voxl_assets.imaging.study_state import (
+from voxl_assets.outcomes import StudyFailure, StudyFiltered
+from voxl_assets.study_state import (
     StudyRequest,
     load_study_requests,
     set_status,

@@ -61,9 +61,10 @@ def _database(tmp_path: Path) -> VoxlDatabase:
 
 
 def test_local_destination_writes_one_zip_per_study_exactly_once(
-    tmp_path: Path, study_files: list[Path]
+    tmp_path: Path, study_files: list[Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    uploader = make_uploader(LocalDirectoryDestination(kind="local", path=str(tmp_path / "out")))
+    monkeypatch.setenv("VOXL_LOCAL_DESTINATION_ROOT", str(tmp_path))
+    uploader = make_uploader(LocalDirectoryDestination(kind="local", path="out"))
     database = _database(tmp_path)
     report = upload_study_once(database, 1, uploader, study_files, TARGET)
     assert report is not None and report.instances == 4

@@ -67,12 +67,13 @@ def test_failed_write_leaves_no_partial_and_a_clear_error(
     assert not (tmp_path / "out2" / TARGET.relative_zip_path).exists()
 
 
-def test_tree_upload_copies_every_file(tmp_path: Path) -> None:
+def test_tree_upload_copies_every_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VOXL_LOCAL_DESTINATION_ROOT", str(tmp_path))
     bundle = tmp_path / "bundle"
     (bundle / "omop").mkdir(parents=True)
     (bundle / "omop" / "person.parquet").write_bytes(b"PAR1")
     (bundle / "provenance.json").write_text("{}")
-    uploader = make_file_uploader(LocalDirectoryDestination(kind="local", path=str(tmp_path / "o")))
+    uploader = make_file_uploader(LocalDirectoryDestination(kind="local", path="o"))
     assert uploader is not None
     report = uploader.upload_tree(bundle, "demo-project/2026-11-01T12-00-00/ehr")
     base = tmp_path / "o" / "demo-project" / "2026-11-01T12-00-00" / "ehr"

@@ -10,8 +10,8 @@ import pytest
 from tests.peers import free_port
 from tests.peers.orthanc import VOXL_AE, OrthancServer
 from voxl_assets.db import StudyStatus
-from voxl_assets.imaging.study_state import StudyRequest
 from voxl_assets.retry import TransientError
+from voxl_assets.study_state import StudyRequest
 from voxl_assets.synthetic import SeriesSpec, StudySpec, write_study
 from voxl_assets.vna.cache import RawCache
 from voxl_assets.vna.client import AmbiguousStudy, StudyNotFound, VnaSettings, make_vna_client

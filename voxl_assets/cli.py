@@ -1,6 +1,10 @@
 """The `voxl` command: check project definitions, register extracts, report status.
 
 Exit codes: 0 success, 1 the operation failed (e.g. a run failed), 2 bad input or configuration.
+
+Each command imports what it needs when it runs (Dagster, pandas, pydantic, pynetdicom take
+seconds to load), so `voxl --help`, `voxl status` and input errors answer at once. Dagster's
+event log goes to the command's log file (``voxl_assets/terminal.py``), not the terminal.
 """
 
 from __future__ import annotations
@@ -10,25 +14,32 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from voxl_assets import settings
-from voxl_assets.project_config import (
-    ProjectConfigError,
-    ProjectDefinition,
-    ProjectRegistry,
-    project_files,
-)
+from voxl_assets.terminal import CommandLog
+
+if TYPE_CHECKING:
+    from dagster import DagsterInstance
+
+    from voxl_assets.cohort.extract_reader import ExtractSummary
+    from voxl_assets.db import VoxlDatabase
+    from voxl_assets.project_config import ProjectDefinition, ProjectRegistry
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
+_log: CommandLog | None = None  # the running command's log file (set by ``main``)
+
 
 def _error(message: str) -> None:
-    print(f"voxl: error: {message}", file=sys.stderr)
+    """One line; it names the log file when the command wrote one (Dagster's events, the stack)."""
+    where = f" (log: {_log.path})" if _log is not None and _log.written() else ""
+    print(f"voxl: error: {message}{where}", file=sys.stderr)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     directory = Path(args.projects_dir) if args.projects_dir else settings.projects_dir()
-    from voxl_assets.project_config import load_project
+    from voxl_assets.project_config import ProjectConfigError, load_project, project_files
 
     failures = 0
     paths = list(project_files(directory))
@@ -83,7 +94,7 @@ def _sftp_client_problem(project: ProjectDefinition) -> str | None:
 def _check_archives() -> int:
     """Validate ``VOXL_ARCHIVES_FILE`` when set, and show the archives in the order they are asked."""
     from resources.imaging import VnaResource
-    from voxl_assets.vna.archives import ArchiveConfigError
+    from voxl_assets.vna.archives import ArchiveConfigError, store_scp_warnings
 
     try:
         configs = VnaResource().archive_configs()
@@ -93,27 +104,53 @@ def _check_archives() -> int:
     for config in configs:
         window = config.window.describe() if config.window else "always open"
         print(f"archive {config.name}: {config.settings.kind}, {window}")
+    for warning in store_scp_warnings(configs):
+        print(f"    warning: {warning}")
     return EXIT_OK
 
 
 def cmd_populate(args: argparse.Namespace) -> int:
-    from dagster import DagsterInstance
-
-    from voxl_assets.cohort.extract_reader import ExtractError, read_any_summary
-    from voxl_assets.cohort.ingest import register_extract
-    from voxl_assets.dagster_home import ensure_dagster_home
-    from voxl_assets.orchestration import RunFailed, materialize_cohort
-
     path = Path(args.path).resolve()
     if not path.exists():
         _error(f"{path}: no such extract directory or CSV file")
         return EXIT_BAD_INPUT
+    from voxl_assets.cohort.extract_reader import ExtractError, read_any_summaries
+    from voxl_assets.project_config import ProjectConfigError, ProjectRegistry
+
     try:
-        summary = read_any_summary(path)
+        summaries = read_any_summaries(path)
         registry = ProjectRegistry.load()
     except (ExtractError, ProjectConfigError) as exc:
         _error(str(exc))
         return EXIT_BAD_INPUT
+    from dagster import DagsterInstance
+
+    from voxl_assets.dagster_home import ensure_dagster_home
+    from voxl_assets.db import shared_database
+
+    ensure_dagster_home()
+    database = shared_database()
+    instance = DagsterInstance.get()
+    # A CSV file may hold several extracts: each goes in on its own; the worst outcome decides
+    # the exit code (bad input over a failed run).
+    outcomes = [_populate_one(database, instance, registry, summary, path) for summary in summaries]
+    if EXIT_BAD_INPUT in outcomes:
+        return EXIT_BAD_INPUT
+    return EXIT_FAILED if EXIT_FAILED in outcomes else EXIT_OK
+
+
+def _populate_one(
+    database: VoxlDatabase,
+    instance: DagsterInstance,
+    registry: ProjectRegistry,
+    summary: ExtractSummary,
+    path: Path,
+) -> int:
+    """Register one extract and materialise its cohort messages; print its counts."""
+    from voxl_assets.cohort.registration import ExtractConflict, load_registration, register
+    from voxl_assets.orchestration import RunFailed, materialize_cohort
+    from voxl_assets.terminal import phase_progress
+
     slug = summary.project_slug
     if slug not in registry:
         _error(
@@ -121,30 +158,38 @@ def cmd_populate(args: argparse.Namespace) -> int:
             f"project_definitions/{slug}.yaml by pull request first"
         )
         return EXIT_BAD_INPUT
-    ensure_dagster_home()
-    from resources.voxl_database import VoxlDatabaseResource
-
-    database = VoxlDatabaseResource().database
-    key = register_extract(database, summary, slug)
     try:
-        result = materialize_cohort(DagsterInstance.get(), key, "cli-populate")
+        registration = register(database, summary, slug, replace_pending=True)
+    except ExtractConflict as exc:
+        _error(str(exc))
+        return EXIT_BAD_INPUT
+    if registration.replaced:
+        print(f"extract {registration.key}: replaces the registration from {registration.replaced}")
+    try:
+        with phase_progress(f"populate {registration.key}", _log):
+            result = materialize_cohort(instance, registration.key, "cli-populate")
     except RunFailed as exc:
         _error(str(exc))
-        return EXIT_FAILED
+        return EXIT_BAD_INPUT if exc.bad_input else EXIT_FAILED
     materialization = result.asset_materializations_for_node("cohort_messages")[0]
-    counts = {k: v.value for k, v in materialization.metadata.items() if k != "progress"}
-    print(f"extract {key} (run {result.run_id})")
-    for name, value in counts.items():
-        print(f"  {name}: {value}")
+    print(f"extract {registration.key} (run {result.run_id})")
+    for name, value in materialization.metadata.items():
+        if name not in ("progress", "warnings"):
+            print(f"  {name}: {value.value}")
+    after = load_registration(database, registration.key)
+    for warning in after.warnings if after else ():
+        print(f"  warning: {warning}")
     return EXIT_OK
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from resources.voxl_database import VoxlDatabaseResource
+    from voxl_assets.db import shared_database
     from voxl_assets.status import extract_statuses, render_table
 
-    statuses = extract_statuses(VoxlDatabaseResource().database, args.project)
+    statuses = extract_statuses(shared_database(), args.project)
     if args.project and not statuses:
+        from voxl_assets.project_config import ProjectRegistry
+
         known = ProjectRegistry.load()
         if args.project not in known:
             _error(
@@ -171,11 +216,10 @@ def _study_keys(
     """(study partition keys, extract partition keys) of a project, optionally one extract."""
     from sqlalchemy import select
 
-    from resources.voxl_database import VoxlDatabaseResource
-    from voxl_assets.db import Extract, ExtractStudy, Study, StudyStatus
+    from voxl_assets.db import Extract, ExtractStudy, Study, StudyStatus, shared_database
     from voxl_assets.db.models import extract_partition_key, study_partition_key
 
-    database = VoxlDatabaseResource().database
+    database = shared_database()
     with database.session() as session:
         extracts = [
             e
@@ -199,15 +243,31 @@ def _study_keys(
     return keys, extract_keys
 
 
+def _declared_slugs() -> set[str] | None:
+    """The ``project.slug`` of every definition, read as plain YAML: an unknown project is refused
+    at once, before the registry is validated (which loads pydantic and pydicom). None when a file
+    does not parse: the full validation then reports it."""
+    import yaml
+
+    slugs = set()
+    for path in sorted(settings.projects_dir().glob("*.yaml")):
+        try:
+            document = yaml.safe_load(path.read_text())
+            slugs.add(str(document["project"]["slug"]))
+        except (yaml.YAMLError, OSError, KeyError, TypeError):
+            return None
+    return slugs
+
+
 def cmd_backfill(args: argparse.Namespace) -> int:
     import time
     import uuid
 
-    from dagster import AssetKey, DagsterInstance
-    from dagster._core.execution.backfill import PartitionBackfill
-
-    from voxl_assets.dagster_home import ensure_dagster_home
-    from voxl_assets.definitions import defs
+    declared = _declared_slugs()
+    if declared is not None and args.project not in declared:
+        _error(f"project '{args.project}' is not registered (see `voxl check-config`)")
+        return EXIT_BAD_INPUT
+    from voxl_assets.project_config import ProjectConfigError, ProjectRegistry
 
     try:
         registry = ProjectRegistry.load()
@@ -217,7 +277,6 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     if args.project not in registry:
         _error(f"project '{args.project}' is not registered (see `voxl check-config`)")
         return EXIT_BAD_INPUT
-    ensure_dagster_home()
     keys, extract_keys = _study_keys(args.project, args.extract, args.failed_only)
     if not extract_keys:
         _error(
@@ -229,24 +288,34 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     if not keys:
         print("nothing to backfill: no matching studies")
         return EXIT_OK
+    from dagster import AssetKey, DagsterInstance
+    from dagster._core.execution.backfill import PartitionBackfill
     from dagster._core.storage.tags import PRIORITY_TAG
 
     from voxl_assets.assets.imaging import TOP_UP_TAG
+    from voxl_assets.dagster_home import ensure_dagster_home
+    from voxl_assets.definitions import defs
+
+    ensure_dagster_home()
 
     run_tags = {PRIORITY_TAG: str(registry.priority(args.project))}
     if args.top_up_cache:
         run_tags[TOP_UP_TAG] = "true"
     instance = DagsterInstance.get()
     if args.in_process:
+        from voxl_assets.db import shared_database
         from voxl_assets.orchestration import RunFailed, materialize_export, materialize_studies
+        from voxl_assets.terminal import phase_progress, progress_over_studies
 
         try:
-            materialize_studies(instance, keys, "cli-backfill", tags=run_tags)
+            with progress_over_studies(shared_database(), keys, "studies"):
+                materialize_studies(instance, keys, "cli-backfill", tags=run_tags)
             for extract_key in extract_keys:
-                materialize_export(instance, extract_key, "cli-backfill")
+                with phase_progress(f"export {extract_key}", _log):
+                    materialize_export(instance, extract_key, "cli-backfill")
         except RunFailed as exc:
             _error(str(exc))
-            return EXIT_FAILED
+            return EXIT_BAD_INPUT if exc.bad_input else EXIT_FAILED
         print(
             f"processed {len(keys)} studies and exported {len(extract_keys)} extract(s) in-process"
         )
@@ -277,23 +346,25 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from dagster import DagsterInstance
-
-    from voxl_assets.dagster_home import ensure_dagster_home
-    from voxl_assets.orchestration import RunFailed, materialize_export
-
-    ensure_dagster_home()
     _, extract_keys = _study_keys(args.project, args.extract, False)
     if len(extract_keys) != 1:
         _error(
             f"{len(extract_keys)} extracts of '{args.project}' match {args.extract!r}: give the extract datetime as in `voxl status` (e.g. 2026-11-01T12-00-00)"
         )
         return EXIT_BAD_INPUT
+    from dagster import DagsterInstance
+
+    from voxl_assets.dagster_home import ensure_dagster_home
+    from voxl_assets.orchestration import RunFailed, materialize_export
+    from voxl_assets.terminal import phase_progress
+
+    ensure_dagster_home()
     try:
-        result = materialize_export(DagsterInstance.get(), extract_keys[0], "cli-export")
+        with phase_progress(f"export {extract_keys[0]}", _log):
+            result = materialize_export(DagsterInstance.get(), extract_keys[0], "cli-export")
     except RunFailed as exc:
         _error(str(exc))
-        return EXIT_FAILED
+        return EXIT_BAD_INPUT if exc.bad_input else EXIT_FAILED
     print(f"exported {extract_keys[0]} (run {result.run_id})")
     return EXIT_OK
 
@@ -301,30 +372,47 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from voxl_assets.demo.run import run_demo
 
-    return run_demo(studies=args.studies, serve_ui=not args.no_ui, port=args.port)
+    return run_demo(studies=args.studies, serve_ui=not args.no_ui, port=args.port, log=_log)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    verbose = argparse.ArgumentParser(add_help=False)
+    verbose.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS,  # so the flag counts before or after the command
+        help="also show Dagster's event log on the terminal (it always goes to the log file)",
+    )
     parser = argparse.ArgumentParser(
-        prog="voxl", description=__doc__.splitlines()[0] if __doc__ else None
+        prog="voxl",
+        description=__doc__.splitlines()[0] if __doc__ else None,
+        epilog="Dagster's event log of the runs a command starts goes to $VOXL_HOME/logs/.",
+        parents=[verbose],
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    check = sub.add_parser("check-config", help="validate every project definition")
+    check = sub.add_parser(
+        "check-config", parents=[verbose], help="validate every project definition"
+    )
     check.add_argument("--projects-dir", help="default: VOXL_PROJECTS_DIR or project_definitions/")
     check.set_defaults(func=cmd_check_config)
 
     populate = sub.add_parser(
-        "populate", help="register an extract and materialise its cohort messages"
+        "populate",
+        parents=[verbose],
+        help="register an extract and materialise its cohort messages",
     )
     populate.add_argument("path", help="an OMOP ES extract directory or an escape-hatch CSV file")
     populate.set_defaults(func=cmd_populate)
 
-    status = sub.add_parser("status", help="studies per state for each extract")
+    status = sub.add_parser("status", parents=[verbose], help="studies per state for each extract")
     status.add_argument("project", nargs="?", help="only this project (slug)")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=cmd_status)
-    backfill = sub.add_parser("backfill", help="(re)process a project's studies through Dagster")
+    backfill = sub.add_parser(
+        "backfill", parents=[verbose], help="(re)process a project's studies through Dagster"
+    )
     backfill.add_argument("project", help="project slug")
     backfill.add_argument("--extract", help="only this extract (datetime as in `voxl status`)")
     backfill.add_argument("--failed-only", action="store_true", help="only studies that failed")
@@ -340,14 +428,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     backfill.set_defaults(func=cmd_backfill)
 
-    export = sub.add_parser("export", help="(re)export an extract: mapping table and EHR bundle")
+    export = sub.add_parser(
+        "export", parents=[verbose], help="(re)export an extract: mapping table and EHR bundle"
+    )
     export.add_argument("project", help="project slug")
     export.add_argument(
         "extract", help="extract datetime as in `voxl status` (e.g. 2026-11-01T12-00-00)"
     )
     export.set_defaults(func=cmd_export)
 
-    demo = sub.add_parser("demo", help="run the whole job on generated data, then serve the UI")
+    demo = sub.add_parser(
+        "demo", parents=[verbose], help="run the whole job on generated data, then serve the UI"
+    )
     demo.add_argument("--studies", type=int, default=24, help="studies in the generated extract")
     demo.add_argument(
         "--no-ui", action="store_true", help="stop after the job instead of serving the UI"
@@ -355,14 +447,33 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=int, default=3000, help="port of the Dagster UI")
     demo.set_defaults(func=cmd_demo)
 
-    schema = sub.add_parser("schema", help="print the JSON schema of a project definition")
+    schema = sub.add_parser(
+        "schema", parents=[verbose], help="print the JSON schema of a project definition"
+    )
     schema.set_defaults(func=cmd_schema)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    global _log
+    from voxl_assets.at_rest import restrict_umask
+
+    restrict_umask()  # before anything is written: see voxl_assets/at_rest.py
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    _log = CommandLog(args.command, verbose=getattr(args, "verbose", False)).install()
+    try:
+        code = int(args.func(args))
+    except KeyboardInterrupt:
+        code = 130
+    except Exception as exc:  # one line on the terminal, the stack in the log file
+        _error(_log.log_unexpected(exc))
+        code = EXIT_FAILED
+    finally:
+        _log.uninstall()
+    if code == EXIT_OK and _log.written():
+        print(f"log: {_log.path}", file=sys.stderr)
+    _log = None
+    return code
 
 
 if __name__ == "__main__":

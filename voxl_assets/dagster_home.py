@@ -3,23 +3,27 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 from voxl_assets import settings
+from voxl_assets.at_rest import make_private_dir, make_private_file
 
 LOCAL_DAGSTER_YAML = settings.REPO_ROOT / "deployments" / "local" / "dagster.yaml"
 
 
 def ensure_dagster_home() -> Path:
     """Use ``DAGSTER_HOME`` if set, else the embedded default under ``$VOXL_HOME/dagster``; create
-    the folder and give it the embedded default's ``dagster.yaml`` when it has none."""
+    the folder and give it the embedded default's ``dagster.yaml`` when it has none.
+
+    A folder VOXL creates is private (0700), and so is the embedded default's even if it exists
+    already: Dagster's storage names runs and partitions (``voxl_assets/at_rest.py``)."""
     existing = os.environ.get("DAGSTER_HOME")
     home = Path(existing) if existing else settings.voxl_home() / "dagster"
-    home.mkdir(parents=True, exist_ok=True)
+    make_private_dir(home, tighten=not existing)
     target = home / "dagster.yaml"
     if not target.exists():
-        shutil.copyfile(LOCAL_DAGSTER_YAML, target)
+        make_private_file(target).write_bytes(LOCAL_DAGSTER_YAML.read_bytes())
     os.environ["DAGSTER_HOME"] = str(home)
-    os.environ.setdefault("VOXL_DAGSTER_LOGS_DIR", str(home / "logs"))
+    if "VOXL_DAGSTER_LOGS_DIR" not in os.environ:
+        os.environ["VOXL_DAGSTER_LOGS_DIR"] = str(make_private_dir(home / "logs"))
     return home

@@ -6,6 +6,7 @@ definitions run on the embedded default (SQLite, demo VNA, local destination) an
 
 from dagster import Definitions, EnvVar
 
+from io_managers.extract_tables import ExtractTablesIOManager
 from resources.hashing import HashingResource
 from resources.imaging import StoresResource, VnaResource
 from resources.voxl_database import ProjectRegistryResource, VoxlDatabaseResource
@@ -14,13 +15,14 @@ from sensors.extract_sensor import new_extract_sensor
 from sensors.study_sensor import study_batch_sensor
 from sensors.window_sensor import archive_window_sensor
 from voxl_assets.assets.cohort import cohort_messages
-from voxl_assets.assets.export import extract_export
+from voxl_assets.assets.export import EXTRACT_TABLES, ehr_bundle, mapping_table
 from voxl_assets.assets.imaging import study_pipeline
+from voxl_assets.at_rest import restrict_umask
 
 
 def build_definitions() -> Definitions:
     return Definitions(
-        assets=[cohort_messages, study_pipeline, extract_export],
+        assets=[cohort_messages, study_pipeline, mapping_table, ehr_bundle],
         sensors=[
             new_extract_sensor,
             study_batch_sensor,
@@ -34,8 +36,13 @@ def build_definitions() -> Definitions:
             "hashing": HashingResource(key=EnvVar("VOXL_HASHING_KEY")),
             "vna": VnaResource(),
             "stores": StoresResource(),
+            # The per-extract tables (mapping table, exclusions) as parquet under VOXL_HOME.
+            EXTRACT_TABLES: ExtractTablesIOManager(),
         },
     )
 
 
+# Every Dagster process that runs VOXL code (code servers, run workers, step workers) loads this
+# module before it writes anything: what it writes is private (voxl_assets/at_rest.py).
+restrict_umask()
 defs = build_definitions()

@@ -9,18 +9,34 @@ import os
 import socket
 from typing import Any
 
-from dagster import DagsterInstance, DagsterRunStatus, RunsFilter, materialize
+from dagster import (
+    AssetsDefinition,
+    DagsterInstance,
+    DagsterRunStatus,
+    Definitions,
+    RunsFilter,
+    define_asset_job,
+)
 from dagster._core.storage.tags import (
     ASSET_PARTITION_RANGE_END_TAG,
     ASSET_PARTITION_RANGE_START_TAG,
 )
 
+from voxl_assets.assets.cohort import BAD_INPUT
 from voxl_assets.definitions import defs
 from voxl_assets.partitions import EXTRACTS, STUDIES
+from voxl_assets.run_log import run_loggers
+
+IN_PROCESS_JOB = "__ephemeral_asset_job__"  # the name Dagster's `materialize` gives its runs
 
 
 class RunFailed(Exception):
-    pass
+    """A run failed; ``bad_input`` when an asset refused its input (a bad extract, an unregistered
+    project) rather than an operation failing."""
+
+    def __init__(self, message: str, *, bad_input: bool = False) -> None:
+        super().__init__(message)
+        self.bad_input = bad_input
 
 
 PID_TAG = "voxl/pid"
@@ -59,34 +75,63 @@ def reclaim_dead_runs(instance: DagsterInstance) -> int:
     return reclaimed
 
 
-def _failure_detail(result: Any) -> str:
+def _failure(result: Any) -> tuple[str, bool]:
+    """The failed step's message (first line: the rest is Dagster's stack) and whether the asset
+    refused its input."""
     failure = next((e for e in result.all_events if e.is_step_failure), None)
-    if failure and failure.step_failure_data.error:
-        return str(failure.step_failure_data.error.message).strip()
-    return "see the run's logs in the Dagster UI"
+    if failure is None or not failure.step_failure_data.error:
+        return "see the run's logs in the Dagster UI", False
+    message = str(failure.step_failure_data.error.message).strip().splitlines()[0]
+    user = failure.step_failure_data.user_failure_data
+    bad_input = bool(user and user.metadata.get(BAD_INPUT) and user.metadata[BAD_INPUT].value)
+    return message.removeprefix("dagster._core.definitions.events.Failure: "), bad_input
+
+
+def materialize(
+    assets: list[AssetsDefinition],
+    instance: DagsterInstance,
+    tags: dict[str, str],
+    partition_key: str | None = None,
+) -> Any:
+    """Dagster's ``materialize`` for VOXL's assets, with VOXL's loggers: the event log goes where
+    the `voxl` command sends it (its log file) rather than to the terminal."""
+    loggers = run_loggers()
+    in_process = Definitions(
+        jobs=[define_asset_job(name=IN_PROCESS_JOB)],
+        assets=assets,
+        resources=defs.resources,
+        loggers=loggers,
+    )
+    return in_process.resolve_job_def(IN_PROCESS_JOB).execute_in_process(
+        # A job's loggers run only when the run config names them.
+        run_config={"loggers": {name: {} for name in loggers}} if loggers else None,
+        instance=instance,
+        partition_key=partition_key,
+        raise_on_error=False,
+        tags=tags,
+    )
 
 
 def _materialize_partition(
-    instance: DagsterInstance, asset: str, partition_key: str, source: str, what: str
+    instance: DagsterInstance, assets: list[str], partition_key: str, source: str, what: str
 ) -> Any:
     reclaim_dead_runs(instance)
     result = materialize(
-        [defs.get_assets_def(asset)],
-        instance=instance,
+        [defs.get_assets_def(asset) for asset in assets],
+        instance,
+        _tags(source),
         partition_key=partition_key,
-        resources=defs.resources,
-        raise_on_error=False,
-        tags=_tags(source),
     )
     if not result.success:
-        raise RunFailed(f"{what} failed for {partition_key}: {_failure_detail(result)}")
+        message, bad_input = _failure(result)
+        raise RunFailed(f"{what} failed for {partition_key}: {message}", bad_input=bad_input)
     return result
 
 
 def materialize_cohort(instance: DagsterInstance, extract_key: str, source: str) -> Any:
     instance.add_dynamic_partitions(EXTRACTS, [extract_key])
     return _materialize_partition(
-        instance, "cohort_messages", extract_key, source, "cohort_messages"
+        instance, ["cohort_messages"], extract_key, source, "cohort_messages"
     )
 
 
@@ -107,10 +152,8 @@ def materialize_studies(
         chunk = ordered[start : start + batch]
         result = materialize(
             [defs.get_assets_def("raw_study")],
-            instance=instance,
-            resources=defs.resources,
-            raise_on_error=False,
-            tags={
+            instance,
+            {
                 ASSET_PARTITION_RANGE_START_TAG: chunk[0],
                 ASSET_PARTITION_RANGE_END_TAG: chunk[-1],
                 **_tags(source),
@@ -118,11 +161,14 @@ def materialize_studies(
             },
         )
         if not result.success:
-            raise RunFailed(f"study batch failed: {_failure_detail(result)}")
+            message, bad_input = _failure(result)
+            raise RunFailed(f"study batch failed: {message}", bad_input=bad_input)
         results.append(result)
     return results
 
 
 def materialize_export(instance: DagsterInstance, extract_key: str, source: str) -> Any:
-    # mapping_table selects its multi-asset, so ehr_bundle and the leak guard run with it.
-    return _materialize_partition(instance, "mapping_table", extract_key, source, "export")
+    # One run: mapping_table's tables go through the IO manager into ehr_bundle and its leak guard.
+    return _materialize_partition(
+        instance, ["mapping_table", "ehr_bundle"], extract_key, source, "export"
+    )

@@ -15,10 +15,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from voxl_assets import settings
+from voxl_assets.confinement import PathEscapeError, check_relative_name, confined_path
+from voxl_assets.project_regex import ProjectRegexError, compile_project_regex
 
 SLUG_PATTERN = r"^[a-z0-9]+(?:-[a-z0-9]+)*$"
 TAG_OPERATIONS_DIRNAME = "tag-operations"
@@ -34,11 +35,16 @@ class _Strict(BaseModel):
 
 
 def _check_regex(value: str) -> str:
+    """A regex VOXL can match in linear time (RE2: see ``voxl_assets/project_regex.py``)."""
     try:
-        re.compile(value)
-    except re.error as exc:
-        raise ValueError(f"not a valid regular expression ({exc})") from exc
+        compile_project_regex(value)
+    except ProjectRegexError as exc:
+        raise ValueError(str(exc)) from None
     return value
+
+
+ProjectPattern = Annotated[str, AfterValidator(_check_regex)]
+TagOperationFileName = Annotated[str, AfterValidator(check_relative_name)]
 
 
 class ProjectInfo(_Strict):
@@ -56,30 +62,23 @@ class ProjectInfo(_Strict):
 class TagOperationFiles(_Strict):
     """Tag-operation files, relative to ``project_definitions/tag-operations/``."""
 
-    base: list[str] = Field(min_length=1)
-    manufacturer_overrides: list[str] = Field(default_factory=list)
+    base: list[TagOperationFileName] = Field(min_length=1)
+    manufacturer_overrides: list[TagOperationFileName] = Field(default_factory=list)
 
 
 class AllowedManufacturer(_Strict):
-    regex: str
+    regex: ProjectPattern = Field(description="RE2 regex searched in Manufacturer")
     exclude_series_numbers: list[int] = Field(default_factory=list)
-
-    _regex = field_validator("regex")(_check_regex)
 
 
 class SeriesFilters(_Strict):
-    description_patterns: list[str] = Field(
+    description_patterns: list[ProjectPattern] = Field(
         default_factory=list,
-        description="Case-insensitive regexes; a series whose SeriesDescription matches is dropped",
+        description=(
+            "Case-insensitive RE2 regexes; a series whose SeriesDescription matches is dropped"
+        ),
     )
     min_instances: int = Field(default=1, ge=1)
-
-    @field_validator("description_patterns")
-    @classmethod
-    def _patterns_compile(cls, values: list[str]) -> list[str]:
-        for value in values:
-            _check_regex(value)
-        return values
 
 
 class DeidOptions(_Strict):
@@ -103,7 +102,12 @@ class LocalDirectoryDestination(_Strict):
     """A folder on this machine (the demo's destination, or a staging area another tool ships)."""
 
     kind: Literal["local"]
-    path: str = Field(description="Folder; a relative path is taken under VOXL_HOME")
+    path: Annotated[str, AfterValidator(check_relative_name)] = Field(
+        description=(
+            "Folder, relative to VOXL_LOCAL_DESTINATION_ROOT (default VOXL_HOME); absolute paths "
+            "and '..' are refused"
+        )
+    )
 
 
 class DicomWebDestination(_Strict):
@@ -213,6 +217,9 @@ EhrDestination = Annotated[
 ]
 
 
+_DESTINATION_KINDS = {"none", "local", "dicomweb", "azure_dicom", "ftps", "sftp", "azure_blob"}
+
+
 class Destinations(_Strict):
     images: ImageDestination = NoDestination()
     ehr: EhrDestination = NoDestination()
@@ -240,7 +247,10 @@ class ProjectConfigError(ValueError):
 def _format_validation_error(path: Path, exc: ValidationError) -> str:
     lines = [f"{path}: invalid project definition"]
     for error in exc.errors():
-        field = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        loc = list(error["loc"])
+        if len(loc) > 3 and loc[0] == "destinations" and loc[2] in _DESTINATION_KINDS:
+            del loc[2]  # pydantic names the union member ('local'); the YAML has no such level
+        field = ".".join(str(part) for part in loc) or "(top level)"
         message = error["msg"]
         if error["type"] == "extra_forbidden":
             message = "unknown key (check the spelling against project_definitions/schema.json)"
@@ -256,13 +266,20 @@ def load_project(path: Path) -> ProjectDefinition:
     """Read and validate one project YAML.
 
     Raises:
-        ProjectConfigError: the YAML is unreadable or invalid, or a tag-operation file it names
-            is missing; the message names ``path`` and the field.
+        ProjectConfigError: the YAML is unreadable or invalid, a tag-operation file it names is
+            missing or outside ``tag-operations/``, or a local destination leaves its root; the
+            message names ``path`` and the field, and never quotes a file outside the registry.
     """
+    from voxl_assets.config_files import ConfigFileError, read_yaml
+
+    if not path.resolve().is_relative_to(path.parent.resolve()):
+        raise ProjectConfigError(
+            f"{path}: a symbolic link to a file outside the registry folder: refused"
+        )
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise ProjectConfigError(f"{path}: cannot read YAML ({exc})") from exc
+        raw = read_yaml(path)
+    except ConfigFileError as exc:
+        raise ProjectConfigError(str(exc)) from None
     if not isinstance(raw, dict):
         raise ProjectConfigError(f"{path}: expected a mapping at the top level")
     try:
@@ -276,12 +293,35 @@ def load_project(path: Path) -> ProjectDefinition:
         ("manufacturer_overrides", files.manufacturer_overrides),
     ):
         for index, name in enumerate(names):
-            if not (ops_dir / name).is_file():
-                raise ProjectConfigError(
-                    f"{path}: tag_operations.{field}.{index}: file {ops_dir / name} does not exist"
-                )
+            where = f"{path}: tag_operations.{field}.{index}"
+            try:
+                resolved = confined_path(ops_dir, name)
+            except PathEscapeError as exc:
+                raise ProjectConfigError(f"{where}: {exc}") from None
+            if not resolved.is_file():
+                raise ProjectConfigError(f"{where}: file {ops_dir / name} does not exist")
+    _check_local_destinations(path, project)
     _check_tag_operations(path, project)
     return project
+
+
+def local_destination_path(destination: LocalDirectoryDestination) -> Path:
+    """Where a local destination writes: its ``path`` under ``VOXL_LOCAL_DESTINATION_ROOT``.
+
+    Raises:
+        PathEscapeError: the folder resolves outside the root (through a symbolic link).
+    """
+    return confined_path(settings.local_destination_root(), destination.path)
+
+
+def _check_local_destinations(path: Path, project: ProjectDefinition) -> None:
+    for role in ("images", "ehr"):
+        destination = getattr(project.destinations, role)
+        if isinstance(destination, LocalDirectoryDestination):
+            try:
+                local_destination_path(destination)
+            except PathEscapeError as exc:
+                raise ProjectConfigError(f"{path}: destinations.{role}.path: {exc}") from None
 
 
 def _check_tag_operations(path: Path, project: ProjectDefinition) -> None:
@@ -342,11 +382,16 @@ class ProjectRegistry:
         return sorted(self._projects)
 
     def tag_operation_paths(self, project: ProjectDefinition) -> tuple[list[Path], list[Path]]:
+        """The project's tag-operation files, resolved inside ``tag-operations/``.
+
+        Raises:
+            PathEscapeError: a name resolves outside that folder.
+        """
         ops_dir = tag_operations_dir(self.directory)
         files = project.tag_operations
         return (
-            [ops_dir / name for name in files.base],
-            [ops_dir / name for name in files.manufacturer_overrides],
+            [confined_path(ops_dir, name) for name in files.base],
+            [confined_path(ops_dir, name) for name in files.manufacturer_overrides],
         )
 
 

@@ -55,3 +55,10 @@ def export_dir() -> Path:
 def secrets_dir() -> Path:
     """Durable, non-git home of per-project salts (``VOXL_SECRETS_DIR``)."""
     return Path(os.environ.get("VOXL_SECRETS_DIR", str(voxl_home() / "secrets"))).resolve()
+
+
+def local_destination_root() -> Path:
+    """The folder every ``kind: local`` destination's ``path`` stays inside
+    (``VOXL_LOCAL_DESTINATION_ROOT``, default ``VOXL_HOME``)."""
+    value = os.environ.get("VOXL_LOCAL_DESTINATION_ROOT")
+    return Path(value).resolve() if value else voxl_home()

@@ -1,55 +1,85 @@
 """``mapping_table`` and ``ehr_bundle`` per extract (the client's ``pixl export``), with the leak
-guard as a blocking check: a bundle that holds a private value is never uploaded."""
+guard as a blocking check: a bundle that holds a private value is never uploaded.
+
+``mapping_table`` returns the extract's tables (``IMAGE_LINKER``, ``IMAGE_EXCLUSIONS``); the
+``extract_tables`` IO manager stores them as parquet with their row counts, and ``ehr_bundle``
+loads them from there. Both run in one export run (the sensor and `voxl export` select both).
+"""
 
 from pathlib import Path
 
+import pyarrow as pa
 from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
-    AssetKey,
-    AssetSpec,
     Failure,
     MaterializeResult,
     MetadataValue,
-    multi_asset,
+    Output,
+    asset,
 )
 
 from resources.imaging import StoresResource
 from resources.voxl_database import ProjectRegistryResource, VoxlDatabaseResource
 from voxl_assets.cohort.ingest import find_extract
 from voxl_assets.export.bundle import (
+    EXCLUSIONS,
+    LINKER,
+    mapping_rows,
+    mapping_tables,
     private_files,
     public_column_names,
     write_ehr_bundle,
 )
-from voxl_assets.export.delivery import deliver_bundle
+from voxl_assets.export.delivery import deliver_bundle, record_delivery
 from voxl_assets.export.leak_guard import private_identifiers, scan_bundle
 from voxl_assets.partitions import extract_partitions
-from voxl_assets.progress import extract_progress_markdown
+from voxl_assets.progress import (
+    END_STATE,
+    extract_progress,
+    extract_progress_markdown,
+    ready_exports,
+)
 
 LEAK_CHECK = "no_private_value_in_bundle"
+EXTRACT_TABLES = "extract_tables"  # the IO manager's resource key
 
 
-@multi_asset(
-    name="extract_export",
-    specs=[
-        AssetSpec(
-            "mapping_table",
-            group_name="export",
-            kinds={"parquet"},
-            deps=["cohort_messages", "destination_upload"],
-            description="IMAGE_LINKER.parquet: procedure_occurrence_id -> pseudonymous study UID and patient id.",
-        ),
-        AssetSpec(
-            "ehr_bundle",
-            group_name="export",
-            kinds={"parquet"},
-            deps=["mapping_table"],
-            description="The extract's public EHR files, the mapping table and provenance, delivered to the EHR destination.",
-        ),
-    ],
+@asset(
+    partitions_def=extract_partitions,
+    group_name="export",
+    kinds={"parquet"},
+    io_manager_key=EXTRACT_TABLES,
+    deps=["cohort_messages", "destination_upload"],
+    description=(
+        "IMAGE_LINKER (procedure_occurrence_id -> pseudonymous study UID and patient id, for every "
+        "exported study) and IMAGE_EXCLUSIONS (the studies not delivered, with the reason)."
+    ),
+)
+def mapping_table(
+    context: AssetExecutionContext, voxl_db: VoxlDatabaseResource
+) -> Output[dict[str, pa.Table]]:
+    database = voxl_db.database
+    _, rows = mapping_rows(database, context.partition_key)
+    tables = mapping_tables(rows)
+    return Output(
+        tables,
+        metadata={
+            "studies_linked": tables[LINKER].num_rows,
+            "studies_excluded": tables[EXCLUSIONS].num_rows,
+            "progress": MetadataValue.md(
+                extract_progress_markdown(database, context.partition_key)
+            ),
+        },
+    )
+
+
+@asset(
+    partitions_def=extract_partitions,
+    group_name="export",
+    kinds={"parquet"},
     check_specs=[
         AssetCheckSpec(
             LEAK_CHECK,
@@ -58,26 +88,21 @@ LEAK_CHECK = "no_private_value_in_bundle"
             description="No value of the extract's private files appears in any file of the bundle.",
         )
     ],
-    partitions_def=extract_partitions,
+    description=(
+        "The extract's public EHR files, the mapping table and provenance, delivered to the EHR "
+        "destination."
+    ),
 )
-def extract_export(
+def ehr_bundle(
     context: AssetExecutionContext,
+    mapping_table: dict[str, pa.Table],
     voxl_db: VoxlDatabaseResource,
     projects: ProjectRegistryResource,
     stores: StoresResource,
-):  # a generator of Dagster events (materialisations, check results)
+):  # a generator of Dagster events (check result, materialisation)
     database = voxl_db.database
     key = context.partition_key
-    bundle = write_ehr_bundle(database, key, stores.exports())
-    progress = MetadataValue.md(extract_progress_markdown(database, key))
-    yield MaterializeResult(
-        asset_key=AssetKey("mapping_table"),
-        metadata={
-            "studies_linked": bundle.linked,
-            "studies_excluded": bundle.excluded,
-            "progress": progress,
-        },
-    )
+    bundle = write_ehr_bundle(database, key, stores.exports(), mapping_table)
     with database.session() as session:
         extract = find_extract(session, key)
         source = Path(extract.source_path) if extract else None
@@ -103,7 +128,14 @@ def extract_export(
     delivery = deliver_bundle(
         bundle, project.destinations.ehr if project else None, stores.exports()
     )
+    record_delivery(database, key, delivery)
+    # What the export sensor compares, so it does not export this state again.
+    end_state = ready_exports(extract_progress(database, key))
     yield MaterializeResult(
-        asset_key=AssetKey("ehr_bundle"),
-        metadata={**bundle.metadata(), **delivery, "progress": progress},
+        metadata={
+            **bundle.metadata(),
+            **delivery,
+            "progress": MetadataValue.md(extract_progress_markdown(database, key)),
+            **({END_STATE: end_state} if end_state else {}),
+        },
     )

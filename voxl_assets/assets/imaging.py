@@ -31,15 +31,15 @@ from resources.imaging import StoresResource, VnaResource
 from resources.voxl_database import ProjectRegistryResource, VoxlDatabaseResource
 from voxl_assets.db import StudyStatus, VoxlDatabase
 from voxl_assets.deid.study import ALLOW_LIST_CHECK, IDENTIFIER_CHECK
-from voxl_assets.imaging.batches import ONLY_STATUS_TAG
+from voxl_assets.imaging.batches import ONLY_STATUS_TAG, only_statuses
 from voxl_assets.imaging.pipeline import Stage, StageOutcome, StageResult, run_studies
 from voxl_assets.imaging.stages import StudyStages
-from voxl_assets.imaging.study_state import (
+from voxl_assets.partitions import study_partitions
+from voxl_assets.study_state import (
     load_study_requests,
     set_status,
     study_id_from_partition_key,
 )
-from voxl_assets.partitions import study_partitions
 
 STATUS_BY_RESULT = {
     StageResult.FAILED: StudyStatus.FAILED,
@@ -129,9 +129,9 @@ def study_pipeline(
     )
     functions = {s: f for s, f in stages.functions().items() if s.value in selected}
     requests = load_study_requests(database, context.partition_keys)
-    only_status = context.run.tags.get(ONLY_STATUS_TAG)
-    if only_status:
-        requests = [r for r in requests if r.status.value == only_status]
+    allowed = only_statuses(context.run.tags.get(ONLY_STATUS_TAG))
+    if allowed is not None:
+        requests = [r for r in requests if r.status.value in allowed]
     context.log.info(f"{len(requests)} studies, stages {sorted(selected)}, {_workers()} workers")
     results: Counter[str] = Counter()
     check_failures: dict[str, list[str]] = {ALLOW_LIST_CHECK: [], IDENTIFIER_CHECK: []}

@@ -9,15 +9,17 @@ An extract is a directory written by OMOP ES::
 
 or the batched layout, where each table is a folder of ``part-N.parquet`` files
 (``public/omop/procedure_occurrence/``, ``private/person_links/``,
-``private/procedure_occurrence_links/``). The escape hatch is a single CSV file.
+``private/procedure_occurrence_links/``). The escape hatch is a CSV file (``csv_extract.py``),
+which may hold several extracts.
 
-Errors name the file, the column and the row (never an identifier value) and say what to do.
+Errors name the file, the column and the row (never a cell's value) and say what to do.
 """
 
 from __future__ import annotations
 
+import errno
 import json
-import math
+import os
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -28,15 +30,30 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from voxl_assets.cohort.values import (
+    ExtractError,
+    clean_identifiers,
+    clean_ids,
+    parse_extract_datetime,
+    study_datetimes,
+)
 from voxl_assets.project_config import slugify
 
+__all__ = ["CohortTable", "ExtractError", "ExtractSummary", "read_extract", "read_summary"]
+
 SUMMARY_FILE = "extract_summary.json"
-DATETIME_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S.%f")
+MAX_SUMMARY_BYTES = 1 << 20  # OMOP ES writes a few kB; anything bigger is not a summary
+MAX_SUMMARY_DEPTH = 32  # OMOP ES nests two or three levels
 GIT_HASH_KEYS = ("git_hash", "omop_es_git_hash", "commit", "git_commit", "version_hash")
-
-
-class ExtractError(ValueError):
-    """The extract cannot be read; the message names the file and the problem."""
+MAX_SLUG_LENGTH = 128  # the VOXL database's project column
+# The VOXL database's column sizes (DICOM allows 64 characters for all but UIDs' 128 in the db).
+MAX_LENGTH = {
+    "mrn": 64,
+    "accession_number": 64,
+    "study_uid": 128,
+    "series_uid": 128,
+    "participant_id": 64,
+}
 
 
 @dataclass(frozen=True)
@@ -57,18 +74,31 @@ class CohortTable:
     """The imaging studies of one extract, one row per procedure occurrence.
 
     ``messages`` columns: procedure_occurrence_id (int64), mrn, accession_number, study_uid,
-    series_uid (str, '' when absent), study_datetime (datetime64 or NaT).
+    series_uid, participant_id (str, '' when absent), study_datetime (datetime64 or NaT), and
+    ``_file`` / ``_row``, where each row came from.
     """
 
     summary: ExtractSummary
     messages: pd.DataFrame
     rows_read: int
     skipped_not_imaging: int
+    duplicate_rows_folded: int = 0
     counts: dict[str, int] = field(default_factory=dict)
 
     @property
     def imaging_studies(self) -> int:
         return len(self.messages)
+
+
+def describe_os_error(exc: OSError) -> str:
+    """What went wrong reading a file, in words (the path is named by the caller)."""
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    if exc.errno == errno.ELOOP:
+        return "a symbolic link loop"
+    if exc.errno is not None:
+        return os.strerror(exc.errno).lower()
+    return type(exc).__name__
 
 
 # --- tables ------------------------------------------------------------------------------------
@@ -103,8 +133,11 @@ MESSAGE_COLUMNS = (
     "accession_number",
     "study_uid",
     "series_uid",
+    "participant_id",
     "study_datetime",
 )
+# Kept beside the messages so later checks can name where a study came from.
+SOURCE_COLUMNS = ("_file", "_row")
 
 
 def _part_number(path: Path) -> tuple[int, str]:
@@ -135,7 +168,7 @@ def _read_table(extract_dir: Path, table: _Table, optional: tuple[str, ...] = ()
         except (OSError, pa.ArrowException) as exc:
             raise ExtractError(
                 f"{path}: not a readable parquet file ({type(exc).__name__}); re-export it"
-            ) from exc
+            ) from None
         missing = [c for c in table.columns if c not in schema_names]
         if missing:
             raise ExtractError(
@@ -143,9 +176,10 @@ def _read_table(extract_dir: Path, table: _Table, optional: tuple[str, ...] = ()
             )
         wanted = list(table.columns) + [c for c in optional if c in schema_names]
         try:
-            frame = pq.read_table(path, columns=wanted).to_pandas()
+            # Types as the file has them (binary stays bytes), not as a writer's pandas metadata says.
+            frame = pq.read_table(path, columns=wanted).to_pandas(ignore_metadata=True)
         except (OSError, pa.ArrowException) as exc:
-            raise ExtractError(f"{path}: cannot read parquet data ({type(exc).__name__})") from exc
+            raise ExtractError(f"{path}: cannot read parquet data ({type(exc).__name__})") from None
         frame["_file"] = str(path)
         frame["_row"] = range(len(frame))
         frames.append(frame)
@@ -155,32 +189,21 @@ def _read_table(extract_dir: Path, table: _Table, optional: tuple[str, ...] = ()
 # --- cleaning ----------------------------------------------------------------------------------
 
 
-def _clean_ids(frame: pd.DataFrame, column: str) -> pd.Series:
-    """Sequential ids may arrive as int, float or string: return int64, erroring on bad rows."""
-    numeric = pd.to_numeric(frame[column], errors="coerce")
-    bad = numeric.isna() | (numeric.notna() & (numeric != numeric.round()))
-    if bad.any():
-        row = frame.loc[bad.idxmax()]
-        raise ExtractError(
-            f"{row['_file']}: row {row['_row']}: column {column} is not an integer id; fix the extract"
-        )
-    return numeric.astype("int64")
+def _ids(frame: pd.DataFrame, column: str) -> pd.Series:
+    return clean_ids(frame[column], frame["_file"], frame["_row"], column)
 
 
-def _clean_identifiers(series: pd.Series) -> pd.Series:
-    """Identifiers as stripped strings; missing becomes ''. Floats like 1234.0 lose the '.0'."""
-
-    def clean(value: object) -> str:
-        if value is None:
-            return ""
-        if isinstance(value, float):
-            if math.isnan(value):
-                return ""
-            if value.is_integer():
-                return str(int(value))
-        return str(value).strip()
-
-    return series.map(clean).astype(str)
+def _identifiers(
+    frame: pd.DataFrame, column: str, kind: str, *, na_text: bool = False
+) -> pd.Series:
+    return clean_identifiers(
+        frame[column],
+        frame["_file"],
+        frame["_row"],
+        column,
+        max_length=MAX_LENGTH[kind],
+        na_text=na_text,
+    )
 
 
 def _check_unique(frame: pd.DataFrame, column: str, what: str) -> None:
@@ -197,61 +220,85 @@ def _check_unique(frame: pd.DataFrame, column: str, what: str) -> None:
         )
 
 
-def _parse_datetimes(frame: pd.DataFrame, column: str) -> pd.Series:
-    values = frame[column]
-    if pd.api.types.is_datetime64_any_dtype(values):
-        return values.dt.tz_localize(None) if values.dt.tz is not None else values
-    parsed = pd.to_datetime(values, errors="coerce", format="mixed")
-    bad = parsed.isna() & values.notna() & (values.astype(str).str.strip() != "")
-    if bad.any():
-        row = frame.loc[bad.idxmax()]
-        raise ExtractError(
-            f"{row['_file']}: row {row['_row']}: column {column} is not a valid datetime "
-            f"(expected e.g. 2024-01-31 13:45:00)"
-        )
-    return parsed
+def _blank(frame: pd.DataFrame) -> pd.Series:
+    # Plain Python strings: pandas would store a scalar '' as Arrow strings, which are slow to
+    # iterate, and ingest iterates every column of the messages.
+    return pd.Series("", index=frame.index, dtype=object)
 
 
-def parse_datetime(text: str, *, where: str) -> datetime:
-    for fmt in DATETIME_FORMATS:
-        try:
-            return datetime.strptime(text.strip(), fmt)
-        except ValueError:
-            continue
-    raise ExtractError(f"{where}: '{text}' is not a datetime like 2024-01-31 13:45:00")
+def check_slug(project_name: str, *, where: str) -> None:
+    """A project name must give a slug the registry and the database can hold."""
+    slug = slugify(project_name)
+    if not slug:
+        raise ExtractError(f"{where} has no letters or digits, so it names no project")
+    if len(slug) > MAX_SLUG_LENGTH:
+        raise ExtractError(f"{where} is longer than {MAX_SLUG_LENGTH} characters as a slug")
 
 
 # --- summary -----------------------------------------------------------------------------------
+
+
+def _depth(value: object) -> int:
+    """Nesting depth of parsed JSON, without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    return deepest
 
 
 def read_summary(extract_dir: Path) -> ExtractSummary:
     """Read ``extract_summary.json``.
 
     Raises:
-        ExtractError: missing or invalid file, missing ``datetime`` or ``settings.cdm_source_name``.
+        ExtractError: missing, unreadable, too large, not UTF-8, not JSON, nested too deeply,
+            a missing or bad ``datetime``, or a missing ``settings.cdm_source_name``.
     """
     path = extract_dir / SUMMARY_FILE
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise ExtractError(f"{path}: missing; OMOP ES writes it last, wait for it") from exc
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ExtractError(f"{path}: not valid JSON ({exc})") from exc
+        with path.open("rb") as handle:
+            data = handle.read(MAX_SUMMARY_BYTES + 1)
+    except FileNotFoundError:
+        raise ExtractError(f"{path}: missing; OMOP ES writes it last, wait for it") from None
+    except OSError as exc:
+        raise ExtractError(f"{path}: cannot be read ({describe_os_error(exc)})") from None
+    if len(data) > MAX_SUMMARY_BYTES:
+        raise ExtractError(f"{path}: larger than {MAX_SUMMARY_BYTES} bytes; not a summary")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ExtractError(f"{path}: not UTF-8 text (byte {exc.start}); re-export it") from None
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ExtractError(
+            f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
+        ) from None
+    except RecursionError:
+        raise ExtractError(f"{path}: JSON nested too deeply; not a summary") from None
+    if _depth(raw) > MAX_SUMMARY_DEPTH:
+        raise ExtractError(f"{path}: JSON nested more than {MAX_SUMMARY_DEPTH} deep; not a summary")
     if not isinstance(raw, dict) or "datetime" not in raw:
         raise ExtractError(f"{path}: field 'datetime' is missing")
     settings = raw.get("settings")
-    if not isinstance(settings, dict) or not str(settings.get("cdm_source_name", "")).strip():
+    name = settings.get("cdm_source_name") if isinstance(settings, dict) else None
+    if not isinstance(settings, dict) or not isinstance(name, str) or not name.strip():
         raise ExtractError(f"{path}: field 'settings.cdm_source_name' (the project) is missing")
-    extract_datetime = parse_datetime(str(raw["datetime"]), where=f"{path}: field 'datetime'")
+    check_slug(name, where=f"{path}: field 'settings.cdm_source_name'")
+    extract_datetime = parse_extract_datetime(raw["datetime"], where=f"{path}: field 'datetime'")
     git_hash = next(
         (str(raw[k]) for k in GIT_HASH_KEYS if raw.get(k)),
         next((str(settings[k]) for k in GIT_HASH_KEYS if settings.get(k)), None),
     )
     return ExtractSummary(
-        project_name=str(settings["cdm_source_name"]).strip(),
+        project_name=name.strip(),
         extract_datetime=extract_datetime,
         settings=settings,
-        git_hash=git_hash,
+        git_hash=git_hash[:64] if git_hash else None,
         source=extract_dir,
     )
 
@@ -265,28 +312,46 @@ def read_extract(extract_dir: Path) -> CohortTable:
     Rows without an accession number and without a study UID are not imaging: skipped, counted.
 
     Raises:
-        ExtractError: a missing file or column, unreadable parquet, bad datetime, duplicate rows,
-            or an MRN that maps to two persons; nothing is written before this is known.
+        ExtractError: a missing or unreadable file or column, a bad id, datetime or identifier,
+            duplicate rows, or an MRN that maps to two persons; nothing is written before this
+            is known.
     """
+    try:
+        return _read_extract(extract_dir)
+    except OSError as exc:  # a folder or file we may not read: name it, not what it holds
+        where = exc.filename or extract_dir
+        raise ExtractError(f"{where}: cannot be read ({describe_os_error(exc)})") from None
+
+
+def _read_extract(extract_dir: Path) -> CohortTable:
     summary = read_summary(extract_dir)
     procedures = _read_table(extract_dir, PROCEDURES)
     persons = _read_table(extract_dir, PERSON_LINKS)
     links = _read_table(extract_dir, PROCEDURE_LINKS, optional=OPTIONAL_LINK_COLUMNS)
 
-    procedures["procedure_occurrence_id"] = _clean_ids(procedures, "procedure_occurrence_id")
-    procedures["person_id"] = _clean_ids(procedures, "person_id")
-    procedures["study_datetime"] = _parse_datetimes(procedures, "procedure_datetime")
+    procedures["procedure_occurrence_id"] = _ids(procedures, "procedure_occurrence_id")
+    procedures["person_id"] = _ids(procedures, "person_id")
+    procedures["study_datetime"] = study_datetimes(
+        procedures["procedure_datetime"],
+        procedures["_file"],
+        procedures["_row"],
+        "procedure_datetime",
+    )
     _check_unique(procedures, "procedure_occurrence_id", "procedure occurrence")
 
-    persons["person_id"] = _clean_ids(persons, "person_id")
-    persons["mrn"] = _clean_identifiers(persons["PrimaryMrn"])
+    persons["person_id"] = _ids(persons, "person_id")
+    persons["mrn"] = _identifiers(persons, "PrimaryMrn", "mrn")
     _check_unique(persons, "person_id", "person")
     _check_mrn_single_person(persons)
 
-    links["procedure_occurrence_id"] = _clean_ids(links, "procedure_occurrence_id")
-    links["accession_number"] = _clean_identifiers(links["AccessionNumber"])
-    links["study_uid"] = _clean_identifiers(links["StudyUid_X"])
-    links["series_uid"] = _clean_identifiers(links["SeriesUid_X"]) if "SeriesUid_X" in links else ""
+    links["procedure_occurrence_id"] = _ids(links, "procedure_occurrence_id")
+    links["accession_number"] = _identifiers(links, "AccessionNumber", "accession_number")
+    links["study_uid"] = _identifiers(links, "StudyUid_X", "study_uid")
+    links["series_uid"] = (
+        _identifiers(links, "SeriesUid_X", "series_uid")
+        if "SeriesUid_X" in links
+        else _blank(links)
+    )
     _check_unique(links, "procedure_occurrence_id", "procedure occurrence link")
 
     merged = procedures[
@@ -299,6 +364,7 @@ def read_extract(extract_dir: Path) -> CohortTable:
     merged["accession_number"] = merged["accession_number"].fillna("")
     merged["study_uid"] = merged["study_uid"].fillna("")
     merged["series_uid"] = merged["series_uid"].fillna("")
+    merged["participant_id"] = _blank(merged)
     imaging = (merged["accession_number"] != "") | (merged["study_uid"] != "")
     skipped = int((~imaging).sum())
     merged = merged[imaging].merge(persons[["person_id", "mrn"]], on="person_id", how="left")
@@ -306,10 +372,11 @@ def read_extract(extract_dir: Path) -> CohortTable:
     if missing_person.any():
         row = merged[missing_person].iloc[0]
         raise ExtractError(
-            f"{row['_file']}: row {row['_row']}: person_id has no MRN in {PERSON_LINKS.flat} "
-            f"({int(missing_person.sum())} rows); the private link files are incomplete"
+            f"{row['_file']}: row {row['_row']}: column person_id has no MRN in "
+            f"{PERSON_LINKS.flat} ({int(missing_person.sum())} rows); the private link files are "
+            "incomplete"
         )
-    messages = merged[list(MESSAGE_COLUMNS)].reset_index(drop=True)
+    messages = merged[[*MESSAGE_COLUMNS, *SOURCE_COLUMNS]].reset_index(drop=True)
     return CohortTable(summary, messages, rows_read=len(procedures), skipped_not_imaging=skipped)
 
 
@@ -326,107 +393,53 @@ def _check_mrn_single_person(persons: pd.DataFrame) -> None:
         )
 
 
-# --- the CSV escape hatch ----------------------------------------------------------------------
-
-CSV_COLUMNS = (
-    "procedure_id",
-    "mrn",
-    "accession_number",
-    "project_name",
-    "extract_generated_timestamp",
-    "study_date",
-    "study_uid",
-)
-
-
-def read_csv_extract(path: Path) -> CohortTable:
-    """Read the pre-Epic escape hatch: one CSV, one row per study.
-
-    Raises:
-        ExtractError: unreadable file, missing columns, several projects or timestamps in one
-            file, bad dates or duplicate procedure ids, naming the file, column and row.
-    """
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise ExtractError(f"{path}: not a readable CSV file ({type(exc).__name__})") from exc
-    missing = [c for c in CSV_COLUMNS if c not in frame.columns]
-    if missing:
-        raise ExtractError(
-            f"{path}: missing column(s) {', '.join(missing)}; expected {', '.join(CSV_COLUMNS)}"
-        )
-    frame["_file"] = str(path)
-    frame["_row"] = range(2, len(frame) + 2)  # spreadsheet row numbers: header is row 1
-    if frame.empty:
-        raise ExtractError(f"{path}: has a header but no rows")
-    for column in ("project_name", "extract_generated_timestamp"):
-        values = frame[column].str.strip().unique()
-        if len(values) != 1:
-            raise ExtractError(f"{path}: column {column} must hold one value for the whole file")
-    project_name = frame["project_name"].iloc[0].strip()
-    extract_datetime = parse_datetime(
-        frame["extract_generated_timestamp"].iloc[0],
-        where=f"{path}: column extract_generated_timestamp",
-    )
-    frame["procedure_occurrence_id"] = _clean_ids(frame, "procedure_id")
-    _check_unique(frame, "procedure_occurrence_id", "procedure")
-    frame["study_datetime"] = _parse_datetimes(
-        frame.replace({"study_date": {"": None}}), "study_date"
-    )
-    for source, target in (
-        ("mrn", "mrn"),
-        ("accession_number", "accession_number"),
-        ("study_uid", "study_uid"),
-    ):
-        frame[target] = _clean_identifiers(frame[source])
-    frame["series_uid"] = _clean_identifiers(frame["series_uid"]) if "series_uid" in frame else ""
-    no_mrn = frame["mrn"] == ""
-    if no_mrn.any():
-        raise ExtractError(f"{path}: row {frame.loc[no_mrn, '_row'].iloc[0]}: column mrn is empty")
-    imaging = (frame["accession_number"] != "") | (frame["study_uid"] != "")
-    summary = ExtractSummary(
-        project_name=project_name,
-        extract_datetime=extract_datetime,
-        settings={"cdm_source_name": project_name, "source": "csv"},
-        git_hash=None,
-        source=path,
-    )
-    messages = frame.loc[imaging, list(MESSAGE_COLUMNS)].reset_index(drop=True)
-    return CohortTable(
-        summary, messages, rows_read=len(frame), skipped_not_imaging=int((~imaging).sum())
-    )
-
-
-def read_csv_summary(path: Path) -> ExtractSummary:
-    """The project and extract datetime of a CSV escape-hatch file, reading only what's needed."""
-    try:
-        head = pd.read_csv(path, dtype=str, keep_default_na=False, nrows=1)
-    except (OSError, pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
-        raise ExtractError(f"{path}: not a readable CSV file ({type(exc).__name__})") from exc
-    for column in ("project_name", "extract_generated_timestamp"):
-        if column not in head.columns or head.empty:
-            raise ExtractError(f"{path}: missing column {column} or no rows")
-    name = head["project_name"].iloc[0].strip()
-    return ExtractSummary(
-        project_name=name,
-        extract_datetime=parse_datetime(
-            head["extract_generated_timestamp"].iloc[0],
-            where=f"{path}: column extract_generated_timestamp",
-        ),
-        settings={"cdm_source_name": name, "source": "csv"},
-        git_hash=None,
-        source=path,
-    )
+# --- either kind of source ---------------------------------------------------------------------
 
 
 def is_csv_extract(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() == ".csv"
+    return path.suffix.lower() == ".csv" and path.is_file()
+
+
+def read_any_summaries(path: Path) -> list[ExtractSummary]:
+    """The extracts a source holds: one for a directory, one per (project, timestamp) for a CSV.
+
+    Raises:
+        ExtractError: the source cannot be read or holds no extract, naming what and where.
+    """
+    from voxl_assets.cohort.csv_extract import read_csv_summaries
+
+    try:
+        return read_csv_summaries(path) if is_csv_extract(path) else [read_summary(path)]
+    except OSError as exc:
+        raise ExtractError(f"{path}: cannot be read ({describe_os_error(exc)})") from None
 
 
 def read_any_summary(path: Path) -> ExtractSummary:
-    return read_csv_summary(path) if is_csv_extract(path) else read_summary(path)
+    """The one extract of ``path`` (a CSV holding several is refused: use read_any_summaries)."""
+    summaries = read_any_summaries(path)
+    if len(summaries) != 1:
+        raise ExtractError(f"{path}: holds {len(summaries)} extracts (projects or timestamps)")
+    return summaries[0]
 
 
-def read_any_extract(path: Path) -> CohortTable:
-    """Read an extract directory or a CSV escape-hatch file."""
-    return read_csv_extract(path) if is_csv_extract(path) else read_extract(path)
+def read_any_extract(path: Path, summary: ExtractSummary | None = None) -> CohortTable:
+    """Read an extract directory, or the rows of one extract (``summary``) of a CSV file.
+
+    Raises:
+        ExtractError: as ``read_extract`` / ``read_csv_extract``; also when the source no longer
+            holds the extract ``summary`` names (it was changed after registration).
+    """
+    from voxl_assets.cohort.csv_extract import read_csv_extract
+
+    if is_csv_extract(path):
+        return read_csv_extract(path, summary)
+    cohort = read_extract(path)
+    if summary is not None and (
+        cohort.summary.project_slug != summary.project_slug
+        or cohort.summary.extract_datetime != summary.extract_datetime
+    ):
+        raise ExtractError(
+            f"{path / SUMMARY_FILE}: names another project or extract datetime than when it "
+            "was registered; register the changed extract again with `voxl populate`"
+        )
+    return cohort

@@ -1,10 +1,13 @@
 """The VOXL database: extracts, studies and their progress (SQLAlchemy 2 + Alembic)."""
 
-from voxl_assets.db.engine import VoxlDatabase, make_engine, upgrade_database
+from voxl_assets.db.engine import VoxlDatabase, make_engine, shared_database, upgrade_database
 from voxl_assets.db.models import (
     Extract,
+    ExtractRegistration,
+    ExtractSourceProblem,
     ExtractStudy,
     ProjectSalt,
+    RegistrationState,
     Study,
     StudyExport,
     StudyStatus,
@@ -13,13 +16,17 @@ from voxl_assets.db.models import (
 
 __all__ = [
     "Extract",
+    "ExtractRegistration",
+    "ExtractSourceProblem",
     "ExtractStudy",
     "ProjectSalt",
+    "RegistrationState",
     "Study",
     "StudyExport",
     "StudyStatus",
     "UploadAttempt",
     "VoxlDatabase",
     "make_engine",
+    "shared_database",
     "upgrade_database",
 ]

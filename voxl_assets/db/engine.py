@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import ast
+import re
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from voxl_assets import settings
+from voxl_assets.at_rest import make_private_dir, make_private_file
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -34,15 +38,58 @@ def make_engine(url: str | None = None) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            # Identifiers live here: 0600 before SQLite creates it (its journals copy the mode).
+            database = Path(parsed.database)
+            make_private_dir(database.parent, tighten=database.parent == settings.voxl_home())
+            make_private_file(database)
         engine = create_engine(url, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     return create_engine(url, pool_pre_ping=True)
 
 
+_REVISION_LINE = re.compile(r"^(down_revision|revision)\b[^=\n]*=\s*(.+)$", re.MULTILINE)
+
+
+@cache
+def head_revisions() -> frozenset[str]:
+    """The newest migration(s): revisions that no other revision names as its ``down_revision``.
+
+    Read from the version files' ``revision``/``down_revision`` lines rather than through Alembic,
+    whose import costs most of a second: every `voxl` command and sensor tick checks the schema.
+    """
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for path in (MIGRATIONS_DIR / "versions").glob("*.py"):
+        for name, value in _REVISION_LINE.findall(path.read_text()):
+            parsed = ast.literal_eval(value.strip())
+            if name == "revision":
+                revisions.add(parsed)
+            elif isinstance(parsed, str):
+                parents.add(parsed)
+            elif parsed:
+                parents.update(parsed)
+    return frozenset(revisions - parents)
+
+
+def schema_is_current(engine: Engine) -> bool:
+    """True when the database records exactly the newest migration(s)."""
+    try:
+        with engine.connect() as connection:
+            applied = connection.execute(text("SELECT version_num FROM alembic_version")).scalars()
+            return frozenset(applied) == head_revisions()
+    except DBAPIError:  # no alembic_version table yet: a new database
+        return False
+
+
 def upgrade_database(engine: Engine) -> None:
-    """Bring the schema to the newest migration (safe to call on every start)."""
+    """Bring the schema to the newest migration (safe to call on every start; Alembic is loaded
+    only when a migration is due)."""
+    if schema_is_current(engine):
+        return
+    from alembic import command
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     with engine.begin() as connection:
@@ -68,3 +115,16 @@ class VoxlDatabase:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+_databases: dict[str, VoxlDatabase] = {}
+_databases_lock = threading.Lock()
+
+
+def shared_database(url: str | None = None) -> VoxlDatabase:
+    """One engine (and one migration check) per URL and process."""
+    url = url or settings.database_url()
+    with _databases_lock:
+        if url not in _databases:
+            _databases[url] = VoxlDatabase(url)
+        return _databases[url]

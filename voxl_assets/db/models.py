@@ -45,11 +45,68 @@ class StudyStatus(enum.StrEnum):
         return self in (StudyStatus.UPLOADED, StudyStatus.FILTERED, StudyStatus.FAILED)
 
 
+class RegistrationState(enum.StrEnum):
+    """Where a registered extract is: waiting for its cohort run, ingested, or failed (with a
+    non-identifying reason) and replaceable by a corrected copy."""
+
+    PENDING = "pending"
+    INGESTED = "ingested"
+    FAILED = "failed"
+
+
 class Base(DeclarativeBase):
     pass
 
 
+class ExtractRegistration(Base):
+    """An extract identity (project, extract datetime) claimed by one source (folder or CSV
+    file). The ``extracts`` row exists only once the source is ingested; until then, and when the
+    ingest fails, this row alone records it, so a failure leaves nothing else behind."""
+
+    __tablename__ = "extract_registrations"
+    __table_args__ = (
+        UniqueConstraint("project", "extract_datetime", name="uq_extract_registration"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project: Mapped[str] = mapped_column(String(128))
+    extract_datetime: Mapped[datetime] = mapped_column(DateTime)
+    source_path: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16), default=RegistrationState.PENDING.value)
+    # Why the last ingest failed (file, column, row; never a value), and whether the input was
+    # at fault (exit code 2) rather than the system (exit code 1).
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    bad_input: Mapped[bool] = mapped_column(Boolean, default=False)
+    warnings: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    counts: Mapped[dict[str, int] | None] = mapped_column(JSON, nullable=True)
+    omop_es_settings: Mapped[dict[str, object] | None] = mapped_column(JSON, nullable=True)
+    omop_es_git_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # Bumped when a failed registration is retried or replaced: part of the sensor's run key.
+    revision: Mapped[int] = mapped_column(Integer, default=1)
+    registered_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    @property
+    def partition_key(self) -> str:
+        return extract_partition_key(self.project, self.extract_datetime)
+
+
+class ExtractSourceProblem(Base):
+    """A source in the extracts folder that could not become a registration (unreadable summary,
+    unregistered project, an identity another source holds): shown by `voxl status`."""
+
+    __tablename__ = "extract_source_problems"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    source_path: Mapped[str] = mapped_column(Text, unique=True)
+    reason: Mapped[str] = mapped_column(Text)
+    first_seen: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    last_seen: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
 class Extract(Base):
+    """An ingested extract: its studies are linked through ``extract_studies``."""
+
     __tablename__ = "extracts"
     __table_args__ = (UniqueConstraint("project", "extract_datetime", name="uq_extract"),)
 
@@ -96,6 +153,8 @@ class Study(Base):
     accession_number: Mapped[str] = mapped_column(String(64), default="")
     study_uid: Mapped[str] = mapped_column(String(128), default="")
     series_uid: Mapped[str] = mapped_column(String(128), default="")
+    # Given by a CSV extract: the pseudonymous PatientID the researchers know ('' = hash the MRN).
+    participant_id: Mapped[str] = mapped_column(String(64), default="")
     study_datetime: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
 
     status: Mapped[str] = mapped_column(String(16), default=StudyStatus.QUEUED.value)

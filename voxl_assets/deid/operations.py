@@ -8,16 +8,18 @@ instance's Manufacturer. Everything not listed is removed.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydicom.datadict import tag_for_keyword
 from pydicom.tag import BaseTag, Tag
+
+from voxl_assets.config_files import ConfigFileError, read_yaml
+from voxl_assets.confinement import PathEscapeError, confined_path
+from voxl_assets.project_regex import ProjectRegex, ProjectRegexError, compile_project_regex
 
 
 class Op(StrEnum):
@@ -56,7 +58,7 @@ class TagOperations:
 
 @dataclass(frozen=True)
 class ManufacturerOverride:
-    pattern: re.Pattern[str]
+    pattern: ProjectRegex
     operations: TagOperations
     source: str
 
@@ -148,9 +150,9 @@ def _parse_entry(path: Path, index: int, entry: Mapping[str, Any]) -> tuple[Any,
 
 def _read(path: Path) -> dict[str, Any]:
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise TagOperationsError(f"{path}: cannot read YAML ({exc})") from exc
+        raw = read_yaml(path)
+    except ConfigFileError as exc:
+        raise TagOperationsError(str(exc)) from None
     if not isinstance(raw, dict) or not isinstance(raw.get("operations"), list):
         raise TagOperationsError(f"{path}: expected a mapping with an 'operations' list")
     return raw
@@ -171,13 +173,15 @@ def load_operations_file(path: Path) -> TagOperations:
 def load_policy(
     ops_dir: Path, base_files: Iterable[str], override_files: Iterable[str]
 ) -> TagPolicy:
-    """Merge the base files in order (later wins) and load the manufacturer overrides."""
+    """Merge the base files in order (later wins) and load the manufacturer overrides.
+
+    Names are relative to ``ops_dir`` and must stay inside it (symbolic links resolved)."""
     base = TagOperations()
     for name in base_files:
-        base = base.merged(load_operations_file(ops_dir / name))
+        base = base.merged(load_operations_file(_inside(ops_dir, name)))
     overrides = []
     for name in override_files:
-        path = ops_dir / name
+        path = _inside(ops_dir, name)
         raw = _read(path)
         pattern = raw.get("manufacturer")
         if not isinstance(pattern, str):
@@ -185,8 +189,15 @@ def load_policy(
                 f"{path}: manufacturer: a regex is required in an override file"
             )
         try:
-            compiled = re.compile(pattern)
-        except re.error as exc:
-            raise TagOperationsError(f"{path}: manufacturer: not a valid regex ({exc})") from exc
+            compiled = compile_project_regex(pattern)
+        except ProjectRegexError as exc:
+            raise TagOperationsError(f"{path}: manufacturer: {exc}") from None
         overrides.append(ManufacturerOverride(compiled, load_operations_file(path), str(path)))
     return TagPolicy(base, overrides)
+
+
+def _inside(ops_dir: Path, name: str) -> Path:
+    try:
+        return confined_path(ops_dir, name)
+    except PathEscapeError as exc:
+        raise TagOperationsError(f"{ops_dir / name}: {exc}") from None

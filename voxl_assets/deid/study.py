@@ -14,9 +14,9 @@ from voxl_assets.deid.hashing import HashingBackend, ProjectHasher
 from voxl_assets.deid.identifiers import StudyIdentifiers
 from voxl_assets.deid.operations import TagPolicy, load_policy
 from voxl_assets.deid.store import AnonymisedStore
-from voxl_assets.imaging.pipeline import StudyFailure, StudyFiltered
-from voxl_assets.imaging.study_state import StudyRequest, set_status
+from voxl_assets.outcomes import StudyFailure, StudyFiltered
 from voxl_assets.project_config import ProjectDefinition, tag_operations_dir
+from voxl_assets.study_state import StudyRequest, set_status
 
 ALLOW_LIST_CHECK = "no_tag_outside_allow_list"
 IDENTIFIER_CHECK = "no_identifier_in_output"
@@ -46,6 +46,12 @@ class AnonymisedStudy:
             "bytes_out": report.bytes_out,
             "instances_filtered": sum(report.filtered.values()),
             "filter_reasons": report.filter_summary() or "none",
+            "instances_refused": sum(report.refused.values()),
+            "refusal_reasons": report.refusal_summary() or "none",
+            "vr_changes": ", ".join(
+                f"{change} x{n}" for change, n in sorted(report.vr_changes.items())
+            )
+            or "none",
             "ultrasound_blanked": report.blanked_instances,
         }
 
@@ -88,7 +94,9 @@ def anonymise_study(
     identifiers = request_identifiers(request)
     with store.writing(request.project, request.study_id) as staging:
         try:
-            report = deidentifier.deidentify_study(raw_files, staging, identifiers)
+            report = deidentifier.deidentify_study(
+                raw_files, staging, identifiers, request.participant_id or None
+            )
         except OutputCheckError as exc:
             checks = {
                 ALLOW_LIST_CHECK: (not exc.disallowed, str(exc) if exc.disallowed else "passed"),
@@ -97,6 +105,11 @@ def anonymise_study(
             failed = [name for name, (ok, _) in checks.items() if not ok]
             raise PrivacyCheckFailed(f"privacy check failed: {', '.join(failed)}", checks) from None
         if report.instances_out == 0:
+            if report.refused:  # broken files are a failure to retrieve, not a project's filter
+                reasons = ", ".join(
+                    r for r in (report.refusal_summary(), report.filter_summary()) if r
+                )
+                raise StudyFailure(f"no instance could be written ({reasons})")
             raise StudyFiltered(
                 f"all {report.instances_in} instances filtered out ({report.filter_summary()})"
             )
@@ -107,6 +120,8 @@ def anonymise_study(
         StudyStatus.ANONYMISED,
         details={"deid": result.metadata()},
         pseudo_study_uid=report.pseudo_study_uid,
-        pseudo_patient_id=report.pseudo_patient_id,
+        # A participant id names the patient in the mapping table even where the allow-list
+        # writes no PatientID.
+        pseudo_patient_id=request.participant_id or report.pseudo_patient_id,
     )
     return result

@@ -84,7 +84,38 @@ def mapping_rows(database: VoxlDatabase, extract_key: str) -> tuple[Extract, Map
     return extract, MappingRows(linked, excluded)
 
 
-def _write_parquet(table: pa.Table, path: Path) -> None:
+def registered_extract(database: VoxlDatabase, extract_key: str) -> Extract:
+    with database.session() as session:
+        extract = find_extract(session, extract_key)
+        if extract is None:
+            raise ExportError(
+                f"extract {extract_key} is not registered (run `voxl populate` first)"
+            )
+        session.expunge(extract)
+    return extract
+
+
+def mapping_tables(rows: MappingRows) -> dict[str, pa.Table]:
+    """The extract's tables by file name: ``IMAGE_LINKER.parquet`` and ``IMAGE_EXCLUSIONS.parquet``."""
+    return {
+        LINKER: pa.table(
+            {
+                "procedure_occurrence_id": pa.array([r[0] for r in rows.linked], pa.int64()),
+                "pseudo_study_uid": pa.array([r[1] for r in rows.linked], pa.string()),
+                "pseudo_patient_id": pa.array([r[2] for r in rows.linked], pa.string()),
+            }
+        ),
+        EXCLUSIONS: pa.table(
+            {
+                "procedure_occurrence_id": pa.array([r[0] for r in rows.excluded], pa.int64()),
+                "status": pa.array([r[1] for r in rows.excluded], pa.string()),
+                "reason": pa.array([r[2] for r in rows.excluded], pa.string()),
+            }
+        ),
+    }
+
+
+def write_parquet(table: pa.Table, path: Path) -> None:
     # No statistics or writer timestamps that vary: the same rows give the same bytes.
     pq.write_table(table, path, compression="zstd", write_statistics=False, store_schema=True)
 
@@ -136,9 +167,20 @@ def private_files(extract_dir: Path) -> list[Path]:
     return sorted(p for p in private.rglob("*.parquet") if p.is_file())
 
 
-def write_ehr_bundle(database: VoxlDatabase, extract_key: str, export_root: Path) -> BundleResult:
-    """Write the extract's bundle into a staging folder and swap it into place."""
-    extract, rows = mapping_rows(database, extract_key)
+def write_ehr_bundle(
+    database: VoxlDatabase,
+    extract_key: str,
+    export_root: Path,
+    tables: dict[str, pa.Table] | None = None,
+) -> BundleResult:
+    """Write the extract's bundle into a staging folder and swap it into place. ``tables`` are the
+    extract's ``mapping_tables`` (read from the database when not given)."""
+    if tables is None:
+        extract, rows = mapping_rows(database, extract_key)
+        tables = mapping_tables(rows)
+    else:
+        extract = registered_extract(database, extract_key)
+    linked, excluded = tables[LINKER].num_rows, tables[EXCLUSIONS].num_rows
     source = Path(extract.source_path)
     relative = f"{extract.project}/{extract_folder_name(extract.extract_datetime)}"
     final = export_root / relative
@@ -149,26 +191,8 @@ def write_ehr_bundle(database: VoxlDatabase, extract_key: str, export_root: Path
             target = staging / path.relative_to(source / "public")
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, target)
-        _write_parquet(
-            pa.table(
-                {
-                    "procedure_occurrence_id": pa.array([r[0] for r in rows.linked], pa.int64()),
-                    "pseudo_study_uid": pa.array([r[1] for r in rows.linked], pa.string()),
-                    "pseudo_patient_id": pa.array([r[2] for r in rows.linked], pa.string()),
-                }
-            ),
-            staging / LINKER,
-        )
-        _write_parquet(
-            pa.table(
-                {
-                    "procedure_occurrence_id": pa.array([r[0] for r in rows.excluded], pa.int64()),
-                    "status": pa.array([r[1] for r in rows.excluded], pa.string()),
-                    "reason": pa.array([r[2] for r in rows.excluded], pa.string()),
-                }
-            ),
-            staging / EXCLUSIONS,
-        )
+        for name, table in tables.items():
+            write_parquet(table, staging / name)
         files = sorted(p for p in staging.rglob("*") if p.is_file())
         provenance = {
             "project": extract.project,
@@ -176,7 +200,7 @@ def write_ehr_bundle(database: VoxlDatabase, extract_key: str, export_root: Path
             "omop_es_settings": extract.omop_es_settings or {},
             "omop_es_git_hash": extract.omop_es_git_hash,
             "voxl_version": voxl_version(),
-            "counts": {"studies_linked": len(rows.linked), "studies_excluded": len(rows.excluded)},
+            "counts": {"studies_linked": linked, "studies_excluded": excluded},
             "files": {p.relative_to(staging).as_posix(): _sha256(p) for p in files},
         }
         (staging / PROVENANCE).write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n")
@@ -192,9 +216,7 @@ def write_ehr_bundle(database: VoxlDatabase, extract_key: str, export_root: Path
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return BundleResult(
-        final, len(rows.linked), len(rows.excluded), len(files) + 1, total, relative
-    )
+    return BundleResult(final, linked, excluded, len(files) + 1, total, relative)
 
 
 def public_column_names(extract_dir: Path) -> set[str]:

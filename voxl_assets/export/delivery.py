@@ -7,6 +7,9 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+from voxl_assets.cohort.ingest import find_extract
+from voxl_assets.db import VoxlDatabase
+from voxl_assets.db.models import utcnow
 from voxl_assets.export.bundle import PROVENANCE, BundleResult
 from voxl_assets.upload.factory import make_uploader
 
@@ -34,3 +37,13 @@ def deliver_bundle(bundle: BundleResult, destination: Any, export_root: Path) ->
         "files_sent": report.instances,
         "bytes_sent": report.bytes,
     }
+
+
+def record_delivery(database: VoxlDatabase, extract_key: str, delivery: dict[str, Any]) -> None:
+    """Stamp the extract's ``exported_at`` when its bundle went out (or, with no EHR
+    destination, was completed in the export folder); an unchanged bundle not resent keeps the
+    time of its delivery."""
+    with database.session() as session:
+        extract = find_extract(session, extract_key)
+        if extract is not None and (delivery.get("sent") or extract.exported_at is None):
+            extract.exported_at = utcnow()

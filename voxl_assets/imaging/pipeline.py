@@ -18,7 +18,8 @@ from enum import StrEnum
 from queue import Empty, Queue
 from typing import Any
 
-from voxl_assets.imaging.study_state import StudyRequest
+from voxl_assets.outcomes import StudyFailure, StudyFiltered, StudyWaiting, code_location
+from voxl_assets.study_state import StudyRequest
 
 log = logging.getLogger(__name__)
 
@@ -57,23 +58,6 @@ class StageOutcome:
 StageFunction = Callable[[StudyRequest, dict[Stage, StageOutcome]], StageOutcome]
 
 
-class StudyFailure(Exception):
-    """A stage failed for a reason worth showing; the message must hold no identifier."""
-
-
-class StudyFiltered(Exception):
-    """A stage ended the study on purpose (every series filtered out, say)."""
-
-
-class StudyWaiting(Exception):
-    """The study must wait (an archive's window is closed); the message says for what, and
-    ``not_before`` when to try again."""
-
-    def __init__(self, message: str, not_before: datetime | None = None) -> None:
-        super().__init__(message)
-        self.not_before = not_before
-
-
 def run_stage(
     request: StudyRequest,
     stage: Stage,
@@ -103,7 +87,7 @@ def run_stage(
         )
     except Exception as exc:  # one study must not stop the batch
         # The exception text may quote a value from a file or a peer: keep its type and where.
-        where = _innermost_frame(exc)
+        where = code_location(exc)
         log.error(
             "study %s: unexpected %s in %s at %s",
             request.partition_key,
@@ -124,17 +108,6 @@ def run_stage(
         time.monotonic() - started,
         metadata=dict(result or {}),
     )
-
-
-def _innermost_frame(exc: BaseException) -> str:
-    """``file.py:123 in function`` of where ``exc`` was raised: code location, never values."""
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    if tb is None:
-        return "unknown location"
-    code = tb.tb_frame.f_code
-    return f"{code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_lineno} in {code.co_name}"
 
 
 def process_study(

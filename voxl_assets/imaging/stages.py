@@ -17,10 +17,11 @@ from voxl_assets.deid.engine import Deidentifier
 from voxl_assets.deid.hashing import HashingBackend
 from voxl_assets.deid.store import AnonymisedStore
 from voxl_assets.deid.study import PrivacyCheckFailed, anonymise_study, build_deidentifier
-from voxl_assets.imaging.pipeline import Stage, StageOutcome, StageResult, StudyFailure
-from voxl_assets.imaging.study_state import StudyRequest, set_status
+from voxl_assets.imaging.pipeline import Stage, StageOutcome, StageResult
+from voxl_assets.outcomes import StudyFailure
 from voxl_assets.project_config import ProjectRegistry
 from voxl_assets.retry import TransientError
+from voxl_assets.study_state import StudyRequest, set_status
 from voxl_assets.upload.base import UploadError, UploadTarget
 from voxl_assets.upload.exactly_once import upload_study_once
 from voxl_assets.upload.factory import make_uploader

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-from voxl_assets import settings
 from voxl_assets.project_config import (
     AzureBlobDestination,
     AzureDicomDestination,
@@ -51,10 +49,15 @@ def _required(env: Mapping[str, str], name: str, what: str) -> str:
 
 
 def _local(destination: LocalDirectoryDestination) -> Any:
+    from voxl_assets.at_rest import make_private_dir
+    from voxl_assets.confinement import PathEscapeError
+    from voxl_assets.project_config import local_destination_path
     from voxl_assets.upload.local import LocalUploader
 
-    root = Path(destination.path)
-    return LocalUploader(root if root.is_absolute() else settings.voxl_home() / root)
+    try:
+        return LocalUploader(make_private_dir(local_destination_path(destination), tighten=False))
+    except PathEscapeError as exc:
+        raise UploadError(f"local destination {destination.path}: {exc}") from None
 
 
 def _ftps(destination: FtpsDestination, env: Mapping[str, str]) -> Any:

@@ -34,22 +34,46 @@ behind authentication would name environment variables, as project destinations 
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
+from voxl_assets.config_files import ConfigFileError, read_yaml
 from voxl_assets.vna.client import VnaClient, VnaSettings, make_vna_client
 from voxl_assets.vna.windows import TimeWindow, WindowConfigError, parse_window
 
 
 class ArchiveConfigError(ValueError):
     """The archives file is wrong; the message names the file, the archive and the field."""
+
+
+def _check_address(value: str) -> str:
+    try:
+        ipaddress.ip_network(value.strip(), strict=False)
+    except ValueError:
+        raise ValueError(
+            "must be an IP address or network (10.0.0.5, 10.0.0.0/24); host names are not taken"
+        ) from None
+    return value.strip()
+
+
+def parse_move_source_addresses(value: str, where: str) -> tuple[str, ...]:
+    """A comma-separated list of IP addresses or networks (``VOXL_VNA_MOVE_SOURCE_ADDRESSES``).
+
+    Raises:
+        ArchiveConfigError: an entry is not an address or network; the message names ``where``.
+    """
+    entries = [entry.strip() for entry in value.split(",") if entry.strip()]
+    try:
+        return tuple(_check_address(entry) for entry in entries)
+    except ValueError as exc:
+        raise ArchiveConfigError(f"{where}: {exc}") from None
 
 
 class _ArchiveModel(BaseModel):
@@ -66,6 +90,10 @@ class _ArchiveModel(BaseModel):
     queries_per_second: float = Field(default=5.0, gt=0)
     timeout_seconds: float = Field(default=120.0, gt=0)
     window: dict[str, Any] | None = None
+    # Where the archive's C-MOVE C-STOREs come from, when not from ``host`` (a cluster's nodes).
+    move_source_addresses: list[Annotated[str, AfterValidator(_check_address)]] = Field(
+        default_factory=list
+    )
 
 
 class _ArchivesFile(BaseModel):
@@ -89,9 +117,9 @@ def load_archive_configs(path: Path, local: VnaSettings) -> list[ArchiveConfig]:
     """The archives of ``path`` in the order they are asked. ``local`` gives VOXL's own side
     (calling AE title, C-MOVE destination and port), shared by every archive."""
     try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ArchiveConfigError(f"{path}: cannot read the archives file ({exc})") from None
+        raw = read_yaml(path)
+    except ConfigFileError as exc:
+        raise ArchiveConfigError(f"archives file {exc}") from None
     try:
         parsed = _ArchivesFile.model_validate(raw)
     except ValidationError as exc:
@@ -125,9 +153,41 @@ def load_archive_configs(path: Path, local: VnaSettings) -> list[ArchiveConfig]:
             queries_per_second=model.queries_per_second,
             network_timeout=model.timeout_seconds,
             dimse_timeout=model.timeout_seconds,
+            move_source_addresses=tuple(model.move_source_addresses),
         )
         configs.append(ArchiveConfig(model.name, settings, model.priority, window))
     return sorted(configs, key=lambda c: c.priority)  # stable: ties keep the file's order
+
+
+def _is_loopback(host: str) -> bool:
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip()).is_loopback
+    except ValueError:
+        return False
+
+
+def store_scp_warnings(configs: list[ArchiveConfig]) -> list[str]:
+    """C-MOVE set-ups that cannot work as configured: an archive on another host moving to a
+    Storage SCP that listens on loopback only, or a Storage SCP port the archive cannot know."""
+    warnings = []
+    for config in configs:
+        s = config.settings
+        if s.kind != "dimse" or s.retrieve != "c-move":
+            continue
+        if _is_loopback(s.store_scp_host) and not _is_loopback(s.host):
+            warnings.append(
+                f"archive {config.name} retrieves with C-MOVE from {s.host}, but VOXL's Storage "
+                f"SCP listens on {s.store_scp_host} only: set VOXL_STORE_SCP_HOST to this host's "
+                "address on the archive's network"
+            )
+        if s.store_scp_port == 0:
+            warnings.append(
+                f"archive {config.name} retrieves with C-MOVE but VOXL_STORE_SCP_PORT is 0 (a new "
+                "port each time): fix it and register it with the archive"
+            )
+    return warnings
 
 
 @dataclass

@@ -8,12 +8,15 @@ exceptions name outcomes and counts, never the identifiers searched for.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import ipaddress
 import logging
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -24,10 +27,10 @@ from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_file_meta_info
 from pynetdicom import AE, StoragePresentationContexts, build_role, evt
 from pynetdicom import association as pynetdicom_association
-from pynetdicom.transport import AssociationSocket
+from pynetdicom.transport import AssociationSocket, ThreadedAssociationServer
 
 from voxl_assets.dicom_constants import STUDY_ROOT_FIND, STUDY_ROOT_GET, STUDY_ROOT_MOVE
-from voxl_assets.imaging.pipeline import StudyFailure
+from voxl_assets.outcomes import StudyFailure
 from voxl_assets.retry import TokenBucket, TransientError
 
 log = logging.getLogger(__name__)
@@ -127,6 +130,9 @@ class VnaSettings:
     retrieve: Literal["c-get", "c-move"] = "c-get"
     move_destination_ae: str = "VOXL"
     store_scp_port: int = 0  # VOXL's Storage SCP for C-MOVE (0: chosen by the system)
+    store_scp_host: str = "127.0.0.1"  # the address it listens on (VOXL_STORE_SCP_HOST)
+    # Addresses or networks the archive's C-STOREs may come from; empty: what ``host`` resolves to.
+    move_source_addresses: tuple[str, ...] = ()
     dicomweb_url: str = ""
     acse_timeout: float = 30.0
     dimse_timeout: float = 120.0
@@ -237,41 +243,134 @@ class InstanceWriter:
         return 0x0000
 
 
-class MoveReceiver:
-    """VOXL's Storage SCP for C-MOVE, one per AE title and port, shared by every archive that
-    moves to it (a site registers one VOXL destination with all its archives). Instances are
-    routed to the retrieval waiting for their study."""
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-    _shared: dict[tuple[str, int], MoveReceiver] = {}
+# C-STORE status for an instance VOXL did not ask this sender for (PS3.7 C.5: Refused: Not
+# Authorized). The sender sees a failed sub-operation; nothing is written.
+STATUS_NOT_AUTHORISED = 0x0124
+
+
+@functools.lru_cache(maxsize=256)  # asked once per received instance, for a handful of peers
+def _ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+@dataclass(frozen=True)
+class MovePeer:
+    """An archive allowed to send C-STOREs to VOXL's Storage SCP: its AE title and the networks
+    its connections may come from."""
+
+    ae_title: str
+    networks: tuple[IpNetwork, ...]
+
+    @classmethod
+    def for_archive(cls, settings: VnaSettings) -> MovePeer:
+        """The archive of ``settings``: ``move_source_addresses`` when given, else every address
+        its ``host`` resolves to (an unresolvable host admits nothing, and says so)."""
+        if settings.move_source_addresses:
+            networks = tuple(
+                ipaddress.ip_network(a, strict=False) for a in settings.move_source_addresses
+            )
+            return cls(settings.ae_title.strip(), networks)
+        try:
+            infos = socket.getaddrinfo(settings.host, None, proto=socket.IPPROTO_TCP)
+        except OSError:
+            log.warning(
+                "archive host %s does not resolve: its C-STOREs will be refused "
+                "(give move_source_addresses)",
+                settings.host,
+            )
+            infos = []
+        addresses = {_ip(str(info[4][0])) for info in infos}
+        networks = tuple(ipaddress.ip_network(a) for a in sorted(addresses, key=str) if a)
+        return cls(settings.ae_title.strip(), networks)
+
+    def admits_address(self, address: str) -> bool:
+        ip = _ip(address)
+        return ip is not None and any(ip in network for network in self.networks)
+
+    def admits(self, ae_title: str, address: str) -> bool:
+        return ae_title.strip() == self.ae_title and self.admits_address(address)
+
+
+class _GuardedAssociationServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server that closes a connection from an address no archive uses
+    before a byte of DICOM is read (``socketserver``'s ``verify_request`` hook)."""
+
+    def __init__(self, *args: Any, admit: Callable[[str], bool], **kwargs: Any) -> None:
+        self._admit = admit
+        super().__init__(*args, **kwargs)
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        host = client_address[0] if isinstance(client_address, tuple) else str(client_address)
+        return self._admit(str(host))
+
+
+@dataclass(frozen=True)
+class _Route:
+    writer: InstanceWriter
+    peer: MovePeer
+
+
+class MoveReceiver:
+    """VOXL's Storage SCP for C-MOVE, one per AE title, address and port, shared by every archive
+    that moves to it (a site registers one VOXL destination with all its archives).
+
+    It listens on one configured address (``VOXL_STORE_SCP_HOST``, loopback by default) and
+    accepts only the archives registered with it: a connection from another address is closed,
+    an association from another calling AE title is rejected, and an instance is stored only if
+    its study is being retrieved at that moment from the archive that sent it. Everything refused
+    is counted in ``refused`` and never written."""
+
+    _shared: dict[tuple[str, str, int], MoveReceiver] = {}
     _shared_lock = threading.Lock()
 
-    def __init__(self, ae_title: str, port: int, network_timeout: float) -> None:
-        self.routes: dict[str, InstanceWriter] = {}
+    def __init__(self, ae_title: str, port: int, network_timeout: float, host: str) -> None:
+        self.routes: dict[str, _Route] = {}
         self.users = 0
-        ae = AE(ae_title=ae_title)
+        self.refused: Counter[str] = Counter()
+        self._peers: Counter[MovePeer] = Counter()
+        self._lock = threading.Lock()
+        self.ae = ae = AE(ae_title=ae_title)
         ae.maximum_pdu_size = 0
         ae.network_timeout = network_timeout
         for sop_class in STORAGE_CLASSES:
             ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
-        self.server: Any = None
-        self.server = ae.start_server(
-            ("0.0.0.0", port),
-            block=False,
+        server = ae.make_server(
+            (host, port),
             evt_handlers=[
                 (evt.EVT_C_STORE, self._route_store),
                 (evt.EVT_CONN_OPEN, _poll_fast_on_open),
+                (evt.EVT_REJECTED, self._count_rejected),
             ],
+            server_class=_GuardedAssociationServer,
+            admit=self._admits_address,
         )
-        self.server.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        assert server.socket is not None  # bound by the constructor
+        server.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.server = server
+        ae._servers.append(server)  # as start_server does: shutdown() removes it from there
+        threading.Thread(
+            target=server.serve_forever, name="voxl-move-receiver", daemon=True
+        ).start()
 
     @classmethod
-    def acquire(cls, ae_title: str, port: int, network_timeout: float) -> MoveReceiver:
+    def acquire(
+        cls, ae_title: str, port: int, network_timeout: float, host: str = "127.0.0.1"
+    ) -> MoveReceiver:
         with cls._shared_lock:
-            receiver = cls._shared.get((ae_title, port)) if port else None
+            key = (ae_title, host, port)
+            receiver = cls._shared.get(key) if port else None
             if receiver is None:
-                receiver = cls(ae_title, port, network_timeout)
+                receiver = cls(ae_title, port, network_timeout, host)
                 if port:
-                    cls._shared[(ae_title, port)] = receiver
+                    cls._shared[key] = receiver
             receiver.users += 1
             return receiver
 
@@ -289,13 +388,64 @@ class MoveReceiver:
     def port(self) -> int:
         return int(self.server.server_address[1])
 
+    @property
+    def host(self) -> str:
+        return str(self.server.server_address[0])
+
+    # --- who may send ----------------------------------------------------------------------
+
+    def admit(self, peer: MovePeer) -> None:
+        """Accept associations from ``peer`` (an archive that will be asked to C-MOVE here)."""
+        with self._lock:
+            self._peers[peer] += 1
+            self._update_calling_titles()
+
+    def dismiss(self, peer: MovePeer) -> None:
+        with self._lock:
+            self._peers[peer] -= 1
+            if self._peers[peer] <= 0:
+                del self._peers[peer]
+            self._update_calling_titles()
+
+    def _update_calling_titles(self) -> None:
+        # pynetdicom accepts any calling AE title when this list is empty; then no address is
+        # admitted either, so nothing gets that far.
+        self.ae.require_calling_aet = sorted({peer.ae_title for peer in self._peers})
+
+    def _refuse(self, what: str) -> None:
+        with self._lock:
+            self.refused[what] += 1
+            count = self.refused[what]
+        log.warning("C-MOVE Storage SCP: refused %s (%d so far)", what.replace("_", " "), count)
+
+    def _admits_address(self, address: str) -> bool:
+        with self._lock:
+            admitted = any(peer.admits_address(address) for peer in self._peers)
+        if not admitted:
+            self._refuse("connection_from_unknown_address")
+        return admitted
+
+    def _count_rejected(self, _event: Any) -> None:
+        self._refuse("rejected_association")  # an unknown calling AE title, mostly
+
+    # --- what may be stored ----------------------------------------------------------------
+
+    def expect(self, study_uid: str, writer: InstanceWriter, peer: MovePeer) -> None:
+        """Store instances of ``study_uid`` that ``peer`` sends, with ``writer``, until
+        ``forget``."""
+        self.routes[study_uid] = _Route(writer, peer)
+
+    def forget(self, study_uid: str) -> None:
+        self.routes.pop(study_uid, None)
+
     def _route_store(self, event: Any) -> int:
         encoded = event.request.DataSet.getvalue()
-        writer = self.routes.get(_study_uid_of(encoded, event))
-        if writer is None:
-            log.warning("C-MOVE instance for a study no retrieval is waiting for: refused")
-            return 0xA801
-        return int(writer.handle_store(event, encoded))
+        route = self.routes.get(_study_uid_of(encoded, event))
+        requestor = event.assoc.requestor
+        if route is None or not route.peer.admits(requestor.ae_title, requestor.address):
+            self._refuse("unrequested_instance")
+            return STATUS_NOT_AUTHORISED
+        return int(route.writer.handle_store(event, encoded))
 
 
 def _study_uid_of(encoded: bytes, event: Any) -> str:
@@ -318,6 +468,7 @@ class DimseVna:
         self.settings = settings
         self._bucket = TokenBucket(settings.queries_per_second)
         self._receiver: MoveReceiver | None = None
+        self._peer: MovePeer | None = None
         self._receiver_lock = threading.Lock()
 
     def _ae(self) -> AE:
@@ -481,23 +632,33 @@ class DimseVna:
         finally:
             assoc.release()
 
-    def _move_receiver(self) -> MoveReceiver:
+    def _move_receiver(self) -> tuple[MoveReceiver, MovePeer]:
+        """The Storage SCP, with this archive admitted as a sender."""
         with self._receiver_lock:
-            if self._receiver is None:
-                self._receiver = MoveReceiver.acquire(
+            if self._receiver is None or self._peer is None:
+                receiver = MoveReceiver.acquire(
                     self.settings.move_destination_ae,
                     self.settings.store_scp_port,
                     self.settings.network_timeout,
+                    self.settings.store_scp_host,
                 )
-            return self._receiver
+                self._peer = MovePeer.for_archive(self.settings)
+                receiver.admit(self._peer)
+                self._receiver = receiver
+            return self._receiver, self._peer
 
     @property
     def store_scp_port(self) -> int:
-        return self._move_receiver().port
+        return self._move_receiver()[0].port
+
+    @property
+    def move_receiver(self) -> MoveReceiver:
+        """The C-MOVE Storage SCP this client retrieves through (started on first use)."""
+        return self._move_receiver()[0]
 
     def _move(self, identifier: Dataset, writer: InstanceWriter, study_uid: str) -> int | None:
-        receiver = self._move_receiver()
-        receiver.routes[study_uid] = writer
+        receiver, peer = self._move_receiver()
+        receiver.expect(study_uid, writer, peer)
         ae = self._ae()
         ae.add_requested_context(STUDY_ROOT_MOVE)
         assoc = self._associate(ae)
@@ -508,7 +669,7 @@ class DimseVna:
             return self._check_statuses(responses, "C-MOVE")
         finally:
             assoc.release()
-            receiver.routes.pop(study_uid, None)
+            receiver.forget(study_uid)
 
     @staticmethod
     def _check_statuses(responses: Iterator[tuple[Any, Any]], what: str) -> int | None:
@@ -537,8 +698,11 @@ class DimseVna:
     def close(self) -> None:
         with self._receiver_lock:
             if self._receiver is not None:
+                if self._peer is not None:
+                    self._receiver.dismiss(self._peer)
                 self._receiver.release()
                 self._receiver = None
+                self._peer = None
 
 
 def _arrived(count: int, expected: int | None) -> str:

@@ -14,9 +14,9 @@ from datetime import datetime
 from functools import cached_property
 from pathlib import Path
 
-from voxl_assets.imaging.pipeline import StudyWaiting
-from voxl_assets.imaging.study_state import StudyRequest
+from voxl_assets.outcomes import StudyWaiting
 from voxl_assets.retry import TransientError, retry_with_backoff
+from voxl_assets.study_state import StudyRequest
 from voxl_assets.vna.archives import Archive, ArchiveSet
 from voxl_assets.vna.cache import CachedStudy, RawCache, cache_key
 from voxl_assets.vna.client import (

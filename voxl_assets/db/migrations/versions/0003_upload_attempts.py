@@ -1,7 +1,7 @@
 """upload attempts: a record written before a study is sent and closed after
 
 Revision ID: 0002_h19_upload_attempts
-Revises: 0001
+Revises: 0002
 Create Date: 2026-11-26 10:00:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0002_h19_upload_attempts"
-down_revision: str | None = "0001"
+down_revision: str | None = "0002"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

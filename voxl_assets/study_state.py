@@ -6,7 +6,7 @@ must never contain identifiers: callers pass fixed phrases and counts, not value
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -30,6 +30,7 @@ class StudyRequest:
     study_datetime: datetime | None
     status: StudyStatus
     pseudo_study_uid: str | None
+    participant_id: str = ""  # from a CSV extract: the pseudonymous PatientID to write
 
     @property
     def partition_key(self) -> str:
@@ -70,6 +71,7 @@ def load_study_requests(
                     study_datetime=study.study_datetime,
                     status=StudyStatus(study.status),
                     pseudo_study_uid=study.pseudo_study_uid,
+                    participant_id=study.participant_id,
                 )
     return [found[i] for i in ids if i in found]
 
@@ -111,3 +113,23 @@ def set_status(
             study = session.get(Study, study_id)
             if study is not None:
                 study.details = {**(study.details or {}), **details}
+
+
+ENDED_FOR_NOW = (
+    StudyStatus.UPLOADED.value,
+    StudyStatus.FILTERED.value,
+    StudyStatus.FAILED.value,
+    StudyStatus.WAITING.value,
+)
+
+
+def count_ended_since(database: VoxlDatabase, study_ids: Collection[int], since: datetime) -> int:
+    """How many of ``study_ids`` reached an end for now (uploaded, filtered, failed, waiting) at or
+    after ``since`` (naive UTC): the progress of a run over those studies."""
+    with database.session() as session:
+        ended = session.scalars(
+            select(Study.id).where(
+                Study.status.in_(ENDED_FOR_NOW), Study.status_updated_at >= since
+            )
+        )
+        return sum(1 for study_id in ended if study_id in study_ids)
