@@ -68,6 +68,9 @@ class FtpServer:
     serving: threading.Thread
     # With drop_uploads: one entry per cut upload, what the home held at that moment.
     drops: list[list[str]] = field(default_factory=list)
+    # Every upload the server completed (STOR), as paths under the home, in order: the server's
+    # own count, which shows a file sent twice even when the second copy replaced the first.
+    received: list[str] = field(default_factory=list)
 
     def stop(self) -> None:
         self.server.close_all()  # type: ignore[attr-defined]
@@ -133,6 +136,12 @@ def start_ftp(
     else:
         handler = type("Handler", (FTPHandler,), {})
     handler.authorizer = authorizer
+    received: list[str] = []
+
+    def on_file_received(self: Any, file: str) -> None:
+        received.append(Path(file).relative_to(home).as_posix())
+
+    handler.on_file_received = on_file_received
     handler.auth_failed_timeout = 0.1  # default 3 s delay per wrong password slows the tests
     drops: list[list[str]] = []
     if drop_uploads:
@@ -151,7 +160,16 @@ def start_ftp(
     serving.start()
     wait_for_port(port)
     return FtpServer(
-        "127.0.0.1", port, "voxl", "s3cret-ftps", home, certificate, server, serving, drops
+        "127.0.0.1",
+        port,
+        "voxl",
+        "s3cret-ftps",
+        home,
+        certificate,
+        server,
+        serving,
+        drops,
+        received,
     )
 
 
