@@ -1,6 +1,6 @@
 """upload attempts: a record written before a study is sent and closed after
 
-Revision ID: 0002_h19_upload_attempts
+Revision ID: 0003
 Revises: 0002
 Create Date: 2026-11-26 10:00:00
 """
@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0002_h19_upload_attempts"
+revision: str = "0003"
 down_revision: str | None = "0002"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
