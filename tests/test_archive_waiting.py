@@ -30,6 +30,8 @@ from voxl_assets.synthetic import SeriesSpec, StudySpec, write_study
 from voxl_assets.vna.windows import DAY_NAMES
 
 SLUG = "archive-test"
+RANGE_START = "dagster/asset_partition_range_start"
+RANGE_END = "dagster/asset_partition_range_end"
 
 
 @pytest.fixture
@@ -103,19 +105,24 @@ def test_waiting_for_the_secondary_window_then_delivered(
         ],
     )
     emergency = StudySpec(patient_id="MRN-PACS", accession_number="ACC-PACS")
+    another = StudySpec(patient_id="MRN-PACS2", accession_number="ACC-PACS2")
     for path in write_study(three_series, tmp_path / "vna"):
         orthanc.upload(path)
-    for path in write_study(emergency, tmp_path / "pacs"):
+    for path in write_study(emergency, tmp_path / "pacs") + write_study(another, tmp_path / "p2"):
         pacs.upload(path)
     wanted_series = three_series.series[1].series_uid
     extract = tmp_path / "archive-test.csv"
     extract.write_text(
         "procedure_id,mrn,accession_number,project_name,extract_generated_timestamp,"
         "study_date,study_uid,participant_id,series_uid\n"
-        f"1,MRN-SERIES,ACC-SERIES,Archive Test,2026-11-20 09:00:00,2024-03-01,"
-        f"{three_series.study_uid},P1,{wanted_series}\n"
-        f"2,MRN-PACS,ACC-PACS,Archive Test,2026-11-20 09:00:00,2024-03-01,"
+        # The delivered study lies between the two waiting ones: the window run's partition
+        # range covers it, and must leave it alone.
+        f"1,MRN-PACS,ACC-PACS,Archive Test,2026-11-20 09:00:00,2024-03-01,"
         f"{emergency.study_uid},P2,\n"
+        f"2,MRN-SERIES,ACC-SERIES,Archive Test,2026-11-20 09:00:00,2024-03-01,"
+        f"{three_series.study_uid},P1,{wanted_series}\n"
+        f"3,MRN-PACS2,ACC-PACS2,Archive Test,2026-11-20 09:00:00,2024-03-01,"
+        f"{another.study_uid},P3,\n"
     )
 
     database = VoxlDatabase()
@@ -124,13 +131,15 @@ def test_waiting_for_the_secondary_window_then_delivered(
     instance = DagsterInstance.get()
     materialize_cohort(instance, extract_key, "test")
     keys = list(instance.get_dynamic_partitions(STUDIES))
-    assert len(keys) == 2
+    assert len(keys) == 3
     materialize_studies(instance, keys, "test")
 
     with database.session() as session:
         by_mrn = {s.mrn: s for s in session.query(Study)}
         series_study, waiting = by_mrn["MRN-SERIES"], by_mrn["MRN-PACS"]
         assert series_study.status == StudyStatus.UPLOADED.value
+        assert by_mrn["MRN-PACS2"].status == StudyStatus.WAITING.value
+        series_attempts = series_study.attempts
         assert waiting.status == StudyStatus.WAITING.value
         assert waiting.failure_reason is None
         assert waiting.waiting_for is not None and "archive pacs window" in waiting.waiting_for
@@ -155,7 +164,7 @@ def test_waiting_for_the_secondary_window_then_delivered(
 
     assert cli.main(["status", SLUG]) == cli.EXIT_OK
     shown = capsys.readouterr().out
-    assert f"1 waiting for archive pacs window ({closed_day.title()} all day (UTC)); opens" in shown
+    assert f"2 waiting for archive pacs window ({closed_day.title()} all day (UTC)); opens" in shown
     assert "MRN-PACS" not in shown and emergency.study_uid not in shown
 
     # Not due yet: the window sensor launches nothing.
@@ -165,7 +174,7 @@ def test_waiting_for_the_secondary_window_then_delivered(
     _archives_file(archives, orthanc, pacs, "mon-sun")
     assert len(waiting_batch_requests(keys, due_waiting_studies(database, not_before), 100)) == 1
     with database.session() as session:
-        session.query(Study).filter(Study.mrn == "MRN-PACS").update(
+        session.query(Study).filter(Study.mrn.in_(["MRN-PACS", "MRN-PACS2"])).update(
             {Study.not_before: datetime.now(UTC).replace(tzinfo=None) - timedelta(minutes=1)}
         )
     requests = _window_tick(instance)
@@ -176,10 +185,13 @@ def test_waiting_for_the_secondary_window_then_delivered(
     assert _window_tick(instance)[0].run_key == request.run_key
     _launch(instance, request)
 
+    assert (request.tags[RANGE_START], request.tags[RANGE_END]) == (keys[0], keys[2])
     with database.session() as session:
         statuses = {s.mrn: s.status for s in session.query(Study)}
-    assert statuses == {"MRN-SERIES": "uploaded", "MRN-PACS": "uploaded"}
-    assert len(sorted(delivered.glob("*.zip"))) == 2
+        rerun = session.query(Study).filter(Study.mrn == "MRN-SERIES").one().attempts
+    assert statuses == {"MRN-SERIES": "uploaded", "MRN-PACS": "uploaded", "MRN-PACS2": "uploaded"}
+    assert rerun == series_attempts  # inside the run's range, but not waiting: not processed
+    assert len(sorted(delivered.glob("*.zip"))) == 3
     assert _window_tick(instance) == []  # nothing waits any more
 
 

@@ -298,3 +298,92 @@ def test_series_level_request_retrieves_one_series_of_three(
             )
     finally:
         archives.close()
+
+
+def test_a_closed_archive_in_the_middle_stops_the_search(
+    orthanc: OrthancServer, pacs: OrthancServer, tmp_path: Path
+) -> None:
+    """vna (open, lacks the study) -> pacs (closed) -> research archive (open, has it): the study
+    waits for the PACS rather than being fetched from the lower-priority archive."""
+    spec = StudySpec(patient_id="MRN-M", accession_number="ACC-M", series=[SeriesSpec(instances=2)])
+    _load(orthanc, spec, tmp_path / "r")  # only the last archive holds it
+    vna_settings, pacs_settings, last_settings = (
+        _settings(pacs),
+        _settings(pacs),
+        _settings(orthanc),
+    )
+
+    def archives(clock: datetime) -> tuple[ArchiveSet, CountingClient, CountingClient]:
+        closing = CountingClient(make_vna_client(pacs_settings))
+        last = CountingClient(make_vna_client(last_settings))
+        archive_set = ArchiveSet(
+            [
+                Archive(ArchiveConfig("vna", vna_settings, 1), make_vna_client(vna_settings)),
+                Archive(ArchiveConfig("pacs", pacs_settings, 2, OUT_OF_HOURS), closing),
+                Archive(ArchiveConfig("research", last_settings, 3), last),
+            ],
+            clock=lambda: clock,
+        )
+        return archive_set, closing, last
+
+    cache = RawCache(tmp_path / "cache", 10**9)
+    closed, closing, last = archives(WEDNESDAY_NOON)
+    try:
+        with pytest.raises(ArchiveWindowClosed, match="archive pacs window"):
+            retrieve_raw_study(_request(spec), closed, cache, initial_delay=0.01)
+    finally:
+        closed.close()
+    assert closing.searches == [] and last.searches == []  # neither asked while pacs is closed
+    assert cache.used_bytes() == 0
+    opened, closing, last = archives(WEDNESDAY_EVENING)
+    try:
+        result = retrieve_raw_study(_request(spec), opened, cache, initial_delay=0.01)
+    finally:
+        opened.close()
+    assert result.archive == "research" and result.study.instances == 2
+    assert closing.searches == ["find"] and last.searches == ["find"]
+
+
+@pytest.mark.parametrize("kind", ["dimse", "dicomweb"])
+def test_a_series_request_is_topped_up_from_its_own_series_only(
+    orthanc: OrthancServer, pacs: OrthancServer, tmp_path: Path, kind: str
+) -> None:
+    """Instances added to every series since the series was cached: the top-up (C-FIND at IMAGE
+    level for the series, or QIDO-RS; then C-GET with a UID list, or WADO-RS per instance) fetches
+    the requested series' new instances and nothing of the other series."""
+    from dataclasses import replace
+
+    spec = _three_series()
+    files = write_study(spec, tmp_path / "v")
+    by_series: dict[str, list[Path]] = {}
+    from pydicom import dcmread
+
+    for path in files:
+        by_series.setdefault(str(dcmread(path).SeriesInstanceUID), []).append(path)
+    held_back = [paths[-1] for paths in by_series.values()]  # one instance of each series
+    for path in files:
+        if path not in held_back:
+            orthanc.upload(path)
+    archives, _ = _archives(orthanc, pacs)
+    if kind == "dicomweb":
+        for archive in archives:
+            server = orthanc if archive.name == "vna" else pacs
+            settings = replace(
+                archive.config.settings, kind="dicomweb", dicomweb_url=server.dicomweb_url
+            )
+            archive.client = make_vna_client(settings)
+    wanted = spec.series[1].series_uid
+    cache = RawCache(tmp_path / "cache", 10**9)
+    request = _request(spec, series_uid=wanted)
+    try:
+        first = retrieve_raw_study(request, archives, cache, initial_delay=0.01)
+        assert first.study.instances == 2
+        for path in held_back:
+            orthanc.upload(path)
+        topped = retrieve_raw_study(
+            request, archives, cache, initial_delay=0.01, top_up_cached=True
+        )
+    finally:
+        archives.close()
+    assert (topped.topped_up, topped.study.instances, topped.series) == (1, 3, 1)
+    assert {str(dcmread(p).SeriesInstanceUID) for p in topped.study.files()} == {wanted}

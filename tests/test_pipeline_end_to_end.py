@@ -10,7 +10,7 @@ import pydicom
 import pytest
 from dagster import DagsterInstance
 
-from tests.helpers.leaks import files_holding
+from tests.helpers.leaks import Identifiers, files_holding
 from tests.peers import free_port
 from voxl_assets.cohort.extract_reader import read_any_summary
 from voxl_assets.cohort.ingest import register_extract
@@ -94,7 +94,12 @@ def test_extract_to_delivered_files(voxl_env: Path, monkeypatch: pytest.MonkeyPa
 
     # Nothing VOXL wrote outside its own db and the raw cache holds an identifier: not the
     # Dagster storage (run and event SQLite files, compute logs), not the stores or exports.
-    needles = identifiers | {r.study_uid for r in scenario.rows}
+    # Decoded: parquet values, zip members, SQLite rows, DICOM values; names, birth dates, series
+    # and SOP UIDs too, any case, UTF-16 as well.
+    needles = Identifiers()
+    needles.add_dicom_files(p for p in scenario.archive_dir.rglob("*") if p.is_file())
+    for row in scenario.rows:
+        needles.add("extract", row.mrn, row.accession_number, row.study_uid)
     allowed = {voxl_env / "raw-cache", voxl_env / "demo"}  # demo: the inputs (archive, extract)
     scanned, leaking = files_holding(voxl_env, needles, allowed)
     assert not leaking, f"identifiers in {leaking}"

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from dagster import DagsterInstance, SensorResult, build_sensor_context, materialize
 
-from tests.helpers.leaks import files_holding
+from tests.helpers.leaks import Identifiers, files_holding
 from tests.peers.ftps import FtpServer
 from tests.peers.orthanc import OrthancServer, start_orthanc
 from voxl_assets import settings
@@ -170,7 +170,14 @@ def test_sensors_run_the_whole_job(
     reasons = dict((r, n) for r, n in status["failure_reasons"])
     # Everything VOXL wrote (Dagster's SQLite storage, event logs, compute logs, stores, exports)
     # holds no MRN, accession number or source study UID, apart from its db and the raw cache.
-    needles = [v for r in scenario.rows for v in (r.mrn, r.accession_number, r.study_uid)]
+    # The destinations' own storage too: the DICOMweb peer's files and index, the FTPS root.
+    needles = Identifiers()
+    needles.add_dicom_files(p for p in scenario.archive_dir.rglob("*") if p.is_file())
+    for row in scenario.rows:
+        needles.add("extract", row.mrn, row.accession_number, row.study_uid)
     scanned, leaking = files_holding(home, needles, [home / "raw-cache"])
     assert scanned > 10 and leaking == []
+    for peer_storage in (destination_orthanc.root / "storage", ftps_server.root):
+        scanned, leaking = files_holding(peer_storage, needles)
+        assert scanned > 0 and leaking == [], peer_storage
     assert reasons["failed: study not found on the VNA by study UID nor by MRN + accession"] == 3

@@ -1,11 +1,14 @@
 """Batches of study partitions: only studies still queued, one project per run, higher-priority
 projects first, and runs for waiting studies that skip the rest of their range."""
 
-from datetime import datetime
+from datetime import datetime, timedelta
+from pathlib import Path
 
+from voxl_assets.db import Study, StudyStatus, VoxlDatabase
 from voxl_assets.imaging.batches import (
     ONLY_STATUS_TAG,
     QueuedCursor,
+    due_waiting_studies,
     only_statuses,
     queued_batch_requests,
     waiting_batch_requests,
@@ -113,3 +116,42 @@ def test_waiting_runs_cover_only_due_studies_and_key_on_the_opening() -> None:
     assert {r.run_key for r in requests}.isdisjoint(
         {r.run_key for r in waiting_batch_requests(keys, later, 10)}
     )
+
+
+def test_waiting_runs_hold_at_most_the_batch_size() -> None:
+    keys = ["a/1", "a/2", "a/3", "a/4", "a/5"]
+    opening = datetime(2026, 11, 25, 20, 0)
+    requests = waiting_batch_requests(keys, dict.fromkeys(keys, opening), 2)
+    assert [(r.tags[RANGE_START], r.tags[RANGE_END]) for r in requests] == [
+        ("a/1", "a/2"),
+        ("a/3", "a/4"),
+        ("a/5", "a/5"),
+    ]
+
+
+def test_a_project_without_a_priority_ranks_as_zero() -> None:
+    keys = ["known/1", "unlisted/2", "urgent/3"]
+    queued = [(1, "known"), (2, "unlisted"), (3, "urgent")]
+    requests, _ = queued_batch_requests(
+        keys, queued, QueuedCursor(), 5, 10, {"known": 0, "urgent": 1}
+    )
+    assert [r.tags[RANGE_START] for r in requests] == ["urgent/3", "known/1", "unlisted/2"]
+    assert requests[2].tags["dagster/priority"] == "0"
+
+
+def test_a_waiting_study_is_due_from_the_moment_it_may_run(tmp_path: Path) -> None:
+    database = VoxlDatabase(f"sqlite:///{tmp_path / 'voxl.db'}")
+    opening = datetime(2026, 11, 25, 20, 0)
+    with database.session() as session:
+        session.add(
+            Study(
+                id=7,
+                project="p",
+                mrn="m",
+                status=StudyStatus.WAITING.value,
+                not_before=opening,
+            )
+        )
+        session.add(Study(id=8, project="p", mrn="n", status=StudyStatus.QUEUED.value))
+    assert due_waiting_studies(database, opening - timedelta(seconds=1)) == {}
+    assert due_waiting_studies(database, opening) == {"p/7": opening}

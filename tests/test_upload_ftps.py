@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ftplib
+import ssl
 from pathlib import Path
 
 import pytest
@@ -166,6 +168,25 @@ def test_failed_upload_records_nothing_and_the_rerun_sends_it(
         assert zip_names(server.root / TARGET.relative_zip_path) == {p.name for p in study}
     finally:
         server.stop()
+
+
+def test_stopping_one_test_server_leaves_the_others_serving(tmp_path: Path) -> None:
+    """The harness itself: pyftpdlib shares its threaded server's stop flag between all servers
+    of a process, so stopping one used to make every other one reset its next connection (the
+    test just above failed with "dropped the connection" depending on timing)."""
+    stopped = start_ftp(tmp_path / "stopped", tls=True)
+    kept = start_ftp(tmp_path / "kept", tls=True)
+    try:
+        stopped.stop()
+        assert not stopped.serving.is_alive()
+        ftp = ftplib.FTP_TLS(context=ssl.create_default_context(cafile=str(kept.certificate)))
+        ftp.connect(kept.host, kept.port, timeout=10)
+        ftp.auth()
+        ftp.login(kept.username, kept.password)
+        assert ftp.voidcmd("NOOP").startswith("200")
+        ftp.quit()
+    finally:
+        kept.stop()
 
 
 def test_missing_secret_names_the_variable(ftps_server: FtpServer) -> None:

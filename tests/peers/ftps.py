@@ -65,11 +65,18 @@ class FtpServer:
     root: Path
     certificate: Path | None
     server: object
+    serving: threading.Thread
     # With drop_uploads: one entry per cut upload, what the home held at that moment.
     drops: list[list[str]] = field(default_factory=list)
+    # Every upload the server completed (STOR), as paths under the home, in order: the server's
+    # own count, which shows a file sent twice even when the second copy replaced the first.
+    received: list[str] = field(default_factory=list)
 
     def stop(self) -> None:
         self.server.close_all()  # type: ignore[attr-defined]
+        # serve_forever() ends with a close_all() of its own once its poll times out: wait for
+        # it, so nothing of this server still runs when the next test starts one.
+        self.serving.join(timeout=10)
 
 
 def _dropping_dtp(base: Any, after_bytes: int, budget: list[int], on_drop: Any) -> type:
@@ -91,13 +98,29 @@ def _dropping_dtp(base: Any, after_bytes: int, budget: list[int], on_drop: Any) 
     return type("DroppingDTP", (base,), {"handle_read_event": handle_read_event})
 
 
+def _own_exit_server_class() -> type:
+    """pyftpdlib's ThreadedFTPServer keeps its stop flag (``_exit``, a threading.Event) and lock
+    on the class, so every server in the process shares them: stopping one server (or the late
+    close_all() its serve_forever() runs on the way out) stops the connection threads of every
+    other one, which then close their control connections unread (the client sees a reset).
+    This subclass gives each server its own."""
+    from pyftpdlib.servers import ThreadedFTPServer
+
+    class OwnExitThreadedFTPServer(ThreadedFTPServer):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self._exit = threading.Event()
+            self._lock = threading.Lock()
+            super().__init__(*args, **kwargs)
+
+    return OwnExitThreadedFTPServer
+
+
 def start_ftp(
     root: Path, *, tls: bool, drop_uploads: int = 0, drop_after: int = 64 * 1024
 ) -> FtpServer:
     from pyftpdlib.authorizers import DummyAuthorizer
     from pyftpdlib.handlers import FTPHandler, TLS_FTPHandler
     from pyftpdlib.ioloop import IOLoop
-    from pyftpdlib.servers import ThreadedFTPServer
 
     home = root / "home"
     home.mkdir(parents=True, exist_ok=True)
@@ -113,6 +136,12 @@ def start_ftp(
     else:
         handler = type("Handler", (FTPHandler,), {})
     handler.authorizer = authorizer
+    received: list[str] = []
+
+    def on_file_received(self: Any, file: str) -> None:
+        received.append(Path(file).relative_to(home).as_posix())
+
+    handler.on_file_received = on_file_received
     handler.auth_failed_timeout = 0.1  # default 3 s delay per wrong password slows the tests
     drops: list[list[str]] = []
     if drop_uploads:
@@ -124,15 +153,29 @@ def start_ftp(
         )
     port = free_port()
     # Each server gets its own IO loop: pyftpdlib's default loop is a process-wide singleton.
-    server = ThreadedFTPServer(("127.0.0.1", port), handler, ioloop=IOLoop())
-    threading.Thread(target=server.serve_forever, kwargs={"timeout": 0.2}, daemon=True).start()
+    server = _own_exit_server_class()(("127.0.0.1", port), handler, ioloop=IOLoop())
+    serving = threading.Thread(
+        target=server.serve_forever, kwargs={"timeout": 0.2}, name="ftpd-serve", daemon=True
+    )
+    serving.start()
     wait_for_port(port)
-    return FtpServer("127.0.0.1", port, "voxl", "s3cret-ftps", home, certificate, server, drops)
+    return FtpServer(
+        "127.0.0.1",
+        port,
+        "voxl",
+        "s3cret-ftps",
+        home,
+        certificate,
+        server,
+        serving,
+        drops,
+        received,
+    )
 
 
 @pytest.fixture(scope="module")
 def ftps_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FtpServer]:
-    """One server per test module (pyftpdlib servers do not like being restarted in-process)."""
+    """One server per test module; tests that change its behaviour start their own."""
     server = start_ftp(tmp_path_factory.mktemp("ftps"), tls=True)
     yield server
     server.stop()

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,8 +34,10 @@ class OrthancServer:
         ae_title: str = "ORTHANC",
         users: dict[str, str] | None = None,
         extra_config: dict[str, Any] | None = None,
+        count_deliveries: bool = False,
     ) -> None:
         self.extra_config = extra_config or {}
+        self.count_deliveries = count_deliveries
         self.root = root
         self.ae_title = ae_title
         self.http_port = free_port()
@@ -50,6 +53,32 @@ class OrthancServer:
     @property
     def dicomweb_url(self) -> str:
         return f"{self.url}/dicom-web"
+
+    @property
+    def deliveries_log(self) -> Path:
+        return self.root / "deliveries.log"
+
+    def deliveries(self) -> Counter[str]:
+        """How often Orthanc received each SOP Instance UID (re-sent copies included: Orthanc
+        keeps one instance per UID, so its own instance count cannot show a duplicate send)."""
+        if not self.deliveries_log.exists():
+            return Counter()
+        return Counter(self.deliveries_log.read_text().split())
+
+    def _lua_scripts(self) -> list[str]:
+        if not self.count_deliveries:
+            return []
+        script = self.root / "count-deliveries.lua"
+        # Orthanc calls ReceivedInstanceFilter for every instance it receives, stored or not.
+        script.write_text(
+            "function ReceivedInstanceFilter(dicom, origin, info)\n"
+            f"  local log = io.open({json.dumps(str(self.deliveries_log))}, 'a')\n"
+            "  log:write(dicom['SOPInstanceUID'] .. '\\n')\n"
+            "  log:close()\n"
+            "  return true\n"
+            "end\n"
+        )
+        return [str(script)]
 
     def _config(self) -> dict[str, Any]:
         return {
@@ -79,6 +108,7 @@ class OrthancServer:
             "StableAge": 1,
             "LimitFindResults": 0,
             "HttpTimeout": 60,
+            "LuaScripts": self._lua_scripts(),
             **self.extra_config,
         }
 
@@ -137,6 +167,7 @@ class OrthancServer:
         return int(self.get("/statistics")["CountInstances"])
 
     def clear(self) -> None:
+        self.deliveries_log.unlink(missing_ok=True)
         for study in self.get("/studies"):
             requests.delete(
                 f"{self.url}/studies/{study}", auth=self._auth(), timeout=30

@@ -11,6 +11,7 @@ from voxl_assets.db.models import (
     Study,
     StudyExport,
     StudyStatus,
+    UploadAttempt,
 )
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "Study",
     "StudyExport",
     "StudyStatus",
+    "UploadAttempt",
     "VoxlDatabase",
     "make_engine",
     "shared_database",

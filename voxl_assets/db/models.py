@@ -215,6 +215,23 @@ class StudyExport(Base):
     exported_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
+class UploadAttempt(Base):
+    """One attempt to send a study to a destination, written before anything is sent and closed
+    after. An attempt never closed was cut off (its process died, maybe after the destination had
+    everything and before ``study_exports`` said so): the next attempt is flagged as a resend."""
+
+    __tablename__ = "upload_attempts"
+    __table_args__ = (Index("ix_upload_attempts_study", "study_id", "destination"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"))
+    destination: Mapped[str] = mapped_column(String(255))
+    started_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    outcome: Mapped[str | None] = mapped_column(String(16), nullable=True)  # sent | failed
+    resend: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
 class ProjectSalt(Base):
     """Each project's random hashing salt: created once, never logged, never in git."""
 

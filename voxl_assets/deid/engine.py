@@ -1,45 +1,41 @@
 """The de-identification engine: filters, allow-list operations and output, one instance at a time.
 
-A study is handled in three passes over its cached files, none of which holds more than one
-instance in memory: (1) headers only, to apply the filters and count series; (2) each kept instance
-is read, de-identified in place and written; (3) the written files are read back and checked
-against the allow-list and the study's identifiers (``checks.py``).
+A study is handled in two passes over its cached files, neither of which holds more than one
+instance in memory: (1) every file's structure is walked from its bytes (``header_scan.py``): its
+identifying values join the study's identifiers and a broken file is refused with its reason;
+(2) each instance is filtered, de-identified, encoded into memory, checked there against the
+allow-list and all the study's identifiers (``output.py``, ``checks.py``) and written, its pixel
+data copied byte for byte from the source.
 """
 
 from __future__ import annotations
 
 import os
-import struct
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
-from pydicom import dcmread, dcmwrite
+from pydicom import dcmread
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_data_element
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.tag import BaseTag
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
 
-from voxl_assets.deid.checks import disallowed_tags, element_vr, identifier_hits
-from voxl_assets.deid.encoding import (
-    TEXT_VRS,
-    element_header,
-    encode_element,
-    encode_file_meta,
-    encode_value,
-)
+from voxl_assets.deid import output
+from voxl_assets.deid.checks import disallowed_tags, element_vr, instance_encodings
+from voxl_assets.deid.encoding import TEXT_VRS, encode_value
 from voxl_assets.deid.hashing import ProjectHasher
+from voxl_assets.deid.header_scan import DEFLATED, EXPLICIT, InstanceScan, Refusal, scan_instance
 from voxl_assets.deid.identifiers import ENGINE_TAGS, StudyIdentifiers
+from voxl_assets.deid.kept_values import conform_vr, dictionary_vrs, replace_foreign_uids
 from voxl_assets.deid.operations import Op, Operation, TagOperations, TagPolicy
 from voxl_assets.deid.values import (
     MAX_LENGTH_BY_VR,
@@ -71,7 +67,6 @@ class FilterReason(StrEnum):
     BURNED_IN = "burned-in annotation not allowed"
     ULTRASOUND_NO_REGIONS = "ultrasound without declared regions cannot be blanked"
     ULTRASOUND_COMPRESSED = "compressed ultrasound cannot be blanked"
-    UNREADABLE = "not a readable DICOM file"
 
 
 class DeidError(Exception):
@@ -91,9 +86,14 @@ class DeidReport:
     pseudo_patient_id: str | None = None
     output_files: list[Path] = field(default_factory=list)
     blanked_instances: int = 0
+    refused: Counter[str] = field(default_factory=Counter)  # broken instances, by reason
+    vr_changes: Counter[str] = field(default_factory=Counter)  # "(0008,103E) OD relabelled LO"
 
     def filter_summary(self) -> str:
         return ", ".join(f"{count} {reason}" for reason, count in sorted(self.filtered.items()))
+
+    def refusal_summary(self) -> str:
+        return ", ".join(f"{count} {reason}" for reason, count in sorted(self.refused.items()))
 
 
 class Deidentifier:
@@ -156,20 +156,7 @@ class Deidentifier:
             return FilterReason.BURNED_IN
         return None
 
-    @staticmethod
-    def collect_identifiers(header: Dataset, identifiers: StudyIdentifiers) -> None:
-        """Add the identifying values of one instance's header to ``identifiers``."""
-        for keyword in ("PatientID", "AccessionNumber", "OtherPatientIDs", "StudyID"):
-            for value in header_values(header, keyword):
-                identifiers.add(value, min_length=3 if keyword == "StudyID" else 1)
-        for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
-            identifiers.add(header_value(header, keyword))
-        for keyword in ("PatientName", "OtherPatientNames", "PatientMotherBirthName"):
-            for value in header_values(header, keyword):
-                identifiers.add_name(value)
-        identifiers.add_birth_date(header_value(header, "PatientBirthDate"))
-
-    # --- one pass over the study -----------------------------------------------------------
+    # --- the two passes over a study ---------------------------------------------------------
 
     def deidentify_study(
         self,
@@ -182,18 +169,43 @@ class Deidentifier:
         ``patient_pseudonym`` (a CSV extract's participant_id) replaces the PatientID that the
         project's operation would write, where the allow-list keeps PatientID at all.
 
-        One pass, one instance at a time: the header is parsed and de-identified, checked in
-        memory, written, and the pixel data element is copied byte for byte behind it (it is not
-        decoded unless ultrasound blanking needs it). Series left with fewer than the minimum
-        instances are removed at the end.
+        Pass 1 walks every file's structure (no pixel data read) and adds its identifying
+        values to ``identifiers``; pass 2 de-identifies one instance at a time: the header is
+        parsed, de-identified, encoded and checked in memory against all of the study's
+        identifiers, written, and the pixel data element copied byte for byte behind it (it is
+        not decoded unless ultrasound blanking needs it). Broken instances are refused with
+        their reason; series left with fewer than the minimum instances are removed at the end.
+
+        Raises:
+            OutputCheckError: an instance failed a privacy check (nothing of it was written).
         """
         output_dir.mkdir(parents=True, exist_ok=True)
         report = DeidReport(instances_in=len(files))
-        written_by_series: dict[str, list[tuple[Path, str]]] = {}
+        scans: list[InstanceScan] = []
         for path in files:
+            scan = scan_instance(path)
+            scan.add_identifiers(identifiers)
+            scan.values = []  # only the verdict and offsets stay for pass 2
+            scans.append(scan)
+        identifiers.matcher()  # compiled once for the study
+        seen: set[str] = set()
+        written_by_series: dict[str, list[tuple[Path, str]]] = {}
+        for path, scan in zip(files, scans, strict=True):
+            refusal = scan.refusal
+            if refusal is None and not scan.sop_instance_uid:
+                refusal = Refusal.NO_SOP_INSTANCE_UID
+            elif refusal is None and scan.sop_instance_uid in seen:
+                refusal = Refusal.DUPLICATE_SOP_INSTANCE_UID
+            if refusal is not None:
+                report.refused[refusal.value] += 1
+                continue
+            seen.add(scan.sop_instance_uid)
             outcome = self._deidentify_file(
-                path, output_dir, identifiers, report, patient_pseudonym
+                path, scan, output_dir, identifiers, report, patient_pseudonym
             )
+            if isinstance(outcome, Refusal):
+                report.refused[outcome.value] += 1
+                continue
             if isinstance(outcome, FilterReason):
                 report.filtered[outcome.value] += 1
                 continue
@@ -220,76 +232,91 @@ class Deidentifier:
     def _deidentify_file(
         self,
         path: Path,
+        scan: InstanceScan,
         output_dir: Path,
         identifiers: StudyIdentifiers,
         report: DeidReport,
         patient_pseudonym: str | None = None,
-    ) -> FilterReason | tuple[str, Path, str]:
+    ) -> FilterReason | Refusal | tuple[str, Path, str]:
         try:
             source = path.open("rb")
         except OSError:
-            return FilterReason.UNREADABLE
+            return Refusal.UNREADABLE
         with source:
             try:
-                header = dcmread(source, stop_before_pixels=True)
-            except (InvalidDicomError, OSError, ValueError, EOFError):
-                return FilterReason.UNREADABLE
-            pixel_offset = source.tell()
-            self.collect_identifiers(header, identifiers)
+                header = dcmread(source, stop_before_pixels=not scan.needs_full_read)
+            except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError):
+                return Refusal.UNREADABLE
             reason = self.instance_filter(header)
             if reason is not None:
                 return reason
             source_series = header_value(header, "SeriesInstanceUID")
-            tail = pixel_tail(source, pixel_offset, header)
+            tail = scan.pixel_tail
             if tail is None or self._needs_blanking(header):
-                # Slow path: pixels must be decoded, or something follows the pixel data.
-                source.seek(0)
-                ds = dcmread(source)
+                # Slow path: pixels must be decoded, or the file must be read whole (elements
+                # after the pixel data, deflated or big endian): the pixel data is in ``ds``.
+                if not scan.needs_full_read:
+                    source.seek(0)
+                    header = dcmread(source)
+                ds = header
                 blank_reason = self._blank_ultrasound_if_needed(ds, report)
                 if blank_reason is not None:
                     return blank_reason
                 tail = (0, 0)
             else:
                 ds = header
-            self.deidentify_dataset(ds, identifiers, patient_pseudonym)
+            encodings = instance_encodings(ds)
+            report.vr_changes.update(self.deidentify_dataset(ds, patient_pseudonym))
+            pixels = ds.get_item(0x7FE00010)
+            if pixels is not None and tail == (0, 0) and _encapsulated(ds):
+                ds[0x7FE00010].is_undefined_length = True  # fragments: written as such
             operations = self.policy.for_manufacturer(header_value(ds, "Manufacturer"))
             disallowed = disallowed_tags(ds, operations)
-            leaks = identifier_hits(ds, identifiers) + identifier_hits(ds.file_meta, identifiers)
+            encoded = output.encode_instance_header(ds, encodings)
+            leaks = output.output_identifier_hits(encoded, identifiers.matcher(), encodings)
             if disallowed or leaks:
                 raise OutputCheckError(path.name, disallowed, leaks)
             out_path = output_dir / f"{header_value(ds, 'SOPInstanceUID')}.dcm"
+            if out_path.exists():
+                return Refusal.DUPLICATE_SOP_INSTANCE_UID
             tmp_path = out_path.with_suffix(".part")
             with tmp_path.open("wb") as out:
-                write_instance_header(out, ds)
+                out.write(encoded.data)
                 offset, length = tail
                 if length and _keeps_pixel_data(operations):
                     _copy_range(source, out, offset, length)
+                written = out.tell()
+            if written != len(encoded.data) + (
+                length if length and _keeps_pixel_data(operations) else 0
+            ):
+                tmp_path.unlink()
+                return Refusal.TRUNCATED_PIXEL_DATA
         os.replace(tmp_path, out_path)
         report.pseudo_study_uid = header_value(ds, "StudyInstanceUID") or report.pseudo_study_uid
         report.pseudo_patient_id = header_value(ds, "PatientID") or report.pseudo_patient_id
         return source_series, out_path, header_value(ds, "SeriesInstanceUID")
 
     def _needs_blanking(self, header: Dataset) -> bool:
-        modality = str(header.get("Modality", "") or "").upper()
-        sop_class = str(header.get("SOPClassUID", "") or "")
+        modality = header_value(header, "Modality").upper()
+        sop_class = header_value(header, "SOPClassUID")
         ultrasound = modality == "US" or sop_class.startswith(ULTRASOUND_SOP_PREFIXES)
         return ultrasound and self.options.blank_ultrasound_outside_regions
 
-    def deidentify_dataset(
-        self,
-        ds: Dataset,
-        identifiers: StudyIdentifiers | None = None,
-        patient_pseudonym: str | None = None,
-    ) -> None:
+    def deidentify_dataset(self, ds: Dataset, patient_pseudonym: str | None = None) -> list[str]:
         """Apply the allow-list to one instance in place and fix its file meta; a
-        ``patient_pseudonym`` becomes the PatientID where the allow-list keeps one."""
+        ``patient_pseudonym`` (a CSV extract's participant_id) becomes the PatientID where the
+        allow-list keeps one. Returns the VR changes made to kept elements (tag and VRs, for the
+        report)."""
         operations = self.policy.for_manufacturer(header_value(ds, "Manufacturer"))
         patient_key = header_value(ds, "PatientID")
         shift = self.hasher.date_shift_days(patient_key, self.options.date_shift_days_max)
         if self.options.dates == "shift" and shift == 0:
             shift = self.hasher.date_shift_days(patient_key, 365)
-        _Walker(self, operations, shift, identifiers).walk(ds)
+        walker = _Walker(self, operations, shift)
+        walker.walk(ds)
         syntax = header_value(ds.file_meta, "TransferSyntaxUID")
+        if syntax == DEFLATED:  # read inflated: written as what it now is
+            syntax = EXPLICIT
         implicit = syntax == "1.2.840.10008.1.2"
         patient_id_op = operations.public.get(0x00100020)
         if patient_pseudonym and patient_id_op is not None and patient_id_op.op is not Op.DELETE:
@@ -314,6 +341,7 @@ class Deidentifier:
             set_encoded(meta, tag, vr, value, implicit=False)
         ds.file_meta = meta
         ds.preamble = b"\0" * 128  # a preamble may carry a TIFF header or anything else
+        return walker.vr_changes
 
     # --- ultrasound ------------------------------------------------------------------------
 
@@ -358,57 +386,6 @@ def blank_outside_regions(ds: Dataset) -> None:
     ds.BurnedInAnnotation = "NO"
 
 
-def write_instance_header(out: BinaryIO, ds: Dataset) -> None:
-    """Preamble, file meta and the dataset (without what follows the header read).
-
-    Elements still in their encoded form and in the output's encoding are written back byte for
-    byte; changed strings and numbers are encoded directly (``encoding.py``); only what remains
-    (sequences, non-ASCII text, number strings) goes through pydicom's encoder. That is most of
-    the engine's speed: pydicom's writer re-encodes every element.
-    """
-    meta = ds.file_meta
-    syntax = header_value(meta, "TransferSyntaxUID")
-    if syntax == BIG_ENDIAN:  # retired, rare: pydicom's writer, on the fully read dataset
-        dcmwrite(out, ds, enforce_file_format=True)
-        return
-    out.write(
-        encode_file_meta(
-            header_value(meta, "MediaStorageSOPClassUID"),
-            header_value(meta, "MediaStorageSOPInstanceUID"),
-            syntax,
-            header_value(meta, "ImplementationClassUID"),
-            header_value(meta, "ImplementationVersionName"),
-        )
-    )
-    implicit = syntax == "1.2.840.10008.1.2"
-    buffer = DicomBytesIO()
-    buffer.is_little_endian = True
-    buffer.is_implicit_VR = implicit
-    encodings = ds.get("SpecificCharacterSet") or "ISO_IR 6"
-    for tag in sorted(ds.keys(), key=int):  # int keys: BaseTag compares in Python
-        elem = ds.get_item(tag)
-        if isinstance(elem, RawDataElement):
-            if (
-                elem.is_little_endian
-                and elem.is_implicit_VR == implicit
-                and elem.value is not None
-                and elem.length != 0xFFFFFFFF
-                and (raw_vr := element_vr(elem)) != "SQ"
-            ):
-                value = elem.value
-                buffer.write(element_header(int(tag), raw_vr, len(value), implicit))
-                buffer.write(value)
-                continue
-            elem = ds[tag]
-        vr = element_vr(elem)
-        encoded = None if vr == "SQ" else encode_element(int(tag), vr, elem.value, implicit)
-        if encoded is not None:
-            buffer.write(encoded)
-        else:
-            write_data_element(buffer, elem, encodings)
-    out.write(buffer.getvalue())
-
-
 class OutputCheckError(DeidError):
     """An output instance failed a privacy check before it was written (it is not written)."""
 
@@ -424,8 +401,9 @@ class OutputCheckError(DeidError):
         super().__init__(f"{file_name}: " + "; ".join(parts))
 
 
-PIXEL_DATA_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
-_ITEM, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE0DD
+def _encapsulated(ds: Dataset) -> bool:
+    syntax = header_value(ds.file_meta, "TransferSyntaxUID")
+    return syntax not in UNCOMPRESSED_SYNTAXES and syntax != DEFLATED
 
 
 def _keeps_pixel_data(operations: TagOperations) -> bool:
@@ -433,51 +411,6 @@ def _keeps_pixel_data(operations: TagOperations) -> bool:
         operations.public.get(tag) is not None and operations.public[tag].op is Op.KEEP
         for tag in (0x7FE00010,)
     )
-
-
-def pixel_tail(source: BinaryIO, offset: int, header: Dataset) -> tuple[int, int] | None:
-    """(offset, length) of the pixel data element that ends the file, to copy byte for byte.
-
-    None when the file is big endian, or anything but trailing padding follows the pixel data
-    (trailing elements must go through the allow-list, so the caller reads the whole file).
-    (offset, 0) when there is no pixel data at all.
-    """
-    syntax = str(header.file_meta.get("TransferSyntaxUID", ""))
-    if syntax == BIG_ENDIAN:  # retired: take the slow path
-        return None
-    implicit = syntax == "1.2.840.10008.1.2"
-    size = os.fstat(source.fileno()).st_size
-    if offset >= size:
-        return (offset, 0)
-    source.seek(offset)
-    group, element = struct.unpack("<HH", source.read(4))
-    if (group << 16) | element not in PIXEL_DATA_TAGS:
-        return None
-    if not implicit:
-        source.read(4)  # VR (OB/OW/OF/OD) and two reserved bytes
-    (length,) = struct.unpack("<I", source.read(4))
-    if length == 0xFFFFFFFF:  # encapsulated: items until the sequence delimiter
-        while True:
-            header_bytes = source.read(8)
-            if len(header_bytes) < 8:
-                return None
-            item_group, item_element, item_length = struct.unpack("<HHI", header_bytes)
-            item_tag = (item_group << 16) | item_element
-            if item_tag == _SEQUENCE_END:
-                break
-            if item_tag != _ITEM:
-                return None
-            source.seek(item_length, 1)
-        end = source.tell()
-    else:
-        end = source.tell() + length
-    if end > size:
-        return None
-    if end < size:
-        source.seek(end)
-        if source.read(size - end).strip(b"\0"):
-            return None  # real elements follow the pixel data
-    return (offset, end - offset)
 
 
 def _copy_range(source: Any, target: Any, offset: int, length: int) -> None:
@@ -567,13 +500,25 @@ class _Walker:
         engine: Deidentifier,
         operations: TagOperations,
         shift_days: int,
-        identifiers: StudyIdentifiers | None,
     ) -> None:
         self.engine = engine
         self.operations = operations
         self.shift_days = shift_days
-        self.identifiers = identifiers
         self.private_creators_kept = {(g, c) for (g, c, _e) in operations.private}
+        self.vr_changes: list[str] = []
+
+    def conform(self, ds: Dataset, tag: BaseTag, number: int, creator: str | None) -> bool:
+        """Give a kept element its dictionary VR (cheap when it has it); False when removed."""
+        allowed = dictionary_vrs(number, creator)
+        if allowed is None:
+            return True
+        vr = ds._dict[tag].VR  # the mapping itself: this runs for every kept element
+        if vr in allowed or (vr is None and not number >> 16 & 1):
+            return True  # (implicit VR: the dictionary's by definition)
+        change = conform_vr(ds, tag, creator)
+        if change is not None:
+            self.vr_changes.append(change)
+        return tag in ds
 
     def walk(self, ds: Dataset) -> None:
         # Tags as plain ints: BaseTag's group/element/is_private are Python properties, and this
@@ -601,12 +546,16 @@ class _Walker:
                 if operation is None or operation.op is Op.DELETE:
                     del ds[tag]
                     continue
+                if not self.conform(ds, tag, number, creator):
+                    continue
                 used_blocks.add((group, block))
             else:
                 operation = public.get(number)
                 if operation is None or operation.op is Op.DELETE:
                     if number not in ENGINE_TAGS:
                         del ds[tag]
+                    continue
+                if not self.conform(ds, tag, number, None):
                     continue
             self.apply(ds, tag, operation)
         for (group, block), _creator in creators.items():
@@ -620,7 +569,9 @@ class _Walker:
             if vr == "SQ":
                 for item in ds[tag].value:
                     self.walk(item)
-            return  # untouched raw bytes: no decoding cost
+            elif vr == "UI":  # only well-known UIDs stay as they are
+                replace_foreign_uids(ds, tag, self.engine.hasher.uid)
+            return  # other values: untouched raw bytes, no decoding cost
         if vr != "SQ" and self._apply_encoded(ds, raw, vr, operation):
             return
         elem = ds[tag]
@@ -698,8 +649,6 @@ class _Walker:
         return True
 
     def _pseudo_uid(self, value: str) -> str:
-        if self.identifiers is not None:
-            self.identifiers.add(value)
         return self.engine.hasher.uid(value)
 
     @staticmethod

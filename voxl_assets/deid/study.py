@@ -46,6 +46,12 @@ class AnonymisedStudy:
             "bytes_out": report.bytes_out,
             "instances_filtered": sum(report.filtered.values()),
             "filter_reasons": report.filter_summary() or "none",
+            "instances_refused": sum(report.refused.values()),
+            "refusal_reasons": report.refusal_summary() or "none",
+            "vr_changes": ", ".join(
+                f"{change} x{n}" for change, n in sorted(report.vr_changes.items())
+            )
+            or "none",
             "ultrasound_blanked": report.blanked_instances,
         }
 
@@ -99,6 +105,11 @@ def anonymise_study(
             failed = [name for name, (ok, _) in checks.items() if not ok]
             raise PrivacyCheckFailed(f"privacy check failed: {', '.join(failed)}", checks) from None
         if report.instances_out == 0:
+            if report.refused:  # broken files are a failure to retrieve, not a project's filter
+                reasons = ", ".join(
+                    r for r in (report.refusal_summary(), report.filter_summary()) if r
+                )
+                raise StudyFailure(f"no instance could be written ({reasons})")
             raise StudyFiltered(
                 f"all {report.instances_in} instances filtered out ({report.filter_summary()})"
             )

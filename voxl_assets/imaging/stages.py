@@ -28,7 +28,7 @@ from voxl_assets.upload.destinations import DestinationClients
 from voxl_assets.upload.exactly_once import upload_study_once
 from voxl_assets.vna.archives import ArchiveSet
 from voxl_assets.vna.cache import CacheFull, RawCache
-from voxl_assets.vna.raw import RawStudyResult, retrieve_raw_study
+from voxl_assets.vna.raw import RawStudyResult, request_cache_keys, retrieve_raw_study
 
 NO_DESTINATION = "none"
 
@@ -95,16 +95,20 @@ class StudyStages:
     # --- stages ----------------------------------------------------------------------------
 
     def raw(self, request: StudyRequest, _previous: dict[Stage, StageOutcome]) -> dict[str, Any]:
-        result = self._raw(request, top_up=self.top_up_cached)
+        # Pinned from before the lookup until its files were read (the metadata counts series):
+        # other runs are other processes that may evict from the same cache meanwhile.
+        with self.raw_cache.pin(*request_cache_keys(request)):
+            result = self._raw(request, top_up=self.top_up_cached)
+            metadata = result.metadata()
         set_status(self.database, request.study_id, StudyStatus.RETRIEVED, count_attempt=True)
-        return result.metadata()
+        return metadata
 
     def anonymise(
         self, request: StudyRequest, _previous: dict[Stage, StageOutcome]
     ) -> dict[str, Any] | StageOutcome:
         deidentifier = self._deidentifier(request)
-        raw = self._raw(request)  # a cache hit when the raw stage just ran
-        with self.raw_cache.pin(raw.study.key):
+        with self.raw_cache.pin(*request_cache_keys(request)):
+            raw = self._raw(request)  # a cache hit when the raw stage just ran
             try:
                 result = anonymise_study(
                     request, raw.study.files(), deidentifier, self.anonymised, self.database
@@ -168,4 +172,5 @@ class StudyStages:
             "bytes": report.bytes,
             "seconds": round(report.seconds, 3),
             "sent": True,
+            "resend": report.resend,
         }

@@ -42,6 +42,9 @@ class UploadReport:
     instances: int
     bytes: int
     seconds: float
+    # Sent again after an earlier attempt was cut off without a record (its process died): the
+    # destination may have received it twice; idempotent naming keeps one copy there.
+    resend: bool = False
 
 
 class UploadError(Exception):

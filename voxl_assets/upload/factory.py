@@ -133,7 +133,10 @@ def _dicomweb(destination: DicomWebDestination, env: Mapping[str, str]) -> Any:
 
 
 def _azure_dicom(
-    destination: AzureDicomDestination, env: Mapping[str, str], credential: Any
+    destination: AzureDicomDestination,
+    env: Mapping[str, str],
+    credential: Any,
+    credential_options: Mapping[str, Any] | None = None,
 ) -> Any:
     from voxl_assets.upload.azure_dicom import AzureDicomUploader
 
@@ -144,6 +147,7 @@ def _azure_dicom(
             _required(env, destination.tenant_id_env, "Azure tenant id"),
             _required(env, destination.client_id_env, "Azure client id"),
             _required(env, destination.client_secret_env, "Azure client secret"),
+            **(credential_options or {}),
         )
     return AzureDicomUploader(
         destination.url,
@@ -155,12 +159,18 @@ def _azure_dicom(
 
 
 def make_image_uploader(
-    destination: Destination, env: Mapping[str, str] = os.environ, *, credential: Any = None
+    destination: Destination,
+    env: Mapping[str, str] = os.environ,
+    *,
+    credential: Any = None,
+    credential_options: Mapping[str, Any] | None = None,
 ) -> ImageUploader | None:
     """The uploader of anonymised studies for ``destination``; None for kind 'none'.
 
     ``credential`` replaces the Azure AD client-secret credential (``azure_dicom`` only), e.g. a
-    managed identity, or a fake in tests (the token endpoint cannot run there).
+    managed identity, or a fake in tests (the token endpoint cannot run there);
+    ``credential_options`` are passed to the client-secret credential (``authority`` of a
+    sovereign cloud, ``connection_verify``...).
 
     Raises:
         UploadError: an environment variable the destination names is unset (the message names
@@ -173,7 +183,7 @@ def make_image_uploader(
     elif isinstance(destination, DicomWebDestination):
         uploader = _dicomweb(destination, env)
     elif isinstance(destination, AzureDicomDestination):
-        uploader = _azure_dicom(destination, env, credential)
+        uploader = _azure_dicom(destination, env, credential, credential_options)
     elif isinstance(destination, FtpsDestination):
         uploader = _ftps(destination, env)
     elif isinstance(destination, SftpDestination):

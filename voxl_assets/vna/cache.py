@@ -6,6 +6,12 @@ cache folder) records size and last use. A study is written into ``.staging`` an
 place when complete, so a crashed retrieval never leaves a study that looks complete. When a new
 study would not fit, the least recently used studies that no running work holds are evicted.
 
+Several processes share one cache (Dagster runs are separate processes): everything that decides
+what exists (moving a study into place, evicting, forgetting leftovers after a crash) happens
+inside one ``BEGIN IMMEDIATE`` transaction on the index, which SQLite serialises across
+processes. Pins are rows of the index naming the process that holds them (pid and start time), so
+a process that crashed holds nothing: its pins are ignored and removed.
+
 A retrieval that breaks off part-way keeps what arrived as a *partial* entry: ``lookup`` does not
 return it, but the next retrieval tops it up with only the missing instances (files are named by
 a hash of their SOP Instance UID, so the cache knows which instances it holds without reading them).
@@ -17,12 +23,12 @@ import hashlib
 import os
 import shutil
 import sqlite3
-import threading
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 
@@ -65,18 +71,45 @@ def folder_size(directory: Path) -> tuple[int, int]:
     return count, size
 
 
+def process_start(pid: int) -> str:
+    """When ``pid`` started (clock ticks since boot, from /proc), '' where that is unknown, so a
+    pid reused by a later process is not taken for the one that pinned."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rpartition(")")[2].split()[19]  # field 22, counted after the command name
+
+
+@cache
+def _own_start() -> str:
+    return process_start(os.getpid())
+
+
+def process_alive(pid: int, started: str) -> bool:
+    """Whether the process that wrote (pid, started) is still running on this host."""
+    if pid == os.getpid():
+        return started == _own_start()
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return not started or process_start(pid) in ("", started)
+
+
 class RawCache:
     def __init__(self, root: Path, max_bytes: int) -> None:
         self.root = root
         self.max_bytes = max_bytes
         self._studies = root / "studies"
         self._staging = root / ".staging"
-        self._studies.mkdir(parents=True, exist_ok=True)
-        self._staging.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.RLock()
-        self._pins: dict[str, int] = {}
+        self._trash = root / ".trash"
+        for folder in (self._studies, self._staging, self._trash):
+            folder.mkdir(parents=True, exist_ok=True)
         self._index_path = root / "index.sqlite"
-        with self._index() as db:
+        with self._transaction() as db:
             db.execute(
                 "CREATE TABLE IF NOT EXISTS studies (key TEXT PRIMARY KEY, instances INTEGER,"
                 " bytes INTEGER, last_used REAL)"
@@ -84,42 +117,78 @@ class RawCache:
             columns = {row[1] for row in db.execute("PRAGMA table_info(studies)")}
             if "complete" not in columns:  # caches made before partial entries existed
                 db.execute("ALTER TABLE studies ADD COLUMN complete INTEGER NOT NULL DEFAULT 1")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS pins (token TEXT PRIMARY KEY, key TEXT NOT NULL,"
+                " pid INTEGER NOT NULL, started TEXT NOT NULL, pinned_at REAL NOT NULL)"
+            )
+            db.execute("CREATE INDEX IF NOT EXISTS pins_by_key ON pins (key)")
         self._forget_missing()
 
     @contextmanager
     def _index(self) -> Iterator[sqlite3.Connection]:
-        connection = sqlite3.connect(self._index_path, timeout=30, isolation_level=None)
+        connection = sqlite3.connect(self._index_path, timeout=60, isolation_level=None)
         try:
             connection.execute("PRAGMA journal_mode=WAL")
             yield connection
         finally:
             connection.close()
 
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """The index's write lock, held across processes until the block ends (committed on
+        success, rolled back on error)."""
+        with self._index() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
     def _forget_missing(self) -> None:
-        """After a crash: drop index rows without a folder, and folders without a row."""
-        with self._lock, self._index() as db:
+        """After a crash: drop index rows without a folder, folders without a row, pins of dead
+        processes, and staging folders of retrievals whose process died."""
+        with self._transaction() as db:
             keys = {row[0] for row in db.execute("SELECT key FROM studies")}
             for key in keys:
                 if not (self._studies / key).is_dir():
                     db.execute("DELETE FROM studies WHERE key = ?", (key,))
             for folder in self._studies.iterdir():
                 if folder.name not in keys:
-                    shutil.rmtree(folder, ignore_errors=True)
+                    self._discard(folder)
+            self._live_pins(db)
+        self.clean_staging(only_dead=True)
+        self._empty_trash()
 
-    def clean_staging(self) -> int:
-        """Remove staging folders of retrievals that died (call when no retrieval runs)."""
-        removed = 0
-        for leftover in self._staging.iterdir():
+    def _discard(self, folder: Path) -> None:
+        """Move ``folder`` out of sight at once (a rename); it is deleted outside the lock."""
+        with suppress(FileNotFoundError):
+            os.replace(folder, self._trash / f"{folder.name}-{uuid.uuid4().hex[:8]}")
+
+    def _empty_trash(self) -> None:
+        for folder in self._trash.iterdir():
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def clean_staging(self, *, only_dead: bool = False) -> int:
+        """Remove staging folders of retrievals that died; with ``only_dead`` False, every one
+        (call only when no retrieval runs)."""
+        leftovers = [
+            folder
+            for folder in self._staging.iterdir()
+            if not (only_dead and _staging_owner_alive(folder.name))
+        ]
+        for leftover in leftovers:
             shutil.rmtree(leftover, ignore_errors=True)
-            removed += 1
-        return removed
+        return len(leftovers)
 
     # --- reading ---------------------------------------------------------------------------
 
     def lookup(self, key: str, *, partial: bool = False) -> CachedStudy | None:
         """The complete cached study, marking it used; None on a miss. With ``partial``, an
-        incomplete entry (an interrupted retrieval) is returned too."""
-        with self._lock, self._index() as db:
+        incomplete entry (an interrupted retrieval) is returned too. Hold ``pin(key)`` while
+        reading its files: an unpinned study may be evicted by any process."""
+        with self._index() as db:
             row = db.execute(
                 "SELECT instances, bytes, complete FROM studies WHERE key = ?", (key,)
             ).fetchone()
@@ -141,17 +210,44 @@ class RawCache:
     # --- pinning ---------------------------------------------------------------------------
 
     @contextmanager
-    def pin(self, key: str) -> Iterator[None]:
-        """Hold ``key`` against eviction while running work reads it."""
-        with self._lock:
-            self._pins[key] = self._pins.get(key, 0) + 1
+    def pin(self, *keys: str) -> Iterator[None]:
+        """Hold ``keys`` against eviction by any process while this work reads them. A key need
+        not be cached yet: pin before looking up, so nothing can evict it in between."""
+        token = uuid.uuid4().hex
+        rows = [
+            (f"{token}:{n}", key, os.getpid(), _own_start(), time.time())
+            for n, key in enumerate(keys)
+        ]
+        if not rows:
+            yield
+            return
+        with self._transaction() as db:
+            db.executemany(
+                "INSERT INTO pins (token, key, pid, started, pinned_at) VALUES (?, ?, ?, ?, ?)",
+                rows,
+            )
         try:
             yield
         finally:
-            with self._lock:
-                self._pins[key] -= 1
-                if not self._pins[key]:
-                    del self._pins[key]
+            with self._transaction() as db:
+                db.executemany("DELETE FROM pins WHERE token = ?", [(row[0],) for row in rows])
+
+    def pinned_keys(self) -> set[str]:
+        """Keys that running work (of any live process) holds."""
+        with self._transaction() as db:
+            return self._live_pins(db)
+
+    def _live_pins(self, db: sqlite3.Connection) -> set[str]:
+        """Pinned keys; pins of processes that died are deleted (their work ended with them)."""
+        live: set[str] = set()
+        for token, key, pid, started in db.execute(
+            "SELECT token, key, pid, started FROM pins"
+        ).fetchall():
+            if process_alive(int(pid), str(started)):
+                live.add(key)
+            else:
+                db.execute("DELETE FROM pins WHERE token = ?", (token,))
+        return live
 
     # --- writing ---------------------------------------------------------------------------
 
@@ -170,7 +266,7 @@ class RawCache:
         ``keep_partial_on`` (an interrupted transfer), what arrived is committed as a partial entry
         for the next attempt to top up; any other error discards the staging folder.
         """
-        staging = self._staging / f"{key}-{uuid.uuid4().hex[:8]}"
+        staging = self._staging / f"{key}-{os.getpid()}-{_own_start()}-{uuid.uuid4().hex[:8]}"
         existing = self._studies / key
         if keep_existing and existing.is_dir():
             shutil.copytree(existing, staging, copy_function=os.link)
@@ -194,23 +290,21 @@ class RawCache:
 
     def _commit(self, key: str, staging: Path, *, complete: bool = True) -> None:
         instances, size = folder_size(staging)
-        with self._lock:
-            if size > self.max_bytes:
-                shutil.rmtree(staging, ignore_errors=True)
-                raise CacheFull(
-                    f"study of {size} bytes is larger than the whole raw cache ({self.max_bytes} "
-                    "bytes): raise VOXL_RAW_CACHE_MAX_BYTES"
-                )
-            self._evict_for(size, keep=key)
-            final = self._studies / key
-            old = None
-            if final.exists():
-                old = final.with_name(f"{key}.old-{uuid.uuid4().hex[:6]}")
-                os.replace(final, old)
-            os.replace(staging, final)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-            with self._index() as db:
+        if size > self.max_bytes:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise CacheFull(
+                f"study of {size} bytes is larger than the whole raw cache ({self.max_bytes} "
+                "bytes): raise VOXL_RAW_CACHE_MAX_BYTES"
+            )
+        try:
+            # The folder is moved into place and recorded in one transaction: a process starting
+            # up meanwhile waits for it, and never sees a folder without its row.
+            with self._transaction() as db:
+                self._evict_for(db, size, keep=key)
+                final = self._studies / key
+                if final.exists():
+                    self._discard(final)
+                os.replace(staging, final)
                 db.execute(
                     "INSERT INTO studies (key, instances, bytes, last_used, complete)"
                     " VALUES (?, ?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET"
@@ -218,21 +312,37 @@ class RawCache:
                     " last_used = excluded.last_used, complete = excluded.complete",
                     (key, instances, size, time.time(), int(complete)),
                 )
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        finally:
+            self._empty_trash()
 
-    def _evict_for(self, incoming: int, keep: str) -> None:
-        with self._index() as db:
-            rows = db.execute("SELECT key, bytes FROM studies ORDER BY last_used, key").fetchall()
-            used = sum(int(b) for k, b in rows if k != keep)
-            for key, size in rows:
-                if used + incoming <= self.max_bytes:
-                    return
-                if key == keep or self._pins.get(key):
-                    continue
-                shutil.rmtree(self._studies / key, ignore_errors=True)
-                db.execute("DELETE FROM studies WHERE key = ?", (key,))
-                used -= int(size)
-            if used + incoming > self.max_bytes:
-                raise CacheFull(
-                    f"raw cache full: {used} bytes held by running work, {incoming} more needed;"
-                    " lower the batch concurrency or raise VOXL_RAW_CACHE_MAX_BYTES"
-                )
+    def _evict_for(self, db: sqlite3.Connection, incoming: int, keep: str) -> None:
+        rows = db.execute("SELECT key, bytes FROM studies ORDER BY last_used, key").fetchall()
+        used = sum(int(b) for k, b in rows if k != keep)
+        if used + incoming <= self.max_bytes:
+            return
+        pinned = self._live_pins(db)
+        for key, size in rows:
+            if used + incoming <= self.max_bytes:
+                return
+            if key == keep or key in pinned:
+                continue
+            self._discard(self._studies / key)
+            db.execute("DELETE FROM studies WHERE key = ?", (key,))
+            used -= int(size)
+        if used + incoming > self.max_bytes:
+            raise CacheFull(
+                f"raw cache full: {used} bytes held by running work, {incoming} more needed;"
+                " lower the batch concurrency or raise VOXL_RAW_CACHE_MAX_BYTES"
+            )
+
+
+def _staging_owner_alive(name: str) -> bool:
+    """Staging folders are named ``<key>-<pid>-<start>-<random>``; older names carry no owner
+    and are taken as dead."""
+    parts = name.split("-")
+    if len(parts) < 4 or not parts[1].isdigit():
+        return False
+    return process_alive(int(parts[1]), parts[2])

@@ -1,0 +1,140 @@
+"""The exactly-once records without a network peer (the local destination): what is recorded
+when, a cut-off attempt making the next one a resend, a failed attempt not being one, force."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from tests.peers._upload_study import TARGET, anonymised_study, database_with_study, export_count
+from voxl_assets.db import VoxlDatabase
+from voxl_assets.db.models import StudyExport, UploadAttempt
+from voxl_assets.project_config import LocalDirectoryDestination
+from voxl_assets.upload.base import UploadError
+from voxl_assets.upload.exactly_once import (
+    already_exported,
+    begin_attempt,
+    record_export,
+    upload_study_once,
+)
+from voxl_assets.upload.factory import make_image_uploader
+
+
+def _attempts(database: VoxlDatabase) -> list[tuple[str | None, bool, bool]]:
+    with database.session() as session:
+        return [
+            (a.outcome, a.resend, a.finished_at is not None)
+            for a in session.scalars(select(UploadAttempt).order_by(UploadAttempt.id))
+        ]
+
+
+@pytest.fixture
+def uploader(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setenv("VOXL_HOME", str(tmp_path / "home"))  # local paths are under VOXL_HOME
+    made = make_image_uploader(LocalDirectoryDestination(kind="local", path="out"))
+    assert made is not None
+    return made
+
+
+def test_an_upload_is_recorded_once_and_not_repeated(tmp_path: Path, uploader: Any) -> None:
+    files = anonymised_study(tmp_path / "anon", instances=3)
+    database = database_with_study(tmp_path)
+    destination = uploader.describe()
+    assert not already_exported(database, 1, destination)
+    report = upload_study_once(database, 1, uploader, files, TARGET)
+    assert report is not None and report.instances == 3 and not report.resend
+    assert already_exported(database, 1, destination)
+    assert not already_exported(database, 1, "elsewhere") and not already_exported(
+        database, 2, destination
+    )
+    with database.session() as session:
+        row = session.scalars(select(StudyExport)).one()
+        assert (row.instances, row.bytes) == (3, report.bytes) and row.bytes > 0
+    assert _attempts(database) == [("sent", False, True)]
+    assert upload_study_once(database, 1, uploader, files, TARGET) is None
+    assert _attempts(database) == [("sent", False, True)]  # no attempt when nothing is sent
+    forced = upload_study_once(database, 1, uploader, files, TARGET, force=True)
+    assert forced is not None and not forced.resend
+    assert export_count(database) == 1 and len(_attempts(database)) == 2
+
+
+def test_a_cut_off_attempt_makes_the_next_a_resend(tmp_path: Path, uploader: Any) -> None:
+    files = anonymised_study(tmp_path / "anon", instances=2)
+    database = database_with_study(tmp_path)
+    destination = uploader.describe()
+    first, resend = begin_attempt(database, 1, destination)  # then the process died
+    assert not resend
+    other, other_resend = begin_attempt(database, 1, "another destination")
+    assert not other_resend and other != first
+    report = upload_study_once(database, 1, uploader, files, TARGET)
+    assert report is not None and report.resend
+    assert _attempts(database) == [
+        ("cut off", False, True),
+        (None, False, False),  # the other destination's attempt is not this one's business
+        ("sent", True, True),
+    ]
+    assert export_count(database) == 1
+
+
+def test_a_failed_attempt_is_closed_and_the_retry_is_no_resend(
+    tmp_path: Path, uploader: Any
+) -> None:
+    files = anonymised_study(tmp_path / "anon", instances=2)
+    database = database_with_study(tmp_path)
+    missing = [*files, tmp_path / "gone.dcm"]
+    with pytest.raises((UploadError, OSError)):
+        upload_study_once(database, 1, uploader, missing, TARGET)
+    assert export_count(database) == 0 and _attempts(database) == [("failed", False, True)]
+    report = upload_study_once(database, 1, uploader, files, TARGET)
+    assert report is not None and not report.resend
+    assert _attempts(database) == [("failed", False, True), ("sent", False, True)]
+
+
+def test_a_second_record_refreshes_the_first(tmp_path: Path, uploader: Any) -> None:
+    files = anonymised_study(tmp_path / "anon", instances=2)
+    database = database_with_study(tmp_path)
+    report = upload_study_once(database, 1, uploader, files, TARGET)
+    assert report is not None
+    from dataclasses import replace
+
+    record_export(database, 1, uploader.describe(), replace(report, instances=5, bytes=7))
+    with database.session() as session:
+        row = session.scalars(select(StudyExport)).one()
+        assert (row.instances, row.bytes) == (5, 7)
+
+
+def test_a_record_written_meanwhile_by_another_run_stands(tmp_path: Path, uploader: Any) -> None:
+    """Another run records the same export between this run's check and its insert (the unique
+    key refuses the second row): this run's attempt is still closed as sent."""
+    from sqlalchemy import event, text
+
+    files = anonymised_study(tmp_path / "anon", instances=2)
+    database = database_with_study(tmp_path)
+    destination = uploader.describe()
+    other = VoxlDatabase(database.url)
+
+    done: list[bool] = []
+
+    def the_other_run_records_first(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.startswith("INSERT INTO study_exports") and not done:
+            done.append(True)
+            with other.engine.begin() as connection:
+                connection.execute(
+                    text(
+                        "INSERT INTO study_exports (study_id, destination, instances, bytes,"
+                        " exported_at) VALUES (1, :d, 2, 99, CURRENT_TIMESTAMP)"
+                    ),
+                    {"d": destination},
+                )
+
+    event.listen(database.engine, "before_cursor_execute", the_other_run_records_first)
+    report = upload_study_once(database, 1, uploader, files, TARGET)
+    event.remove(database.engine, "before_cursor_execute", the_other_run_records_first)
+    assert done and report is not None and not report.resend
+    with database.session() as session:
+        row = session.scalars(select(StudyExport)).one()
+        assert row.bytes == 99  # the other run's record stands
+    assert _attempts(database) == [("sent", False, True)]

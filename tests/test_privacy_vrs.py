@@ -1,0 +1,110 @@
+"""Finding 2 (VR tricks): identifiers carried by a kept element under any explicit VR (a text
+attribute written as OD, FD, UN...; kept private elements of binary VRs) never leave: the engine
+restores the dictionary VR (or removes the element, with a reason) and refuses what then holds an
+identifier; the independent checker scans every VR's bytes of a written file."""
+
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from tests.helpers.privacy import (
+    BIRTH_DATE,
+    MRN,
+    NAME,
+    deidentify,
+    deidentify_unchecked,
+    instance,
+    leaked,
+    put,
+    save,
+    siemens_private,
+)
+from voxl_assets.deid.checks import check_output
+from voxl_assets.deid.engine import DeidReport, OutputCheckError
+
+VRS = [
+    "OB", "OW", "OF", "OD", "OL", "OV", "FL", "FD", "SL", "UL", "SS", "US", "SV", "UV", "UN",
+    "UT", "LT", "ST", "LO", "SH", "PN", "DS", "IS", "UC", "UR", "CS", "AE", "AS", "DA", "TM",
+    "DT", "UI", "AT",
+]  # fmt: skip
+PAYLOADS = {
+    "name": NAME.encode(),
+    "mrn": f"MRN {MRN}".encode(),
+    "birth date": f"DOB {BIRTH_DATE}".encode(),
+    "name as UTF-16": NAME.replace("^", " ").encode("utf-16-le"),
+}
+SERIES_DESCRIPTION = 0x0008103E
+
+
+def _outcome_is_safe(outcome: DeidReport | OutputCheckError, planted: str) -> None:
+    if isinstance(outcome, OutputCheckError):
+        return
+    assert not leaked(outcome.output_files, [planted])
+
+
+@pytest.mark.parametrize("payload", list(PAYLOADS))
+@pytest.mark.parametrize("vr", VRS)
+def test_a_kept_text_attribute_under_any_vr_never_leaks(
+    tmp_path: Path, vr: str, payload: str
+) -> None:
+    ds = instance()
+    put(ds, SERIES_DESCRIPTION, vr, PAYLOADS[payload])
+    outcome = deidentify(tmp_path, [save(ds, tmp_path / "raw" / "1.dcm")])
+    planted = {"name": "ZEBEDEE", "mrn": MRN, "birth date": BIRTH_DATE}.get(payload, "ZEBEDEE")
+    _outcome_is_safe(outcome, planted)
+    if isinstance(outcome, DeidReport):  # kept elements carry their dictionary VR
+        for path in outcome.output_files:
+            elem = pydicom.dcmread(path).get_item(SERIES_DESCRIPTION)
+            assert elem is None or elem.VR == "LO"
+
+
+@pytest.mark.parametrize("offset", [0x0C, 0x0D, 0x0E, 0x27])
+@pytest.mark.parametrize("vr", VRS)
+def test_kept_private_elements_under_any_vr_never_leak(
+    tmp_path: Path, vr: str, offset: int
+) -> None:
+    ds = instance()
+    siemens_private(ds, offset, vr, NAME.encode())
+    outcome = deidentify(tmp_path, [save(ds, tmp_path / "raw" / "1.dcm")])
+    _outcome_is_safe(outcome, "ZEBEDEE")
+
+
+def test_a_vr_change_is_reported_with_its_reason(tmp_path: Path) -> None:
+    ds = instance()
+    put(ds, SERIES_DESCRIPTION, "UN", b"AXIAL 1.0")  # no stated type: pydicom rereads it as LO
+    put(ds, 0x00081030, "OD", b"CHEST 1.0")  # StudyDescription under a float VR: removed
+    put(ds, 0x00180060, "LO", b"120 ")  # KVP (DS) under another text VR: relabelled
+    put(ds, 0x00280030, "FD", b"\0" * 16)  # PixelSpacing (DS) as binary: removed
+    report = deidentify(tmp_path, [save(ds, tmp_path / "raw" / "1.dcm")])
+    assert isinstance(report, DeidReport), str(report)
+    out = pydicom.dcmread(report.output_files[0])
+    assert out.get_item(SERIES_DESCRIPTION).VR == "LO" and out.SeriesDescription == "AXIAL 1.0"
+    assert out.get_item(0x00180060).VR == "DS" and out.KVP == 120
+    assert 0x00081030 not in out and 0x00280030 not in out
+    assert set(report.vr_changes) == {
+        "(0008,1030) removed: a OD value cannot be LO",
+        "(0018,0060) LO relabelled DS",
+        "(0028,0030) removed: a FD value cannot be DS",
+    }
+
+
+@pytest.mark.parametrize("vr", VRS)
+def test_checker_scans_every_vr_of_a_written_file(
+    tmp_path: Path, vr: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ds = instance()
+    ds.SeriesDescription = "AXIAL"
+    engine, report, identifiers = deidentify_unchecked(
+        tmp_path, [save(ds, tmp_path / "raw" / "1.dcm")], monkeypatch
+    )
+    crafted = pydicom.dcmread(report.output_files[0])
+    # Written as the engine writes kept private blocks, whatever VR the source gave.
+    siemens_private(crafted, 0x0E, vr, f"x {NAME} {MRN} {BIRTH_DATE}".encode())
+    path = tmp_path / "crafted.dcm"
+    crafted.save_as(path, enforce_file_format=True)
+    identifiers.add(MRN)
+    identifiers.add_name(NAME)
+    _allow, leaks = check_output([path], engine.policy, identifiers)
+    assert not leaks.passed, vr
+    assert "(0019,100E)" in leaks.summary()
