@@ -20,21 +20,20 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 from dagster import ConfigurableIOManager, InputContext, MetadataValue, OutputContext
+from pydantic import Field
 
-from voxl_assets import settings
 from voxl_assets.export.bundle import write_parquet
 
 ExtractTables = dict[str, pa.Table]  # file name (IMAGE_LINKER.parquet, ...) -> table
 
 
 class ExtractTablesIOManager(ConfigurableIOManager):
-    """Named parquet tables per extract partition (``base_dir``: ``$VOXL_HOME/tables``)."""
+    """The per-extract tables (mapping table, exclusions) as parquet, per extract partition."""
 
-    base_dir: str = ""
+    base_dir: str = Field(description="the tables' folder ($VOXL_HOME/tables)")
 
     def _folder(self, asset_path: list[str], partition_key: str) -> Path:
-        root = Path(self.base_dir) if self.base_dir else settings.voxl_home() / "tables"
-        return root.joinpath(*asset_path, *partition_key.split("/"))
+        return Path(self.base_dir).joinpath(*asset_path, *partition_key.split("/"))
 
     def handle_output(self, context: OutputContext, obj: ExtractTables) -> None:
         folder = self._folder(list(context.asset_key.path), context.asset_partition_key)

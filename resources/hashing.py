@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dagster import ConfigurableResource
+from pydantic import Field
 
 from voxl_assets.db import VoxlDatabase
 from voxl_assets.deid.hashing import HashingBackend, LocalHashing, RemoteHashing, SaltStore
@@ -15,9 +16,9 @@ class HashingResource(ConfigurableResource):
     the key and salts) and ``key`` is not used.
     """
 
-    key: str = ""
-    remote_url: str = ""
-    remote_token: str = ""
+    key: str = Field(default="", description="the keyed hashing's secret (VOXL_HASHING_KEY)")
+    remote_url: str = Field(default="", description="an HTTP hashing service instead (optional)")
+    remote_token: str = Field(default="", description="its bearer token: give it as an EnvVar")
 
     def backend(self, database: VoxlDatabase) -> HashingBackend:
         if self.remote_url:

@@ -1,97 +1,100 @@
-"""Dagster resources for the imaging stages: the VNA, the local stores, hashing and uploads.
+"""Dagster resources for the imaging stages: the hospital's archives and the local stores.
 
-Every setting has an environment variable (documented in the README), so the same definitions
-serve the demo and production; secrets are read with ``EnvVar`` or named by the project YAML.
+Every field is a setting of the deployment, given in ``voxl_assets/definitions.py`` (from an
+environment variable where one is set, documented in the README), so the UI's resource page shows
+how the deployment reaches its archives and where it keeps studies. Nothing here reads the
+environment: the defaults below are the embedded default's.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
-from typing import Any
 
 from dagster import ConfigurableResource
+from pydantic import Field
 
-from voxl_assets import settings
 from voxl_assets.at_rest import make_private_dir
 from voxl_assets.deid.store import AnonymisedStore
 from voxl_assets.vna.archives import (
     ArchiveConfig,
     ArchiveSet,
-    archives_file,
     load_archive_configs,
     parse_move_source_addresses,
 )
 from voxl_assets.vna.cache import RawCache
 from voxl_assets.vna.client import DicomWebVna, DimseVna, VnaSettings, make_vna_client
 
+# Shared per process: one C-MOVE Storage SCP per settings, one index handle per cache folder.
 _clients: dict[VnaSettings, DimseVna | DicomWebVna] = {}
 _archive_sets: dict[tuple[ArchiveConfig, ...], ArchiveSet] = {}
 _caches: dict[tuple[str, int], RawCache] = {}
 _lock = threading.Lock()
 
 
-def _env(name: str, default: str) -> str:
-    return os.environ.get(name, default)
-
-
 class VnaResource(ConfigurableResource):
-    """The hospital's archives. Empty fields fall back to ``VOXL_VNA_*`` environment variables,
-    which describe the one archive most sites have; ``archives_file`` (``VOXL_ARCHIVES_FILE``)
-    lists several, each with its own priority, rate limit and time window."""
+    """The hospital's archives. The fields describe the one archive most sites have (the VNA);
+    ``archives_file`` lists several instead, each with its own priority, rate limit and time
+    window, and then only VOXL's own side (AE title, Storage SCP) is taken from here."""
 
-    archives_file: str = ""
-
-    kind: str = ""
-    host: str = ""
-    port: int = 0
-    ae_title: str = ""
-    calling_ae_title: str = ""
-    retrieve: str = ""
-    move_destination_ae: str = ""
-    store_scp_port: int = -1
-    store_scp_host: str = ""
-    move_source_addresses: str = ""
-    dicomweb_url: str = ""
-    queries_per_second: float = 0.0
-    network_timeout: float = 0.0
+    archives_file: str = Field(default="", description="YAML listing several archives (optional)")
+    kind: str = Field(default="dimse", description="dimse or dicomweb")
+    host: str = Field(default="127.0.0.1", description="the VNA's DIMSE address")
+    port: int = Field(default=4242, description="the VNA's DIMSE port")
+    ae_title: str = Field(default="VNA", description="the VNA's called AE title")
+    calling_ae_title: str = Field(
+        default="VOXL", description="VOXL's AE title: calling AE and C-MOVE destination"
+    )
+    retrieve: str = Field(default="c-get", description="c-get, or c-move to VOXL's Storage SCP")
+    store_scp_port: int = Field(default=0, description="Storage SCP port for C-MOVE (0: any)")
+    store_scp_host: str = Field(default="127.0.0.1", description="address the Storage SCP uses")
+    move_source_addresses: str = Field(
+        default="", description="addresses or networks the VNA's C-STOREs may come from"
+    )
+    dicomweb_url: str = Field(default="", description="the VNA's DICOMweb root (kind dicomweb)")
+    queries_per_second: float = Field(default=5.0, description="query and retrieval rate limit")
+    timeout_seconds: float = Field(default=120.0, description="DIMSE and network timeout")
+    retry_delay_seconds: float = Field(
+        default=2.0, description="first backoff delay of retries (3 attempts, doubling)"
+    )
+    study_workers: int = Field(
+        default=4, description="studies in flight per run (each may hold an association)"
+    )
 
     def settings(self) -> VnaSettings:
+        """The single archive's settings (VOXL's own side for an archives file).
+
+        Raises:
+            ArchiveConfigError: ``move_source_addresses`` holds something that is not an address.
+        """
         return VnaSettings(
-            kind=self.kind or _env("VOXL_VNA_KIND", "dimse"),  # type: ignore[arg-type]
-            host=self.host or _env("VOXL_VNA_HOST", "127.0.0.1"),
-            port=self.port or int(_env("VOXL_VNA_PORT", "4242")),
-            ae_title=self.ae_title or _env("VOXL_VNA_AE_TITLE", "VNA"),
-            calling_ae_title=self.calling_ae_title or _env("VOXL_AE_TITLE", "VOXL"),
-            retrieve=self.retrieve or _env("VOXL_VNA_RETRIEVE", "c-get"),  # type: ignore[arg-type]
-            move_destination_ae=self.move_destination_ae or _env("VOXL_AE_TITLE", "VOXL"),
-            store_scp_port=self.store_scp_port
-            if self.store_scp_port >= 0
-            else int(_env("VOXL_STORE_SCP_PORT", "0")),
-            store_scp_host=self.store_scp_host or _env("VOXL_STORE_SCP_HOST", "127.0.0.1"),
+            kind=self.kind,  # type: ignore[arg-type]
+            host=self.host,
+            port=self.port,
+            ae_title=self.ae_title,
+            calling_ae_title=self.calling_ae_title,
+            retrieve=self.retrieve,  # type: ignore[arg-type]
+            move_destination_ae=self.calling_ae_title,
+            store_scp_port=self.store_scp_port,
+            store_scp_host=self.store_scp_host,
             move_source_addresses=parse_move_source_addresses(
-                self.move_source_addresses or _env("VOXL_VNA_MOVE_SOURCE_ADDRESSES", ""),
-                "VOXL_VNA_MOVE_SOURCE_ADDRESSES",
+                self.move_source_addresses, "VOXL_VNA_MOVE_SOURCE_ADDRESSES"
             ),
-            dicomweb_url=self.dicomweb_url or _env("VOXL_VNA_DICOMWEB_URL", ""),
-            queries_per_second=self.queries_per_second
-            or float(_env("VOXL_VNA_QUERIES_PER_SECOND", "5")),
-            network_timeout=self.network_timeout or float(_env("VOXL_VNA_TIMEOUT_SECONDS", "120")),
-            dimse_timeout=self.network_timeout or float(_env("VOXL_VNA_TIMEOUT_SECONDS", "120")),
+            dicomweb_url=self.dicomweb_url,
+            queries_per_second=self.queries_per_second,
+            network_timeout=self.timeout_seconds,
+            dimse_timeout=self.timeout_seconds,
         )
 
-    def client(self) -> DimseVna | DicomWebVna:
-        """One client per process and settings: the C-MOVE Storage SCP is started once."""
-        return _client(self.settings())
-
     def archive_configs(self) -> list[ArchiveConfig]:
-        from pathlib import Path
+        """The archives in the order they are asked.
 
-        path = Path(self.archives_file) if self.archives_file else archives_file()
-        if path is None:
+        Raises:
+            ArchiveConfigError: the archives file is wrong (the message names file and field).
+        """
+        if not self.archives_file:
             return [ArchiveConfig("vna", self.settings())]
-        return load_archive_configs(path, self.settings())
+        return load_archive_configs(Path(self.archives_file), self.settings())
 
     def archives(self) -> ArchiveSet:
         """The archives in priority order, with one client each (shared per process)."""
@@ -108,30 +111,26 @@ def _client_unlocked(settings_: VnaSettings) -> DimseVna | DicomWebVna:
     return _clients[settings_]
 
 
-def _client(settings_: VnaSettings) -> DimseVna | DicomWebVna:
-    with _lock:
-        return _client_unlocked(settings_)
-
-
 class StoresResource(ConfigurableResource):
-    """The raw cache (identifiable, bounded) and the anonymised store, on local disk."""
+    """The local stores: the raw cache (identifiable, bounded: keep it on encrypted local disk),
+    the anonymised store and the per-extract export folders."""
 
-    raw_cache_dir: str = ""
-    raw_cache_max_bytes: int = 0
-    anonymised_dir: str = ""
-    export_dir: str = ""
+    raw_cache_dir: str = Field(description="the raw cache (identifiable)")
+    raw_cache_max_bytes: int = Field(
+        default=50 * 1024**3, description="size bound of the raw cache (LRU eviction)"
+    )
+    anonymised_dir: str = Field(description="anonymised studies waiting for upload")
+    export_dir: str = Field(description="per-extract export bundles")
 
     def raw_cache(self) -> RawCache:
-        root = self.raw_cache_dir or str(settings.raw_cache_dir())
-        limit = self.raw_cache_max_bytes or int(_env("VOXL_RAW_CACHE_MAX_BYTES", str(50 * 1024**3)))
+        key = (self.raw_cache_dir, self.raw_cache_max_bytes)
         with _lock:
-            if (root, limit) not in _caches:
-                _caches[(root, limit)] = RawCache(make_private_dir(Path(root)), limit)
-            return _caches[(root, limit)]
+            if key not in _caches:
+                _caches[key] = RawCache(make_private_dir(Path(self.raw_cache_dir)), key[1])
+            return _caches[key]
 
     def anonymised(self) -> AnonymisedStore:
-        root = Path(self.anonymised_dir) if self.anonymised_dir else settings.anon_store_dir()
-        return AnonymisedStore(make_private_dir(root))
+        return AnonymisedStore(make_private_dir(Path(self.anonymised_dir)))
 
-    def exports(self) -> Any:
-        return make_private_dir(Path(self.export_dir) if self.export_dir else settings.export_dir())
+    def exports(self) -> Path:
+        return make_private_dir(Path(self.export_dir))

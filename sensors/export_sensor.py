@@ -43,6 +43,21 @@ def exported_end_state(instance: DagsterInstance, extract_key: str) -> str | Non
     return str(value.value) if value is not None else None
 
 
+def _exported(context: SensorEvaluationContext) -> dict[str, str]:
+    """The cursor: each extract's last requested end state. One that is not understood (set by
+    hand) starts over, which is safe: an extract already exported in its state is skipped."""
+    if not context.cursor:
+        return {}
+    try:
+        value = json.loads(context.cursor)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        context.log.warning("cursor not understood: starting over (exported extracts are skipped)")
+        return {}
+    return {str(key): str(state) for key, state in value.items()}
+
+
 @sensor(
     name="extract_export_sensor",
     asset_selection=EXPORT_ASSETS,
@@ -56,7 +71,7 @@ def extract_export_sensor(
     from sqlalchemy import select
 
     database = voxl_db.database
-    exported: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
+    exported = _exported(context)
     with database.session() as session:
         extracts = [(e.id, e.project, e.extract_datetime) for e in session.scalars(select(Extract))]
     counts = study_counts_by_status(database, [e[0] for e in extracts])

@@ -1,5 +1,5 @@
-"""Sensor: each new complete extract in ``VOXL_EXTRACTS_DIR`` becomes an extract partition and a
-``cohort_messages`` run (a CSV file may hold several extracts). A source that cannot be registered
+"""Sensor: each new complete extract in the extracts folder (the ``extracts`` resource) becomes
+an extract partition and a ``cohort_messages`` run (a CSV file may hold several extracts). A source that cannot be registered
 (unreadable, an unregistered project, an identity another source holds) is reported once, with the
 reason, here and in `voxl status`; the other sources go on in the same tick. A failed extract runs
 again when a corrected copy arrives or its files change."""
@@ -16,15 +16,11 @@ from dagster import (
     sensor,
 )
 
+from resources.extracts import ExtractsFolderResource
 from resources.voxl_database import ProjectRegistryResource, VoxlDatabaseResource
-from voxl_assets import settings
 from voxl_assets.assets.cohort import cohort_messages
 from voxl_assets.cohort.discovery import scan_extracts
 from voxl_assets.partitions import EXTRACTS
-
-
-def _quiet_seconds() -> float:
-    return float(os.environ.get("VOXL_EXTRACT_QUIET_SECONDS", "30"))
 
 
 def _reported(cursor: dict[str, object]) -> dict[str, str]:
@@ -45,13 +41,21 @@ def new_extract_sensor(
     context: SensorEvaluationContext,
     voxl_db: VoxlDatabaseResource,
     projects: ProjectRegistryResource,
+    extracts: ExtractsFolderResource,
 ) -> SensorResult:
+    if not extracts.path.is_dir():
+        # Shown on every tick in the UI, not stored as a problem of a source: a fresh install
+        # may not have the folder yet, and a misconfigured one must not look like "no extracts".
+        return SensorResult(
+            skip_reason=f"the extracts folder {extracts.path} does not exist (VOXL_EXTRACTS_DIR)",
+            cursor=context.cursor,
+        )
     cursor = json.loads(context.cursor) if context.cursor else {}
     report = scan_extracts(
         voxl_db.database,
         projects.load(),
-        settings.extracts_dir(),
-        quiet_seconds=_quiet_seconds(),
+        extracts.path,
+        quiet_seconds=extracts.quiet_seconds,
         seen=set(cursor.get("seen", [])),
         reported=_reported(cursor),
     )

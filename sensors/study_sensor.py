@@ -18,7 +18,7 @@ from dagster import (
     sensor,
 )
 
-from resources.voxl_database import VoxlDatabaseResource
+from resources.voxl_database import ProjectRegistryResource, VoxlDatabaseResource
 from voxl_assets.imaging.batches import (
     STUDY_ASSETS,
     QueuedCursor,
@@ -26,7 +26,7 @@ from voxl_assets.imaging.batches import (
     queued_studies,
 )
 from voxl_assets.partitions import STUDIES
-from voxl_assets.project_config import ProjectConfigError, ProjectRegistry
+from voxl_assets.project_config import ProjectConfigError
 
 
 def batch_size() -> int:
@@ -37,11 +37,17 @@ def max_runs_per_tick() -> int:
     return max(1, int(os.environ.get("VOXL_STUDY_MAX_RUNS_PER_TICK", "20")))
 
 
-def project_priorities() -> dict[str, int]:
+def project_priorities(
+    context: SensorEvaluationContext, projects: ProjectRegistryResource
+) -> dict[str, int]:
+    """Each registered project's queue priority. A registry that does not load (a definition
+    under review is broken) gives every batch the default priority rather than stalling the
+    sensor; the reason is logged, and the runs report the broken registry too."""
     try:
-        registry = ProjectRegistry.load()
-    except ProjectConfigError:
-        return {}  # the cohort step reports a broken registry; batches keep the default priority
+        registry = projects.load()
+    except ProjectConfigError as exc:
+        context.log.warning(f"project registry not loaded, default priorities: {exc}")
+        return {}
     return {slug: registry.priority(slug) for slug in registry.slugs()}
 
 
@@ -53,7 +59,9 @@ def project_priorities() -> dict[str, int]:
     description="Starts raw -> anonymised -> upload for studies still queued, in batches.",
 )
 def study_batch_sensor(
-    context: SensorEvaluationContext, voxl_db: VoxlDatabaseResource
+    context: SensorEvaluationContext,
+    voxl_db: VoxlDatabaseResource,
+    projects: ProjectRegistryResource,
 ) -> SensorResult:
     def partition_keys() -> list[str]:
         return list(context.instance.get_dynamic_partitions(STUDIES))
@@ -63,7 +71,12 @@ def study_batch_sensor(
     fresh = any(i > cursor.after and i not in cursor.above for i, _ in queued)
     keys = partition_keys() if fresh else []
     requests, cursor = queued_batch_requests(
-        keys, queued, cursor, batch_size(), max_runs_per_tick(), project_priorities()
+        keys,
+        queued,
+        cursor,
+        batch_size(),
+        max_runs_per_tick(),
+        project_priorities(context, projects),
     )
     if requests:
         context.log.info(f"{len(requests)} batch(es) of queued studies")

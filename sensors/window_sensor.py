@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 from dagster import DefaultSensorStatus, SensorEvaluationContext, SensorResult, sensor
 
-from resources.voxl_database import VoxlDatabaseResource
+from resources.voxl_database import ProjectRegistryResource, VoxlDatabaseResource
 from sensors.study_sensor import batch_size, project_priorities
 from voxl_assets.imaging.batches import STUDY_ASSETS, due_waiting_studies, waiting_batch_requests
 from voxl_assets.partitions import STUDIES
@@ -24,13 +24,17 @@ from voxl_assets.partitions import STUDIES
     description="Starts studies that waited for an archive's time window once it has opened.",
 )
 def archive_window_sensor(
-    context: SensorEvaluationContext, voxl_db: VoxlDatabaseResource
+    context: SensorEvaluationContext,
+    voxl_db: VoxlDatabaseResource,
+    projects: ProjectRegistryResource,
 ) -> SensorResult:
     now = datetime.now(UTC).replace(tzinfo=None)
     due = due_waiting_studies(voxl_db.database, now)
     if not due:
         return SensorResult(run_requests=[])
     keys = context.instance.get_dynamic_partitions(STUDIES)
-    requests = waiting_batch_requests(keys, due, batch_size(), project_priorities())
+    requests = waiting_batch_requests(
+        keys, due, batch_size(), project_priorities(context, projects)
+    )
     context.log.info(f"{len(due)} waiting studies are due: {len(requests)} run(s)")
     return SensorResult(run_requests=requests)

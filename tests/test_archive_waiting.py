@@ -198,10 +198,12 @@ def test_waiting_for_the_secondary_window_then_delivered(
 def _window_tick(instance: DagsterInstance) -> list[Any]:
     from dagster import SensorResult, build_sensor_context
 
-    from voxl_assets.definitions import defs
+    from voxl_assets.definitions import build_definitions
 
+    defs = build_definitions()  # configured from the environment the test set
     sensor = defs.resolve_sensor_def("archive_window_sensor")
-    result = sensor(build_sensor_context(instance=instance, resources=defs.resources))
+    with build_sensor_context(instance=instance, resources=defs.resources) as context:
+        result = sensor(context)
     assert isinstance(result, SensorResult)
     return list(result.run_requests or [])
 
@@ -210,8 +212,9 @@ def _launch(instance: DagsterInstance, request: Any) -> None:
     """Execute the run request as the daemon would (same assets, partition range, tags)."""
     from dagster import materialize
 
-    from voxl_assets.definitions import defs
+    from voxl_assets.definitions import build_definitions
 
+    defs = build_definitions()
     result = materialize(
         [defs.get_assets_def(key) for key in request.asset_selection],
         instance=instance,

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from dagster import DagsterInstance, instance_for_test, materialize
 
+from resources.extracts import ExtractsFolderResource
 from resources.voxl_database import ProjectRegistryResource, VoxlDatabaseResource
 from tests.helpers.projects import write_project
 from tests.helpers.sensor_tick import tick
@@ -252,6 +253,7 @@ def test_a_bad_cell_is_named_never_echoed(
     resources = {
         "voxl_db": VoxlDatabaseResource(url=database_url),
         "projects": ProjectRegistryResource(directory=str(projects)),
+        "extracts": ExtractsFolderResource(directory=str(folder), quiet_seconds=0),
     }
     # The sensor: a summary-level problem is its to report; otherwise it starts a run.
     first = tick(instance, resources, None)

@@ -16,6 +16,7 @@ import pytest
 from dagster import DagsterInstance, instance_for_test, materialize
 from sqlalchemy import func, select
 
+from resources.extracts import ExtractsFolderResource
 from resources.voxl_database import ProjectRegistryResource, VoxlDatabaseResource
 from tests.helpers.projects import write_project
 from tests.helpers.sensor_tick import tick
@@ -35,16 +36,15 @@ FIRST, SECOND, THIRD = (
 
 
 @pytest.fixture
-def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
+def env(tmp_path: Path) -> dict[str, object]:
     projects = tmp_path / "projects"
     write_project(projects)
     extracts = tmp_path / "extracts"
     extracts.mkdir()
-    monkeypatch.setenv("VOXL_EXTRACTS_DIR", str(extracts))
-    monkeypatch.setenv("VOXL_EXTRACT_QUIET_SECONDS", "0")
     resources = {
         "voxl_db": VoxlDatabaseResource(url=f"sqlite:///{tmp_path / 'voxl.db'}"),
         "projects": ProjectRegistryResource(directory=str(projects)),
+        "extracts": ExtractsFolderResource(directory=str(extracts), quiet_seconds=0),
     }
     return {"extracts": extracts, "resources": resources, "projects": projects}
 

@@ -136,10 +136,13 @@ def test_voxl_creates_its_roots_private_whatever_the_umask(
         if name.startswith(("VOXL_", "DAGSTER_")):
             monkeypatch.delenv(name)
     monkeypatch.setenv("VOXL_HOME", str(home))
-    monkeypatch.setenv("VOXL_RAW_CACHE_DIR", str(tmp_path / "b" / "cache"))  # outside the home
     dagster_home = ensure_dagster_home()
     database = VoxlDatabase()  # migrated: written, its write-ahead log open
-    stores = StoresResource()
+    stores = StoresResource(
+        raw_cache_dir=str(tmp_path / "b" / "cache"),  # outside the home
+        anonymised_dir=str(home / "anon-store"),
+        export_dir=str(home / "exports"),
+    )
     stores.raw_cache()
     stores.anonymised()
     stores.exports()

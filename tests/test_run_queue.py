@@ -92,7 +92,7 @@ def test_queued_runs_start_by_priority_up_to_the_cap(
         routine = [f"routine/{n}" for n in range(1, 6)]
         urgent = [f"urgent/{n}" for n in range(6, 11)]
         instance.add_dynamic_partitions(STUDIES, routine + urgent)
-        from resources.voxl_database import VoxlDatabaseResource
+        from resources.voxl_database import ProjectRegistryResource, VoxlDatabaseResource
         from voxl_assets.db import Study, VoxlDatabase
 
         voxl_url = f"sqlite:///{tmp_path / 'voxl.db'}"
@@ -102,7 +102,11 @@ def test_queued_runs_start_by_priority_up_to_the_cap(
                 session.add(Study(id=number, project=project, mrn=f"M{number}", status="queued"))
         result = study_batch_sensor(
             build_sensor_context(
-                instance=instance, resources={"voxl_db": VoxlDatabaseResource(url=voxl_url)}
+                instance=instance,
+                resources={
+                    "voxl_db": VoxlDatabaseResource(url=voxl_url),
+                    "projects": ProjectRegistryResource(directory=str(tmp_path / "projects")),
+                },
             )
         )
         requests = sorted(

@@ -14,11 +14,12 @@ from typing import Any
 import pytest
 from dagster import DagsterInstance, SensorResult, build_sensor_context
 
-from resources.voxl_database import VoxlDatabaseResource
+from resources.voxl_database import ProjectRegistryResource, VoxlDatabaseResource
 from sensors.export_sensor import extract_export_sensor
 from sensors.study_sensor import study_batch_sensor
 from sensors.window_sensor import archive_window_sensor
 from tests.helpers.projects import write_project
+from voxl_assets import settings
 from voxl_assets.db import Extract, ExtractStudy, Study, StudyStatus, VoxlDatabase
 from voxl_assets.db.models import study_partition_key
 from voxl_assets.imaging.batches import ONLY_STATUS_TAG
@@ -75,7 +76,13 @@ def _set_status(database: VoxlDatabase, study_id: int, status: str, **values: An
 
 def _tick(sensor: Any, instance: DagsterInstance, cursor: str | None, url: str) -> SensorResult:
     context = build_sensor_context(
-        instance=instance, cursor=cursor, resources={"voxl_db": VoxlDatabaseResource(url=url)}
+        instance=instance,
+        cursor=cursor,
+        resources={
+            "voxl_db": VoxlDatabaseResource(url=url),
+            # The registry the test set up (VOXL_PROJECTS_DIR), through the `projects` resource.
+            "projects": ProjectRegistryResource(directory=str(settings.projects_dir())),
+        },
     )
     result = sensor(context)
     assert isinstance(result, SensorResult)

@@ -12,7 +12,7 @@ import pytest
 from dagster import DagsterInstance, SensorResult, build_sensor_context
 
 from voxl_assets.cli import main
-from voxl_assets.definitions import defs
+from voxl_assets.definitions import build_definitions
 from voxl_assets.imaging.batches import ONLY_STATUS_TAG, UNFINISHED
 from voxl_assets.orchestration import materialize
 from voxl_assets.synthetic import synthetic_extract_rows, write_omop_extract
@@ -27,8 +27,9 @@ SENSORS = [
 
 def _first_tick(instance: DagsterInstance, name: str) -> SensorResult:
     """A sensor's first evaluation, as when the daemon starts with the UI (no cursor yet)."""
-    context = build_sensor_context(instance=instance, cursor=None, resources=defs.resources)
-    result = defs.resolve_sensor_def(name)(context)
+    defs = build_definitions()  # configured from the environment the test set
+    with build_sensor_context(instance=instance, cursor=None, resources=defs.resources) as context:
+        result = defs.resolve_sensor_def(name)(context)
     assert isinstance(result, SensorResult)
     return result
 
@@ -55,6 +56,7 @@ def test_sensors_request_nothing_after_the_demo_then_only_new_studies(
     assert "1 study is not on the demo VNA, to show failure reasons" in out
     assert "1 study is ultrasound (US), which the project filters out" in out
 
+    defs = build_definitions()
     with DagsterInstance.get() as instance:
         assert len(instance.get_runs()) == 3  # cohort, one study batch, export
         for name in SENSORS:

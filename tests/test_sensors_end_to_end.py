@@ -60,13 +60,14 @@ def _project_dir(tmp_path: Path, dicomweb_url: str, ftps: FtpServer) -> Path:
 
 
 def _tick(instance: DagsterInstance, name: str, cursors: dict[str, str | None]) -> list[Any]:
-    from voxl_assets.definitions import defs
+    from voxl_assets.definitions import build_definitions
 
+    defs = build_definitions()  # configured from the environment the test set
     sensor = defs.resolve_sensor_def(name)
-    context = build_sensor_context(
+    with build_sensor_context(
         instance=instance, cursor=cursors.get(name), resources=defs.resources
-    )
-    result = sensor(context)
+    ) as context:
+        result = sensor(context)
     assert isinstance(result, SensorResult)
     for request in result.dynamic_partitions_requests or []:
         instance.add_dynamic_partitions(
@@ -78,8 +79,9 @@ def _tick(instance: DagsterInstance, name: str, cursors: dict[str, str | None]) 
 
 def _launch(instance: DagsterInstance, request: Any) -> None:
     """Execute one run request as the daemon would (same assets, partition, tags)."""
-    from voxl_assets.definitions import defs
+    from voxl_assets.definitions import build_definitions
 
+    defs = build_definitions()
     selection = request.asset_selection or [defs.get_assets_def("cohort_messages").key]
     assets = {defs.get_assets_def(key) for key in selection}
     result = materialize(

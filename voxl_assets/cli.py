@@ -93,11 +93,13 @@ def _sftp_client_problem(project: ProjectDefinition) -> str | None:
 
 def _check_archives() -> int:
     """Validate ``VOXL_ARCHIVES_FILE`` when set, and show the archives in the order they are asked."""
-    from resources.imaging import VnaResource
+    from voxl_assets.definitions import deployment_resources
     from voxl_assets.vna.archives import ArchiveConfigError, store_scp_warnings
 
     try:
-        configs = VnaResource().archive_configs()
+        # The deployment's VNA resource with its variables read, as a run would see it.
+        vna = deployment_resources()["vna"].process_config_and_initialize()
+        configs = vna.archive_configs()
     except ArchiveConfigError as exc:
         _error(str(exc))
         return EXIT_BAD_INPUT
@@ -292,9 +294,9 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     from dagster._core.execution.backfill import PartitionBackfill
     from dagster._core.storage.tags import PRIORITY_TAG
 
-    from voxl_assets.assets.imaging import TOP_UP_TAG
     from voxl_assets.dagster_home import ensure_dagster_home
     from voxl_assets.definitions import defs
+    from voxl_assets.imaging.batches import TOP_UP_TAG
 
     ensure_dagster_home()
 

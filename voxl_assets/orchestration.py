@@ -23,7 +23,7 @@ from dagster._core.storage.tags import (
 )
 
 from voxl_assets.assets.cohort import BAD_INPUT
-from voxl_assets.definitions import defs
+from voxl_assets.definitions import defs, deployment_resources
 from voxl_assets.partitions import EXTRACTS, STUDIES
 from voxl_assets.run_log import run_loggers
 
@@ -94,12 +94,14 @@ def materialize(
     partition_key: str | None = None,
 ) -> Any:
     """Dagster's ``materialize`` for VOXL's assets, with VOXL's loggers: the event log goes where
-    the `voxl` command sends it (its log file) rather than to the terminal."""
+    the `voxl` command sends it (its log file) rather than to the terminal. The resources are
+    configured from the environment as it is now (the command may have set variables since the
+    definitions were loaded: the demo's VNA port)."""
     loggers = run_loggers()
     in_process = Definitions(
         jobs=[define_asset_job(name=IN_PROCESS_JOB)],
         assets=assets,
-        resources=defs.resources,
+        resources=deployment_resources(),
         loggers=loggers,
     )
     return in_process.resolve_job_def(IN_PROCESS_JOB).execute_in_process(

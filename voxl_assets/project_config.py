@@ -305,13 +305,16 @@ def load_project(path: Path) -> ProjectDefinition:
     return project
 
 
-def local_destination_path(destination: LocalDirectoryDestination) -> Path:
-    """Where a local destination writes: its ``path`` under ``VOXL_LOCAL_DESTINATION_ROOT``.
+def local_destination_path(
+    destination: LocalDirectoryDestination, root: Path | None = None
+) -> Path:
+    """Where a local destination writes: its ``path`` under ``root`` (default
+    ``VOXL_LOCAL_DESTINATION_ROOT``).
 
     Raises:
         PathEscapeError: the folder resolves outside the root (through a symbolic link).
     """
-    return confined_path(settings.local_destination_root(), destination.path)
+    return confined_path(root or settings.local_destination_root(), destination.path)
 
 
 def _check_local_destinations(path: Path, project: ProjectDefinition) -> None:

@@ -1,4 +1,5 @@
-"""Tick ``new_extract_sensor`` on a real Dagster test instance and collect what it logged.
+"""Tick a sensor (``new_extract_sensor`` by default) on a real Dagster test instance and collect
+what it logged.
 
 Also runnable as a program (``python -m tests.helpers.sensor_tick EXTRACTS PROJECTS DB_URL``),
 which prints the tick's run requests and log lines as JSON: a test runs it as an unprivileged
@@ -9,13 +10,19 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from dagster import DagsterInstance, SensorResult, build_sensor_context, instance_for_test
+from dagster import (
+    DagsterInstance,
+    SensorDefinition,
+    SensorResult,
+    build_sensor_context,
+    instance_for_test,
+)
 
+from resources.extracts import ExtractsFolderResource
 from resources.voxl_database import ProjectRegistryResource, VoxlDatabaseResource
 from sensors.extract_sensor import new_extract_sensor
 
@@ -47,12 +54,18 @@ class Tick:
         return [message for level, message in self.logs if level == "ERROR"]
 
 
-def tick(instance: DagsterInstance, resources: Mapping[str, object], cursor: str | None) -> Tick:
-    """One evaluation of the sensor; its partition requests are applied to the instance."""
+def tick(
+    instance: DagsterInstance,
+    resources: Mapping[str, object],
+    cursor: str | None,
+    sensor: SensorDefinition = new_extract_sensor,
+) -> Tick:
+    """One evaluation of ``sensor`` (the extract sensor unless given); its partition requests
+    are applied to the instance."""
     context = build_sensor_context(instance=instance, cursor=cursor, resources=dict(resources))
     handler = _Lines()
     context.log.addHandler(handler)
-    result = new_extract_sensor(context)
+    result = sensor(context)
     assert isinstance(result, SensorResult)
     for request in result.dynamic_partitions_requests or []:
         instance.add_dynamic_partitions(
@@ -63,11 +76,10 @@ def tick(instance: DagsterInstance, resources: Mapping[str, object], cursor: str
 
 def main() -> None:
     extracts, projects, database_url = sys.argv[1:4]
-    os.environ["VOXL_EXTRACTS_DIR"] = extracts
-    os.environ["VOXL_EXTRACT_QUIET_SECONDS"] = "0"
     resources = {
         "voxl_db": VoxlDatabaseResource(url=database_url),
         "projects": ProjectRegistryResource(directory=projects),
+        "extracts": ExtractsFolderResource(directory=extracts, quiet_seconds=0),
     }
     with instance_for_test() as instance:
         first = tick(instance, resources, None)

@@ -41,6 +41,7 @@ class DroppingProxy:
         self.dropped = 0
         self.captured = bytearray()  # client -> server bytes of every connection (if capture)
         self._open: list[tuple[socket.socket, socket.socket]] = []
+        self._states: list[dict[str, bool]] = []
         self._lock = threading.Lock()
         self.port = free_port()
         self._listener = socket.create_server(("127.0.0.1", self.port))
@@ -70,6 +71,7 @@ class DroppingProxy:
             state = {"closed": False}
             with self._lock:
                 self._open.append((client, upstream))
+                self._states.append(state)
             threading.Thread(
                 target=self._pump, args=(client, upstream, drop, state), daemon=True
             ).start()
@@ -116,6 +118,11 @@ class DroppingProxy:
             state["closed"] = True
             client.close()
             upstream.close()
+
+    def open_connections(self) -> int:
+        """Connections neither side has closed yet."""
+        with self._lock:
+            return sum(not state["closed"] for state in self._states)
 
     def cut_open_connections(self) -> None:
         """Reset every connection made so far (as when a server drops idle sessions)."""

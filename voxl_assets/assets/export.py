@@ -21,6 +21,7 @@ from dagster import (
     asset,
 )
 
+from resources.destinations import DestinationsResource
 from resources.imaging import StoresResource
 from resources.voxl_database import ProjectRegistryResource, VoxlDatabaseResource
 from voxl_assets.cohort.ingest import find_extract
@@ -99,6 +100,7 @@ def ehr_bundle(
     voxl_db: VoxlDatabaseResource,
     projects: ProjectRegistryResource,
     stores: StoresResource,
+    destinations: DestinationsResource,
 ):  # a generator of Dagster events (check result, materialisation)
     database = voxl_db.database
     key = context.partition_key
@@ -125,9 +127,8 @@ def ehr_bundle(
             f"uploaded ({report.summary() if report else 'source missing'})"
         )
     project = projects.load().get(project_slug)
-    delivery = deliver_bundle(
-        bundle, project.destinations.ehr if project else None, stores.exports()
-    )
+    uploader = destinations.ehr(project) if project else None
+    delivery = deliver_bundle(bundle, uploader, stores.exports())
     record_delivery(database, key, delivery)
     # What the export sensor compares, so it does not export this state again.
     end_state = ready_exports(extract_progress(database, key))

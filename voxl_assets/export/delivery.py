@@ -1,5 +1,7 @@
 """Send a bundle to the project's EHR destination, once per content: a marker records the
-provenance checksum last delivered to each destination, so an unchanged bundle is not resent."""
+provenance checksum last delivered to each destination, so an unchanged bundle is not resent.
+The client comes from the run's destination clients (``upload/destinations.py``), which close
+it when the run ends."""
 
 from __future__ import annotations
 
@@ -11,11 +13,14 @@ from voxl_assets.cohort.ingest import find_extract
 from voxl_assets.db import VoxlDatabase
 from voxl_assets.db.models import utcnow
 from voxl_assets.export.bundle import PROVENANCE, BundleResult
-from voxl_assets.upload.factory import make_uploader
+from voxl_assets.upload.base import FileUploader
 
 
-def deliver_bundle(bundle: BundleResult, destination: Any, export_root: Path) -> dict[str, Any]:
-    uploader = make_uploader(destination) if destination is not None else None
+def deliver_bundle(
+    bundle: BundleResult, uploader: FileUploader | None, export_root: Path
+) -> dict[str, Any]:
+    """Send ``bundle`` with ``uploader`` (None: the project has no EHR destination) unless the
+    same content already went to the same destination; returns the delivery's metadata."""
     if uploader is None:
         return {"ehr_destination": "none", "sent": False}
     checksum = hashlib.sha256((bundle.directory / PROVENANCE).read_bytes()).hexdigest()
@@ -23,12 +28,7 @@ def deliver_bundle(bundle: BundleResult, destination: Any, export_root: Path) ->
     marker = export_root / ".delivered" / bundle.relative_folder / name
     if marker.exists() and marker.read_text() == checksum:
         return {"ehr_destination": uploader.kind, "sent": False}
-    try:
-        report = uploader.upload_tree(bundle.directory, bundle.relative_folder)
-    finally:
-        close = getattr(uploader, "close", None)
-        if close is not None:
-            close()
+    report = uploader.upload_tree(bundle.directory, bundle.relative_folder)
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text(checksum)
     return {

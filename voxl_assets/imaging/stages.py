@@ -1,5 +1,6 @@
 """The three per-study stages, wired to their parts: VNA + raw cache, engine + anonymised store,
-uploader + exactly-once records. Plain Python: the Dagster asset only feeds it resources."""
+the project's destination client + exactly-once records. Plain Python: the Dagster asset only
+feeds it resources (the destination clients belong to the run: ``resources/destinations.py``)."""
 
 from __future__ import annotations
 
@@ -23,8 +24,8 @@ from voxl_assets.project_config import ProjectRegistry
 from voxl_assets.retry import TransientError
 from voxl_assets.study_state import StudyRequest, set_status
 from voxl_assets.upload.base import UploadError, UploadTarget
+from voxl_assets.upload.destinations import DestinationClients
 from voxl_assets.upload.exactly_once import upload_study_once
-from voxl_assets.upload.factory import make_uploader
 from voxl_assets.vna.archives import ArchiveSet
 from voxl_assets.vna.cache import CacheFull, RawCache
 from voxl_assets.vna.raw import RawStudyResult, request_cache_keys, retrieve_raw_study
@@ -40,13 +41,13 @@ class StudyStages:
     archives: ArchiveSet
     raw_cache: RawCache
     anonymised: AnonymisedStore
+    destinations: DestinationClients | None = None  # the run's; needed by the upload stage only
     force_upload: bool = False
     retry_delay: float = 2.0
     top_up_cached: bool = False  # check cached studies for instances the archive gained since
 
     def __post_init__(self) -> None:
         self._deidentifiers: dict[str, Deidentifier] = {}
-        self._uploaders: dict[str, Any] = {}
         self._lock = threading.Lock()
 
     def functions(self) -> dict[Stage, Callable[[StudyRequest, dict[Stage, StageOutcome]], Any]]:
@@ -70,25 +71,14 @@ class StudyStages:
                 )
             return self._deidentifiers[request.project]
 
-    def close(self) -> None:
-        """End what the uploaders keep open between studies (SFTP sessions)."""
-        with self._lock:
-            uploaders, self._uploaders = list(self._uploaders.values()), {}
-        for uploader in uploaders:
-            close = getattr(uploader, "close", None)
-            if close is not None:
-                close()
-
     def _uploader(self, request: StudyRequest) -> Any:
-        with self._lock:
-            if request.project not in self._uploaders:
-                try:
-                    self._uploaders[request.project] = make_uploader(
-                        self._project(request).destinations.images
-                    )
-                except UploadError as exc:
-                    raise StudyFailure(str(exc)) from None
-            return self._uploaders[request.project]
+        """The project's image client, kept by ``destinations`` for the run's next study."""
+        if self.destinations is None:
+            raise TypeError("StudyStages needs the run's destination clients to upload")
+        try:
+            return self.destinations.images(self._project(request))
+        except UploadError as exc:
+            raise StudyFailure(str(exc)) from None
 
     def _raw(self, request: StudyRequest, *, top_up: bool = False) -> RawStudyResult:
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from voxl_assets.project_config import (
@@ -48,14 +49,22 @@ def _required(env: Mapping[str, str], name: str, what: str) -> str:
     return value
 
 
-def _local(destination: LocalDirectoryDestination) -> Any:
+def local_uploader(destination: LocalDirectoryDestination, root: Path | None = None) -> Any:
+    """The uploader into a ``kind: local`` folder: its ``path`` under ``root`` (default
+    ``VOXL_LOCAL_DESTINATION_ROOT``), checked again now, so a link planted since the definition
+    was loaded is caught.
+
+    Raises:
+        UploadError: the folder resolves outside ``root``.
+    """
     from voxl_assets.at_rest import make_private_dir
     from voxl_assets.confinement import PathEscapeError
     from voxl_assets.project_config import local_destination_path
     from voxl_assets.upload.local import LocalUploader
 
     try:
-        return LocalUploader(make_private_dir(local_destination_path(destination), tighten=False))
+        folder = local_destination_path(destination, root)
+        return LocalUploader(make_private_dir(folder, tighten=False))
     except PathEscapeError as exc:
         raise UploadError(f"local destination {destination.path}: {exc}") from None
 
@@ -170,7 +179,7 @@ def make_image_uploader(
     if isinstance(destination, NoDestination):
         return None
     if isinstance(destination, LocalDirectoryDestination):
-        uploader = _local(destination)
+        uploader = local_uploader(destination)
     elif isinstance(destination, DicomWebDestination):
         uploader = _dicomweb(destination, env)
     elif isinstance(destination, AzureDicomDestination):
@@ -198,7 +207,7 @@ def make_file_uploader(
     if isinstance(destination, NoDestination):
         return None
     if isinstance(destination, LocalDirectoryDestination):
-        uploader = _local(destination)
+        uploader = local_uploader(destination)
     elif isinstance(destination, FtpsDestination):
         uploader = _ftps(destination, env)
     elif isinstance(destination, SftpDestination):

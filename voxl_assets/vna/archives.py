@@ -35,7 +35,6 @@ behind authentication would name environment variables, as project destinations 
 from __future__ import annotations
 
 import ipaddress
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -229,8 +228,3 @@ class ArchiveSet:
     def close(self) -> None:
         for archive in self.archives:
             archive.client.close()
-
-
-def archives_file() -> Path | None:
-    value = os.environ.get("VOXL_ARCHIVES_FILE", "")
-    return Path(value) if value else None
