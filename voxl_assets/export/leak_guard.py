@@ -20,8 +20,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from itertools import chain
 from datetime import date, datetime
+from itertools import chain
 from pathlib import Path
 
 import pyarrow as pa
