@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pydicom
 import pytest
+import yaml
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
@@ -328,3 +329,38 @@ def test_bad_tag_operation_files_name_the_file_and_entry(tmp_path: Path) -> None
     override.write_text("manufacturer: '(['\noperations: []\n")
     with pytest.raises(TagOperationsError, match="override.yaml: manufacturer"):
         load_policy(tmp_path, [], ["override.yaml"])
+
+
+IDENTITY = {
+    "SOPClassUID": "keep",
+    "SOPInstanceUID": "replace_uid",
+    "StudyInstanceUID": "replace_uid",
+    "SeriesInstanceUID": "replace_uid",
+}
+
+
+@pytest.mark.parametrize("keyword", sorted(IDENTITY))
+@pytest.mark.parametrize("wrong", ["delete", "keep", "replace", "missing"])
+@pytest.mark.parametrize("where", ["base", "override"])
+def test_an_allow_list_without_the_instance_identity_is_refused(
+    tmp_path: Path, keyword: str, wrong: str, where: str
+) -> None:
+    # Without a pseudonymous SOPInstanceUID every output file would be named alike and overwrite
+    # the others while being counted as written; a kept instance UID fails every study.
+    if wrong == IDENTITY[keyword]:
+        wrong = "delete"
+    entries = [{"keyword": k, "op": op} for k, op in IDENTITY.items()]
+    changed = [e for e in entries if e["keyword"] != keyword]
+    if wrong != "missing":
+        changed.append({"keyword": keyword, "op": wrong})
+    base, override = (changed, []) if where == "base" else (entries, changed)
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump({"operations": base}))
+    (tmp_path / "vendor.yaml").write_text(
+        yaml.safe_dump({"manufacturer": "(?i)acme", "operations": override})
+    )
+    expected = "base.yaml" if where == "base" else "vendor.yaml"
+    if where == "override" and wrong == "missing":
+        load_policy(tmp_path, ["base.yaml"], ["vendor.yaml"])  # the base's operation stands
+        return
+    with pytest.raises(TagOperationsError, match=rf"{expected}: {keyword} must have op"):
+        load_policy(tmp_path, ["base.yaml"], ["vendor.yaml"])

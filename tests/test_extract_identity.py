@@ -284,3 +284,30 @@ def test_a_csv_without_rows_holds_no_extract(
     assert main(["populate", str(source)]) == 2
     [line] = _error_lines(capsys.readouterr().err)
     assert f"{source}: has a header but no rows" in line
+
+
+def test_the_leak_guard_checks_a_csv_extract_against_its_registered_identifiers(
+    voxl_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A CSV extract has no private files: the identifiers the guard looks for are the ones the
+    # VOXL database holds for its studies. Here a participant id is another patient's MRN.
+    source = tmp_path / "pre-epic.csv"
+    source.write_text(
+        "procedure_id,mrn,accession_number,project_name,extract_generated_timestamp,study_date,"
+        "study_uid,participant_id\n"
+        "1,40000001,ACC0001,Pre Epic Study,2023-01-01T00:00:00Z,2019-05-01,1.2.3.4.1,PE-001\n"
+        "2,40000002,ACC0002,Pre Epic Study,2023-01-01T00:00:00Z,2019-05-02,1.2.3.4.2,40000001\n"
+    )
+    assert main(["populate", str(source)]) == 0
+    database = VoxlDatabase(f"sqlite:///{voxl_home / 'voxl.db'}")
+    with database.session() as session:
+        for study in session.scalars(select(Study)):
+            study.status = "uploaded"
+            study.pseudo_study_uid = f"2.25.{study.id}"
+            study.pseudo_patient_id = study.participant_id
+    capsys.readouterr()
+    assert main(["export", "pre-epic-study", "2023-01-01T00-00-00"]) == 1
+    err = capsys.readouterr().err
+    assert "leak guard" in err and "IMAGE_LINKER.parquet" in err
+    assert "40000001" not in err
+    assert not (voxl_home / "delivered").exists()

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from pydicom.dataset import Dataset
 
 from tests.helpers.deid import make_engine, make_project
-from tests.helpers.projects import write_project
+from tests.helpers.projects import MINIMAL_TAG_OPERATIONS, write_project
 from voxl_assets.cli import main
 from voxl_assets.confinement import PathEscapeError, check_relative_name, confined_path
 from voxl_assets.deid.engine import FilterReason
@@ -115,7 +115,8 @@ def test_catastrophic_manufacturer_regexes_are_matched_in_linear_time(
     override = tmp_path / "ops" / "override.yaml"
     override.parent.mkdir()
     override.write_text(yaml.safe_dump({"manufacturer": pattern, "operations": []}))
-    policy = load_policy(override.parent, [], ["override.yaml"])
+    (override.parent / "base.yaml").write_text(yaml.safe_dump(MINIMAL_TAG_OPERATIONS))
+    policy = load_policy(override.parent, ["base.yaml"], ["override.yaml"])
     assert policy.for_manufacturer("x" * 100_000 + "!") is policy.base
 
 

@@ -15,7 +15,7 @@ from tests.helpers.privacy import deidentify, deidentify_unchecked, instance, pr
 from voxl_assets.deid.checks import check_output
 from voxl_assets.deid.engine import DeidReport
 from voxl_assets.deid.identifiers import StudyIdentifiers
-from voxl_assets.deid.operations import TagPolicy, load_policy
+from voxl_assets.deid.operations import TagPolicy, load_operations_file
 
 FOREIGN = [
     "1.2.826.0.1.3680043.2.1125.99999999.1",  # another study's instance
@@ -68,7 +68,7 @@ def test_kept_private_ui_elements_are_replaced(tmp_path: Path) -> None:
         "operations:\n  - {group: 0x0029, private_creator: 'ACME 1', element: 0x01, op: keep}\n"
     )
     engine = make_engine(tmp_path, project())
-    extra = load_policy(operations, ["private.yaml"], []).base
+    extra = load_operations_file(operations / "private.yaml")
     engine.policy = TagPolicy(engine.policy.base.merged(extra), engine.policy.overrides)
     ds = instance()
     block = ds.private_block(0x0029, "ACME 1", create=True)

@@ -6,7 +6,16 @@ from pathlib import Path
 
 import yaml
 
-MINIMAL_TAG_OPERATIONS = {"operations": [{"keyword": "Modality", "op": "keep"}]}
+# The least a project's allow-list holds: the identity every written instance needs, and Modality.
+MINIMAL_TAG_OPERATIONS = {
+    "operations": [
+        {"keyword": "SOPClassUID", "op": "keep"},
+        {"keyword": "SOPInstanceUID", "op": "replace_uid"},
+        {"keyword": "StudyInstanceUID", "op": "replace_uid"},
+        {"keyword": "SeriesInstanceUID", "op": "replace_uid"},
+        {"keyword": "Modality", "op": "keep"},
+    ]
+}
 
 
 def write_project(

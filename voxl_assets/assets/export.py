@@ -32,6 +32,7 @@ from voxl_assets.export.bundle import (
     mapping_tables,
     private_files,
     public_column_names,
+    registered_identifiers,
     write_ehr_bundle,
 )
 from voxl_assets.export.delivery import deliver_bundle, record_delivery
@@ -110,7 +111,13 @@ def ehr_bundle(
         source = Path(extract.source_path) if extract else None
         project_slug = extract.project if extract else ""
     identifiers = (
-        private_identifiers(private_files(source), public_column_names(source)) if source else None
+        private_identifiers(
+            private_files(source),
+            public_column_names(source),
+            registered_identifiers(database, key),
+        )
+        if source
+        else None
     )
     report = scan_bundle(bundle.directory, identifiers) if identifiers is not None else None
     clean = report is not None and report.clean

@@ -193,7 +193,33 @@ def load_policy(
         except ProjectRegexError as exc:
             raise TagOperationsError(f"{path}: manufacturer: {exc}") from None
         overrides.append(ManufacturerOverride(compiled, load_operations_file(path), str(path)))
+    _check_identity_operations(base, ", ".join(base_files) or "(no base files)")
+    for override in overrides:
+        _check_identity_operations(base.merged(override.operations), override.source)
     return TagPolicy(base, overrides)
+
+
+# Every written instance needs its identity: the class as it is, the instance, series and study
+# as pseudonymous UIDs (they also name the output files and keep references consistent).
+# Deleting one would leave instances that overwrite each other and objects no viewer can place;
+# keeping an instance UID would fail every study at the privacy check.
+_IDENTITY_OPERATIONS = {
+    0x00080016: ("SOPClassUID", Op.KEEP),
+    0x00080018: ("SOPInstanceUID", Op.REPLACE_UID),
+    0x0020000D: ("StudyInstanceUID", Op.REPLACE_UID),
+    0x0020000E: ("SeriesInstanceUID", Op.REPLACE_UID),
+}
+
+
+def _check_identity_operations(operations: TagOperations, where: str) -> None:
+    for tag, (keyword, required) in _IDENTITY_OPERATIONS.items():
+        operation = operations.public.get(tag)
+        if operation is None or operation.op is not required:
+            found = operation.op.value if operation else "not listed (removed)"
+            raise TagOperationsError(
+                f"{where}: {keyword} must have op {required.value} (it has: {found}); every "
+                "written instance needs it"
+            )
 
 
 def _inside(ops_dir: Path, name: str) -> Path:

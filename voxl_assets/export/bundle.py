@@ -84,6 +84,21 @@ def mapping_rows(database: VoxlDatabase, extract_key: str) -> tuple[Extract, Map
     return extract, MappingRows(linked, excluded)
 
 
+def registered_identifiers(database: VoxlDatabase, extract_key: str) -> list[str]:
+    """The identifiers the VOXL database holds for the extract's studies (MRN, accession number,
+    study and series UID), for the leak guard; absent ones (stored as '') are left out."""
+    with database.session() as session:
+        extract = find_extract(session, extract_key)
+        if extract is None:
+            return []
+        rows = session.execute(
+            select(Study.mrn, Study.accession_number, Study.study_uid, Study.series_uid)
+            .join(ExtractStudy, ExtractStudy.study_id == Study.id)
+            .where(ExtractStudy.extract_id == extract.id)
+        ).all()
+    return sorted({value for row in rows for value in row if value})
+
+
 def registered_extract(database: VoxlDatabase, extract_key: str) -> Extract:
     with database.session() as session:
         extract = find_extract(session, extract_key)

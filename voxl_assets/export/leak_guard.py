@@ -1,7 +1,9 @@
 """The leak guard: no value from an extract's private files may appear in what leaves.
 
 Identifiers are every value of the private files' columns, except join keys that the public files
-carry on purpose (person_id, procedure_occurrence_id: OMOP ES's pseudonymous keys). They are
+carry on purpose (person_id, procedure_occurrence_id: OMOP ES's pseudonymous keys), and the MRNs,
+accession numbers and study and series UIDs the VOXL database holds for the extract's studies
+(all a CSV extract has: it comes without private files). They are
 matched under the shared rules of ``voxl_assets/identifier_rules.py`` (the DICOM checks use the
 same): folded for case, accents and separators, and looked for as substrings, so "MRN: 47000022.",
 "mrn47000023", "pt_ACC123", "4700 0022" and "943 476 5919" are caught while "470000221" (another
@@ -19,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from itertools import chain
 from pathlib import Path
 
 import pyarrow as pa
@@ -51,20 +54,25 @@ def identifier_matcher(values: Iterable[object]) -> IdentifierMatcher:
     return IdentifierMatcher(needles)
 
 
+def private_values(private_files: Iterable[Path], public_columns: set[str]) -> Iterator[object]:
+    """Every value of the private files' columns but the join keys the public files carry."""
+    for path in private_files:
+        parquet = pq.ParquetFile(path)
+        columns = [c for c in parquet.schema_arrow.names if c not in public_columns]
+        for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=columns):
+            for column in batch.columns:
+                yield from column.to_pylist()
+
+
 def private_identifiers(
-    private_files: Iterable[Path], public_columns: set[str]
+    private_files: Iterable[Path],
+    public_columns: set[str],
+    registered: Iterable[object] = (),
 ) -> IdentifierMatcher:
-    """Every identifying value in the private files, compiled into one matcher."""
-
-    def values() -> Iterator[object]:
-        for path in private_files:
-            parquet = pq.ParquetFile(path)
-            columns = [c for c in parquet.schema_arrow.names if c not in public_columns]
-            for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=columns):
-                for column in batch.columns:
-                    yield from column.to_pylist()
-
-    return identifier_matcher(values())
+    """Every identifying value in the private files, plus ``registered`` ones (the identifiers
+    the VOXL database holds for the extract's studies: a CSV extract has no private files),
+    compiled into one matcher."""
+    return identifier_matcher(chain(private_values(private_files, public_columns), registered))
 
 
 @dataclass
