@@ -40,7 +40,9 @@ def test_engine_refuses_an_identifier_at_any_position(
 ) -> None:
     ds = instance()
     value = _long(position, MRN)
-    implicit = where != "sequence item"  # explicit VR caps LO and CS values at 65,534 bytes
+    # Explicit VR caps LO and CS values at 65,534 bytes: the sequence item is explicit where the
+    # value fits, implicit (no length cap) beyond.
+    implicit = where != "sequence item" or position >= 64_000
     if where == "implicit LO":
         put(ds, SERIES_DESCRIPTION, "LO", value, implicit=True)
     elif where == "private UT":
@@ -51,10 +53,8 @@ def test_engine_refuses_an_identifier_at_any_position(
         item = Dataset()
         item.ReferencedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
         item.ReferencedSOPInstanceUID = "1.2.3.4"
-        put(item, SERIES_DESCRIPTION, "LO", value[:65_000] if position < 64_000 else value[:65_534])
+        put(item, SERIES_DESCRIPTION, "LO", value if implicit else value[:65_000], implicit)
         ds.ReferencedImageSequence = Sequence([item])
-        if position >= 64_000:
-            pytest.skip("an explicit-VR LO holds at most 65,534 bytes")
     outcome = deidentify(tmp_path, [save(ds, tmp_path / "raw" / "1.dcm", implicit=implicit)])
     assert isinstance(outcome, OutputCheckError), f"MRN at byte {position} ({where}) let through"
 
