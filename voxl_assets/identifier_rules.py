@@ -5,7 +5,9 @@ so the two cannot drift apart.
 Folding. Text and identifiers are compared after folding: compatibility decomposition (NFKD, so
 full-width digits and half-width katakana become their plain forms), case folding, accents and
 other combining marks dropped, a few letters that have no decomposition transliterated (ß ss,
-æ ae, ø o, ł l...), and every character that is not a letter or a digit removed. "SMITH.JOHN",
+æ ae, ø o, ł l...), the decimal digits of every script as ASCII digits, Cyrillic and Greek
+look-alikes of Latin letters as those letters, and every character that is not a letter or a digit
+removed. "SMITH.JOHN",
 "Smith John" and "smith-john" all fold to "smithjohn"; "Müller" to "muller"; "MRN: 47000022."
 to "mrn47000022".
 
@@ -21,7 +23,7 @@ syllable or a word, and such text has no spaces).
 
 Variants. A person name is looked for by each part (family, given and middle names; particles
 such as "van" or "de" and prefixes or suffixes such as "Dr" are not) and by family+given in both
-orders; German umlauts also as ae/oe/ue. A date of birth is looked for in the common written forms
+orders; German umlauts also as ae/oe/ue; Cyrillic and Greek names also romanised. A date of birth is looked for in the common written forms
 (19611231, 1961-12-31, 31/12/1961, 31.12.1961, 12/31/1961, 31 Dec 1961, December 31 1961, Dec 31
 1961, 1961 Dec 31, with and without leading zeros, and 311261, 123161) except inside DICOM date
 attributes, where a newborn's study date may equal it. A numeric identifier is also looked for
@@ -30,6 +32,7 @@ without its leading zeros, and an alphanumeric one by its digits when they are 6
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from collections.abc import Iterable
@@ -113,12 +116,39 @@ _MONTHS = [
 # --- folding -----------------------------------------------------------------------------------
 
 
+# Cyrillic and Greek letters that look like Latin ones (lower case: folding case-folds first), so
+# "ZЕBЕDЕЕ" with Cyrillic Е folds like "ZEBEDEE"; text and identifiers fold alike, so a Cyrillic
+# name still matches Cyrillic text. Transliteration (Иванов as IVANOV) is a name variant instead.
+_LOOKALIKES = {
+    "а": "a", "в": "b", "е": "e", "к": "k", "м": "m", "н": "h", "о": "o", "р": "p", "с": "c",
+    "т": "t", "у": "y", "х": "x", "ѕ": "s", "і": "i", "ј": "j", "һ": "h", "ԁ": "d", "ԛ": "q",
+    "ԝ": "w", "ү": "y", "ӏ": "l",
+    "α": "a", "β": "b", "ε": "e", "ζ": "z", "η": "h", "ι": "i", "κ": "k", "μ": "m", "ν": "n",
+    "ο": "o", "ρ": "p", "τ": "t", "υ": "y", "χ": "x", "ϲ": "c", "ω": "w",
+}  # fmt: skip
+
+
+@functools.cache
+def _script_table() -> dict[int, str]:
+    """Decimal digits of every script (Arabic-Indic, Devanagari, Thai...) as ASCII digits, and
+    the look-alike letters above as Latin ones. Built once, on first non-ASCII text."""
+    table = {
+        code: str(unicodedata.decimal(chr(code)))
+        for code in range(0x80, 0x110000)
+        if unicodedata.category(chr(code)) == "Nd"
+    }
+    table.update({ord(letter): latin for letter, latin in _LOOKALIKES.items()})
+    return table
+
+
 def _decomposed(text: str) -> str:
     text = unicodedata.normalize("NFKD", text).casefold()
     for letter, replacement in _SPECIAL_LETTERS.items():
         if letter in text:
             text = text.replace(letter, replacement)
-    return text if text.isascii() else unicodedata.normalize("NFKD", text)
+    if text.isascii():
+        return text
+    return unicodedata.normalize("NFKD", text).translate(_script_table())
 
 
 def fold(text: str) -> str:
@@ -291,9 +321,41 @@ def _umlaut_variants(value: str) -> list[str]:
     return variants
 
 
+# Two common romanisations each (ICAO 9303 as on passports; BGN/PCGN-like), so a name written in
+# Cyrillic or Greek in the header is also found where a report spells it in Latin letters.
+_CYRILLIC = str.maketrans({
+    "а": "a", "б": "b", "в": "v", "г": "g", "д": "d", "е": "e", "ж": "zh", "з": "z", "и": "i",
+    "й": "i", "к": "k", "л": "l", "м": "m", "н": "n", "о": "o", "п": "p", "р": "r", "с": "s",
+    "т": "t", "у": "u", "ф": "f", "х": "kh", "ц": "ts", "ч": "ch", "ш": "sh", "щ": "shch",
+    "ъ": "ie", "ы": "y", "ь": "", "э": "e", "ю": "iu", "я": "ia", "і": "i", "ї": "i", "є": "ie",
+    "ґ": "g", "ў": "u",
+})  # fmt: skip
+_CYRILLIC_ALTERNATIVE = str.maketrans({
+    "й": "y", "х": "h", "ю": "yu", "я": "ya", "ъ": "", "є": "ye", "ї": "yi", "ц": "c",
+})  # fmt: skip
+_GREEK = str.maketrans({
+    "α": "a", "β": "v", "γ": "g", "δ": "d", "ε": "e", "ζ": "z", "η": "i", "θ": "th", "ι": "i",
+    "κ": "k", "λ": "l", "μ": "m", "ν": "n", "ξ": "x", "ο": "o", "π": "p", "ρ": "r", "σ": "s",
+    "ς": "s", "τ": "t", "υ": "y", "φ": "f", "χ": "ch", "ψ": "ps", "ω": "o",
+})  # fmt: skip
+_GREEK_ALTERNATIVE = str.maketrans({"β": "b", "η": "e", "υ": "u", "χ": "h", "ω": "o"})
+
+
+def _romanisations(value: str) -> list[str]:
+    """A Cyrillic or Greek name in Latin letters, two ways; [] for other scripts."""
+    text = "".join(
+        c for c in unicodedata.normalize("NFKD", value).casefold() if not unicodedata.combining(c)
+    )
+    if text.isascii() or not re.search("[\u0370-\u03ff\u0400-\u04ff]", text):
+        return []
+    plain = text.translate(_CYRILLIC).translate(_GREEK)
+    other = text.translate(_CYRILLIC_ALTERNATIVE).translate(_GREEK_ALTERNATIVE)
+    return list(dict.fromkeys([plain, other.translate(_CYRILLIC).translate(_GREEK)]))
+
+
 def name_needles(value: str) -> list[Needle]:
     forms = name_parts(value)
-    for variant in _umlaut_variants(value):
+    for variant in _umlaut_variants(value) + _romanisations(value):
         forms += name_parts(variant)
     for form in list(forms):  # "MUELLER" in the header, "Müller" in the text
         if units(form) >= SUBSTRING_UNITS and re.search("[aou]e", form) and not form.isdigit():
