@@ -23,11 +23,13 @@ from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.encaps import generate_fragments
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element
 from pydicom.tag import BaseTag
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID_dictionary
 
+from voxl_assets.deid.embedded_text import marker_segments, segment_texts
 from voxl_assets.deid.identifiers import ENGINE_TAGS, StudyIdentifiers
 from voxl_assets.deid.operations import Op, TagOperations, TagPolicy
 from voxl_assets.identifier_rules import IdentifierMatcher
@@ -296,6 +298,29 @@ def _foreign_uid(raw: bytes) -> bool:
     return False
 
 
+PIXEL_TEXT = "(7FE0,0010) text segment of the compressed pixel data (JPEG COM/APPn)"
+
+
+def pixel_text_hits(payloads: Sequence[bytes], matcher: IdentifierMatcher) -> list[str]:
+    """``[PIXEL_TEXT]`` when a comment or application segment of the pixel data's codestreams
+    (``embedded_text.marker_segments``) holds an identifier, read as a person might see it."""
+    if payloads and any(matcher.find(text) for text in segment_texts(payloads)):
+        return [PIXEL_TEXT]
+    return []
+
+
+def _pixel_segments(ds: Dataset) -> list[bytes]:
+    elem = ds.get_item(0x7FE00010)
+    if elem is None or not getattr(ds["PixelData"], "is_undefined_length", False):
+        return []
+    payloads: list[bytes] = []
+    fragments = generate_fragments(ds.PixelData)
+    next(fragments, None)  # the basic offset table
+    for fragment in fragments:
+        payloads += marker_segments(fragment)
+    return payloads
+
+
 def check_output(
     files: Sequence[Path], policy: TagPolicy, identifiers: StudyIdentifiers
 ) -> tuple[CheckResult, CheckResult]:
@@ -321,6 +346,8 @@ def check_output(
         operations = policy.for_manufacturer(manufacturer)
         for tag_path in disallowed_tags(ds, operations):
             allow.findings.append(CheckFinding(path.name, tag_path, "not in the allow-list"))
+        for tag_path in pixel_text_hits(_pixel_segments(ds), matcher):
+            leaks.findings.append(CheckFinding(path.name, tag_path, "holds an identifier"))
         for tag_path in identifier_hits(ds, matcher, uids=True):
             leaks.findings.append(
                 CheckFinding(

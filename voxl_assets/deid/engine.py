@@ -30,7 +30,12 @@ from pydicom.tag import BaseTag
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
 
 from voxl_assets.deid import output
-from voxl_assets.deid.checks import disallowed_tags, element_vr, instance_encodings
+from voxl_assets.deid.checks import (
+    disallowed_tags,
+    element_vr,
+    instance_encodings,
+    pixel_text_hits,
+)
 from voxl_assets.deid.encoding import TEXT_VRS, encode_value
 from voxl_assets.deid.hashing import ProjectHasher
 from voxl_assets.deid.header_scan import DEFLATED, EXPLICIT, InstanceScan, Refusal, scan_instance
@@ -274,6 +279,8 @@ class Deidentifier:
             disallowed = disallowed_tags(ds, operations)
             encoded = output.encode_instance_header(ds, encodings)
             leaks = output.output_identifier_hits(encoded, identifiers.matcher(), encodings)
+            if scan.embedded and _keeps_pixel_data(operations):
+                leaks += pixel_text_hits(scan.embedded, identifiers.matcher())
             if disallowed or leaks:
                 raise OutputCheckError(path.name, disallowed, leaks)
             out_path = output_dir / f"{header_value(ds, 'SOPInstanceUID')}.dcm"

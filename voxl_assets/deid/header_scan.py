@@ -22,6 +22,7 @@ from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.datadict import dictionary_VR
 from pydicom.uid import UID_dictionary
 
+from voxl_assets.deid.embedded_text import marker_segments
 from voxl_assets.deid.identifiers import StudyIdentifiers
 
 IMPLICIT = "1.2.840.10008.1.2"
@@ -107,6 +108,8 @@ class InstanceScan:
     needs_full_read: bool = False  # big endian, deflated, or elements after the pixel data
     values: list[tuple[str, bytes]] = field(default_factory=list, repr=False)
     charset: bytes = b""
+    # Text that encapsulated pixel data carries (JPEG COM/APPn, JPEG 2000 COM): checked in pass 2.
+    embedded: list[bytes] = field(default_factory=list, repr=False)
 
     def add_identifiers(self, identifiers: StudyIdentifiers) -> None:
         encodings = _encodings(self.charset)
@@ -187,6 +190,7 @@ class _Walker:
         self.sop_instance_uid = b""
         self.pixel: tuple[int, int, int] | None = None  # (tag, element offset, end)
         self.after_pixel = False
+        self.embedded: list[bytes] = []  # JPEG comment and application segments
 
     def header(self, pos: int, end: int) -> tuple[int, bytes, int, int]:
         """(tag, VR, value length, value offset) of the element at ``pos``."""
@@ -301,6 +305,8 @@ class _Walker:
                 break
             if item != _ITEM or size == 0xFFFFFFFF or cursor + 8 + size > end:
                 raise _Broken(Refusal.BROKEN_PIXEL_DATA)
+            if fragments:  # the first item is the offset table
+                self.embedded += marker_segments(self.data, cursor + 8, cursor + 8 + size)
             fragments += 1
             cursor += 8 + size
         if fragments < 2:  # the offset table and at least one fragment
@@ -401,6 +407,7 @@ def _scan(data: mmap.mmap, size: int, scan: InstanceScan) -> None:
         return
     scan.values = walker.values
     scan.charset = walker.charset
+    scan.embedded = walker.embedded
     scan.sop_instance_uid = walker.sop_instance_uid.strip(b" \0").decode("latin-1")
     if walker.pixel is None:
         if "rows" in walker.image and "columns" in walker.image:

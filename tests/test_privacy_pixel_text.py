@@ -1,0 +1,146 @@
+"""Text inside compressed pixel data: a JPEG, JPEG-LS or JPEG 2000 codestream may carry comment
+(COM) and application (APPn: JFIF, EXIF...) segments ahead of the image, which capture software
+fills with a patient's name or number. The engine copies pixel data byte for byte, so it reads
+those segments (never the image data): an identifier in any of them, in any frame, in single-byte,
+UTF-8 or UTF-16 text, fails the instance; the independent checker finds it in written files."""
+
+import struct
+from pathlib import Path
+
+import pydicom
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydicom.encaps import encapsulate
+from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit, JPEGLSLossless
+
+from tests.helpers.privacy import ACCESSION, FAMILY, MRN, deidentify, instance, shared_engine
+from voxl_assets.deid import engine as engine_module
+from voxl_assets.deid.checks import PIXEL_TEXT, check_output
+from voxl_assets.deid.embedded_text import marker_segments
+from voxl_assets.deid.engine import OutputCheckError
+from voxl_assets.deid.identifiers import StudyIdentifiers
+
+
+def _segment(marker: int, payload: bytes) -> bytes:
+    return struct.pack(">BBH", 0xFF, marker, len(payload) + 2) + payload
+
+
+# Markers ahead of the image data that carry no text: quantisation table, frame header, J2K SIZ.
+DQT = _segment(0xDB, bytes(65))
+SOF0 = _segment(0xC0, b"\x08\x00\x08\x00\x08\x01\x01\x11\x00")
+SOF55 = _segment(0xF7, b"\x08\x00\x08\x00\x08\x01\x01\x11\x00")  # JPEG-LS
+SIZ = _segment(0x51, bytes(38))
+IMAGE_DATA = b"\xff\xda\x00\x08\x01\x01\x00\x00\x3f\x00" + bytes(48) + b"\xff\xd9"
+
+
+def _jpeg(*segments: bytes, frame: bytes = SOF0) -> bytes:
+    return b"\xff\xd8" + b"".join(segments) + DQT + frame + IMAGE_DATA
+
+
+def _j2k(*segments: bytes) -> bytes:
+    return b"\xff\x4f" + SIZ + b"".join(segments) + b"\xff\x90\x00\x0a" + bytes(8) + b"\xff\xd9"
+
+
+SYNTAXES = {"jpeg": JPEGBaseline8Bit, "jpeg-ls": JPEGLSLossless, "jpeg2000": JPEG2000Lossless}
+
+
+def _codestream(kind: str, text_segment: bytes | None) -> bytes:
+    segments = [text_segment] if text_segment else []
+    if kind == "jpeg2000":
+        return _j2k(*[b"\xff\x64" + s[2:] for s in segments])  # J2K's COM marker
+    return _jpeg(*segments, frame=SOF55 if kind == "jpeg-ls" else SOF0)
+
+
+def _study(tmp_path: Path, kind: str, frames: list[bytes]) -> list[Path]:
+    ds = instance()
+    ds.Rows = ds.Columns = 8
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    ds.SamplesPerPixel, ds.PixelRepresentation = 1, 0
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.NumberOfFrames = len(frames)
+    ds.PixelData = encapsulate(frames)
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = SYNTAXES[kind]
+    path = tmp_path / "raw" / "1.dcm"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return [path]
+
+
+IDENTIFIERS = {"mrn": MRN, "accession": ACCESSION, "name": FAMILY}
+ENCODINGS = ["ascii", "utf-8", "utf-16-le", "utf-16-be"]
+
+
+def _payload(identifier: str, encoding: str) -> bytes:
+    return f"Patient: {identifier} / exported by CaptureSuite".encode(encoding)
+
+
+@pytest.mark.parametrize("kind", sorted(SYNTAXES))
+@pytest.mark.parametrize("which", sorted(IDENTIFIERS))
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_an_identifier_in_a_comment_segment_fails_the_instance(
+    tmp_path: Path, kind: str, which: str, encoding: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = _segment(0xFE, _payload(IDENTIFIERS[which], encoding))
+    files = _study(tmp_path, kind, [_codestream(kind, None), _codestream(kind, text)])
+    outcome = deidentify(tmp_path / "checked", files)
+    assert isinstance(outcome, OutputCheckError), "let through by the engine"
+    assert PIXEL_TEXT in outcome.leaks
+    assert IDENTIFIERS[which] not in str(outcome)
+
+    # The independent checker finds it in what the engine writes with that check switched off.
+    monkeypatch.setattr(engine_module, "pixel_text_hits", lambda *_args: [])
+    engine = shared_engine()
+    identifiers = StudyIdentifiers()
+    report = engine.deidentify_study(files, tmp_path / "unchecked", identifiers)
+    assert report.instances_out == 1
+    _allow, leaks = check_output(report.output_files, engine.policy, identifiers)
+    assert PIXEL_TEXT in leaks.summary()
+
+
+@pytest.mark.parametrize("marker", range(0xE0, 0xF0), ids=lambda m: f"APP{m - 0xE0}")
+def test_an_identifier_in_any_application_segment_fails_the_instance(
+    tmp_path: Path, marker: int
+) -> None:
+    exif_like = b"Exif\0\0MM\0*" + _payload(FAMILY, "utf-16-le")
+    files = _study(tmp_path, "jpeg", [_jpeg(_segment(marker, exif_like))])
+    outcome = deidentify(tmp_path, files)
+    assert isinstance(outcome, OutputCheckError) and PIXEL_TEXT in outcome.leaks
+
+
+def test_image_data_is_not_read_as_text_and_ordinary_segments_pass(tmp_path: Path) -> None:
+    jfif = _segment(0xE0, b"JFIF\0\x01\x02\0\0\x01\0\x01\0\0")
+    comment = _segment(0xFE, b"Lossy compression ratio 10:1")
+    # The MRN's bytes inside the entropy-coded image data are pixels, not text.
+    frame = _jpeg(jfif, comment).replace(bytes(48), MRN.encode() + bytes(40))
+    files = _study(tmp_path, "jpeg", [frame])
+    outcome = deidentify(tmp_path, files)
+    assert not isinstance(outcome, OutputCheckError), str(outcome)
+    assert outcome.instances_out == 1
+    written = pydicom.dcmread(outcome.output_files[0])
+    assert written.PixelData == pydicom.dcmread(files[0]).PixelData  # copied byte for byte
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    before=st.lists(st.sampled_from([DQT, _segment(0xE0, b"JFIF\0"), _segment(0xC4, bytes(20))])),
+    frames=st.integers(1, 4),
+    frame_with_text=st.integers(0, 3),
+    fill=st.integers(0, 3),
+)
+def test_marker_segments_finds_every_text_segment_before_the_image_data(
+    before: list[bytes], frames: int, frame_with_text: int, fill: int
+) -> None:
+    text = _segment(0xFE, _payload(MRN, "ascii"))
+    streams = []
+    for index in range(frames):
+        segments = [*before, b"\xff" * fill + text] if index == frame_with_text % frames else before
+        streams.append(_jpeg(*segments))
+    found = [p for s in streams for p in marker_segments(s)]
+    assert sum(MRN.encode() in p for p in found) == 1
+    # After the image data starts nothing is read, whatever follows.
+    assert marker_segments(b"\xff\xd8" + IMAGE_DATA + text) == []
+    assert marker_segments(bytes(16)) == []

@@ -1,0 +1,83 @@
+"""Text that compressed pixel data carries beside the image: JPEG comment and application segments.
+
+A JPEG, JPEG-LS or JPEG 2000 codestream may hold free text ahead of the image data: comment
+segments (COM, written by some capture software with the patient's name or number) and
+application segments (APP0-APP15: JFIF, EXIF with its descriptions and owner names, ICC profiles,
+Adobe). The engine copies pixel data byte for byte, so this text would leave with the study unless
+it is read. This module finds those segments in a frame's first fragment by walking the marker
+structure up to the start of the image data, reading only the segment payloads (a few bytes
+to a few kilobytes per frame); the image data itself is never read.
+"""
+
+from __future__ import annotations
+
+import mmap
+import struct
+from collections.abc import Iterable
+
+_JPEG_SOI = b"\xff\xd8"
+_J2K_SOC = b"\xff\x4f"
+_JPEG_SOS = 0xDA
+_J2K_SOT = 0x90
+_J2K_COM = 0x64
+_TEXT_MARKERS = frozenset({0xFE, *range(0xE0, 0xF0)})  # COM, APP0-APP15
+_NO_LENGTH = frozenset({0x01, *range(0xD0, 0xD9)})  # TEM, RST0-7, SOI, EOI
+# A frame's markers all come before its image data; a bound keeps a malformed one cheap.
+MAX_HEADER_BYTES = 1 << 20
+
+
+def marker_segments(data: bytes | mmap.mmap, start: int = 0, end: int | None = None) -> list[bytes]:
+    """The COM and APPn payloads of a JPEG/JPEG-LS frame, or the COM payloads of a JPEG 2000
+    codestream, that starts at ``start`` in ``data`` (a fragment ending at ``end``); [] for
+    anything else. Stops at the image data (SOS, SOT) or at the first byte that is not a marker.
+    Reads ``data`` in place (a memory-mapped file is not copied)."""
+    end = len(data) if end is None else end
+    head = data[start : start + 2]
+    if head == _JPEG_SOI:
+        return _segments(data, start, end, _TEXT_MARKERS, _JPEG_SOS)
+    if head == _J2K_SOC:
+        return _segments(data, start, end, frozenset({_J2K_COM}), _J2K_SOT)
+    return []
+
+
+def _segments(
+    data: bytes | mmap.mmap, start: int, end: int, wanted: frozenset[int], stop: int
+) -> list[bytes]:
+    found: list[bytes] = []
+    pos, end = start + 2, min(end, start + MAX_HEADER_BYTES)
+    while pos + 2 <= end:
+        if data[pos] != 0xFF:
+            break
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == stop:
+            break
+        if marker in _NO_LENGTH:
+            pos += 2
+            continue
+        if pos + 4 > end:
+            break
+        (length,) = struct.unpack_from(">H", data, pos + 2)
+        if length < 2:
+            break
+        if marker in wanted:
+            found.append(bytes(data[pos + 4 : min(pos + 2 + length, end)]))
+        pos += 2 + length
+    return found
+
+
+def segment_texts(payloads: Iterable[bytes]) -> list[str]:
+    """Every reading of the payloads a person might see: single-byte, UTF-8 and UTF-16 (EXIF's
+    XP fields are UTF-16)."""
+    texts: list[str] = []
+    for payload in payloads:
+        texts.append(payload.decode("latin-1"))
+        if not payload.isascii():
+            texts.append(payload.decode("utf-8", "replace"))
+        if b"\0" in payload:
+            for codec in ("utf-16-le", "utf-16-be"):
+                texts.append(payload[: len(payload) // 2 * 2].decode(codec, "replace"))
+                texts.append(payload[1:][: (len(payload) - 1) // 2 * 2].decode(codec, "replace"))
+    return texts
