@@ -11,6 +11,7 @@ from dagster import DagsterInstance
 
 from tests.helpers.projects import write_project
 from voxl_assets.cli import main
+from voxl_assets.db import VoxlDatabase
 from voxl_assets.synthetic import synthetic_extract_rows, write_omop_extract
 
 
@@ -153,7 +154,7 @@ def test_an_unexpected_error_is_one_line_and_its_stack_goes_to_the_log(
         value = "".join(["MRN", "123"])  # as if read from a file: not in the source line
         raise RuntimeError(f"a message that quotes a value: {value}")
 
-    monkeypatch.setattr("voxl_assets.status.extract_statuses", broken)
+    monkeypatch.setattr("voxl_assets.status.read_statuses", broken)
     assert main(["status"]) == 1
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1
@@ -165,9 +166,19 @@ def test_an_unexpected_error_is_one_line_and_its_stack_goes_to_the_log(
 def test_help_status_and_input_errors_load_no_dagster(voxl_home: Path) -> None:
     """`voxl --help`, `voxl status` and errors found before any work answer without importing
     Dagster, pandas or pydicom (nor Alembic, once the database exists: the schema check reads the
-    migration files itself)."""
-    assert main(["status"]) == 0  # creates and migrates the database
-    heavy = ["dagster", "pandas", "pyarrow", "pydicom", "pynetdicom", "pydantic", "alembic"]
+    migration files itself). `voxl --help` and `voxl status` load no SQLAlchemy either: status
+    reads the database through the plain DB-API driver."""
+    VoxlDatabase().dispose()  # creates and migrates the database
+    heavy = [
+        "dagster",
+        "pandas",
+        "pyarrow",
+        "pydicom",
+        "pynetdicom",
+        "pydantic",
+        "alembic",
+        "sqlalchemy",
+    ]
     probe = (
         "import sys\n"
         "from voxl_assets.cli import main\n"

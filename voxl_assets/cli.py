@@ -185,10 +185,9 @@ def _populate_one(
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from voxl_assets.db import shared_database
-    from voxl_assets.status import extract_statuses, render_table
+    from voxl_assets.status import read_statuses, render_table
 
-    statuses = extract_statuses(shared_database(), args.project)
+    statuses = read_statuses(None, args.project)
     if args.project and not statuses:
         from voxl_assets.project_config import ProjectRegistry
 

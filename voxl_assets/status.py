@@ -4,22 +4,22 @@ be registered."""
 
 from __future__ import annotations
 
+import json
+import sqlite3
 from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
-from sqlalchemy import func, select
+from voxl_assets import settings
+from voxl_assets.schema_version import head_revisions
+from voxl_assets.states import RegistrationState, StudyStatus, extract_partition_key
 
-from voxl_assets.db import (
-    Extract,
-    ExtractRegistration,
-    ExtractSourceProblem,
-    ExtractStudy,
-    RegistrationState,
-    Study,
-    StudyStatus,
-    VoxlDatabase,
-)
-from voxl_assets.db.models import extract_partition_key
+if TYPE_CHECKING:
+    from voxl_assets.db import VoxlDatabase
 
 STATES = [s.value for s in StudyStatus]
 
@@ -48,118 +48,207 @@ class ExtractStatus:
         return asdict(self)
 
 
+def read_statuses(url: str | None = None, project: str | None = None) -> list[ExtractStatus]:
+    """`voxl status`: read through the plain DB-API driver (sqlite3, psycopg), so the command
+    answers without loading SQLAlchemy; a database that does not exist yet has no extracts, and
+    one whose schema is behind is migrated first (through SQLAlchemy and Alembic, once)."""
+    url = url or settings.database_url()
+    sqlite_path = _sqlite_path(url)
+    if sqlite_path is not None and sqlite_path != ":memory:":
+        from pathlib import Path
+
+        if not Path(sqlite_path).exists():
+            return []
+    with _connect(url, sqlite_path) as connection:
+        if _schema_is_current(connection):
+            return extract_statuses(connection, project)
+    from voxl_assets.db import shared_database
+
+    return extract_statuses(shared_database(url), project)
+
+
 def extract_statuses(
-    database: VoxlDatabase, project: str | None = None, *, top_reasons: int = 5
+    database: VoxlDatabase | Any, project: str | None = None, *, top_reasons: int = 5
 ) -> list[ExtractStatus]:
     """Status of every ingested extract (of ``project`` if given), oldest first; then the
-    registrations not ingested and (without ``project``) the sources that are no registration."""
-    with database.session() as session:
-        query = select(Extract).order_by(Extract.project, Extract.extract_datetime)
-        if project:
-            query = query.where(Extract.project == project)
-        extracts = list(session.scalars(query))
-        registrations = {
-            (r.project, r.extract_datetime): r
-            for r in session.scalars(
-                select(ExtractRegistration).order_by(
-                    ExtractRegistration.project, ExtractRegistration.extract_datetime
-                )
+    registrations not ingested and (without ``project``) the sources that are no registration.
+    ``database``: a `VoxlDatabase` or an open DB-API connection (sqlite3 or psycopg)."""
+    if hasattr(database, "engine"):
+        connection = database.engine.raw_connection()
+        try:
+            return _statuses(_Reader(connection), project, top_reasons)
+        finally:
+            connection.close()
+    return _statuses(_Reader(database), project, top_reasons)
+
+
+class _Reader:
+    """Plain SQL over a DB-API connection, whatever its parameter style."""
+
+    def __init__(self, connection: Any) -> None:
+        self.connection = connection
+        module = type(getattr(connection, "dbapi_connection", connection)).__module__
+        self.placeholder = "?" if module.startswith("sqlite3") else "%s"
+
+    def rows(self, sql: str, parameters: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        cursor = self.connection.cursor()
+        try:
+            cursor.execute(sql.replace("?", self.placeholder), tuple(parameters))
+            return list(cursor.fetchall())
+        finally:
+            cursor.close()
+
+
+def _statuses(reader: _Reader, project: str | None, top_reasons: int) -> list[ExtractStatus]:
+    where, parameters = ("WHERE project = ?", [project]) if project else ("", [])
+    extracts = reader.rows(
+        "SELECT id, project, extract_datetime, source_path, registered_at, exported_at "
+        f"FROM extracts {where} ORDER BY project, extract_datetime",
+        parameters,
+    )
+    registrations = {
+        (row[1], _datetime(row[2])): row
+        for row in reader.rows(
+            "SELECT state, project, extract_datetime, source_path, reason, warnings, "
+            f"registered_at FROM extract_registrations {where} "
+            "ORDER BY project, extract_datetime",
+            parameters,
+        )
+    }
+    counts: dict[int, dict[str, int]] = {}
+    for extract_id, status, count in reader.rows(
+        "SELECT l.extract_id, s.status, COUNT(DISTINCT s.id) FROM extract_studies l "
+        "JOIN studies s ON s.id = l.study_id GROUP BY l.extract_id, s.status"
+    ):
+        counts.setdefault(extract_id, {})[status] = int(count)
+    reasons: dict[int, Counter[str]] = {}
+    waiting: dict[int, Counter[str]] = {}
+    ended = (StudyStatus.FAILED.value, StudyStatus.FILTERED.value, StudyStatus.WAITING.value)
+    for extract_id, status, reason, waiting_for, count in reader.rows(
+        "SELECT l.extract_id, s.status, s.failure_reason, s.waiting_for, COUNT(*) "
+        "FROM extract_studies l JOIN studies s ON s.id = l.study_id "
+        "WHERE s.status IN (?, ?, ?) "
+        "GROUP BY l.extract_id, s.status, s.failure_reason, s.waiting_for",
+        ended,
+    ):
+        if status == StudyStatus.WAITING.value:
+            waiting.setdefault(extract_id, Counter())[waiting_for or "an archive window"] += count
+        else:
+            key = f"{status}: {reason or 'no reason recorded'}"
+            reasons.setdefault(extract_id, Counter())[key] += count
+    result = []
+    for extract_id, slug, extract_datetime, source, registered_at, exported_at in extracts:
+        when = _datetime(extract_datetime)
+        by_state = counts.get(extract_id, {})
+        result.append(
+            ExtractStatus(
+                project=slug,
+                extract=extract_partition_key(slug, when),
+                registered_at=_isoformat(registered_at),
+                exported_at=_isoformat(exported_at) if exported_at else None,
+                total=sum(by_state.values()),
+                by_state={state: by_state.get(state, 0) for state in STATES},
+                failure_reasons=reasons.get(extract_id, Counter()).most_common(top_reasons),
+                waiting=waiting.get(extract_id, Counter()).most_common(top_reasons),
+                source=source,
+                warnings=_warnings(registrations.get((slug, when))),
             )
-            if not project or r.project == project
-        }
-        result = []
-        for extract in extracts:
-            registration = registrations.get((extract.project, extract.extract_datetime))
-            counts = dict(
-                session.execute(
-                    select(Study.status, func.count(func.distinct(Study.id)))
-                    .join(ExtractStudy, ExtractStudy.study_id == Study.id)
-                    .where(ExtractStudy.extract_id == extract.id)
-                    .group_by(Study.status)
-                ).all()
-            )
-            reasons: Counter[str] = Counter()
-            waiting: Counter[str] = Counter()
-            for status, reason, waiting_for in session.execute(
-                select(Study.status, Study.failure_reason, Study.waiting_for)
-                .join(ExtractStudy, ExtractStudy.study_id == Study.id)
-                .where(
-                    ExtractStudy.extract_id == extract.id,
-                    Study.status.in_(
-                        [
-                            StudyStatus.FAILED.value,
-                            StudyStatus.FILTERED.value,
-                            StudyStatus.WAITING.value,
-                        ]
-                    ),
-                )
-            ):
-                if status == StudyStatus.WAITING.value:
-                    waiting[waiting_for or "an archive window"] += 1
-                else:
-                    reasons[f"{status}: {reason or 'no reason recorded'}"] += 1
+        )
+    for (
+        state,
+        slug,
+        extract_datetime,
+        source,
+        reason,
+        _,
+        registered_at,
+    ) in registrations.values():
+        if state != RegistrationState.INGESTED.value:
             result.append(
                 ExtractStatus(
-                    project=extract.project,
-                    extract=extract_partition_key(extract.project, extract.extract_datetime),
-                    registered_at=extract.registered_at.isoformat(timespec="seconds"),
-                    exported_at=extract.exported_at.isoformat(timespec="seconds")
-                    if extract.exported_at
-                    else None,
-                    total=sum(counts.values()),
-                    by_state={state: int(counts.get(state, 0)) for state in STATES},
-                    failure_reasons=reasons.most_common(top_reasons),
-                    waiting=waiting.most_common(top_reasons),
-                    source=extract.source_path,
-                    warnings=_warnings(registration),
+                    project=slug,
+                    extract=extract_partition_key(slug, _datetime(extract_datetime)),
+                    registered_at=_isoformat(registered_at),
+                    exported_at=None,
+                    total=None,
+                    by_state=None,
+                    state=state,
+                    source=source,
+                    reason=reason,
                 )
             )
-        for registration in registrations.values():
-            if registration.state != RegistrationState.INGESTED.value:
-                result.append(_not_ingested(registration))
-        if not project:
-            problems = session.scalars(
-                select(ExtractSourceProblem).order_by(ExtractSourceProblem.source_path)
+    if not project:
+        for source, reason, first_seen in reader.rows(
+            "SELECT source_path, reason, first_seen FROM extract_source_problems "
+            "ORDER BY source_path"
+        ):
+            result.append(
+                ExtractStatus(
+                    project=None,
+                    extract=None,
+                    registered_at=_isoformat(first_seen),
+                    exported_at=None,
+                    total=None,
+                    by_state=None,
+                    state="not_registered",
+                    source=source,
+                    reason=reason,
+                )
             )
-            result.extend(_source_problem(problem) for problem in problems)
     return result
 
 
-def _warnings(registration: ExtractRegistration | None) -> list[str]:
+def _warnings(registration: tuple[Any, ...] | None) -> list[str]:
     if registration is None:
         return []
-    warnings = list(registration.warnings or [])
-    if registration.reason:  # an ingested extract whose latest re-read failed
-        warnings.append(f"its latest ingest run failed: {registration.reason}")
+    reason, stored = registration[4], registration[5]
+    warnings = list((json.loads(stored) if isinstance(stored, str) else stored) or [])
+    if reason:  # an ingested extract whose latest re-read failed
+        warnings.append(f"its latest ingest run failed: {reason}")
     return warnings
 
 
-def _not_ingested(registration: ExtractRegistration) -> ExtractStatus:
-    return ExtractStatus(
-        project=registration.project,
-        extract=extract_partition_key(registration.project, registration.extract_datetime),
-        registered_at=registration.registered_at.isoformat(timespec="seconds"),
-        exported_at=None,
-        total=None,
-        by_state=None,
-        state=registration.state,
-        source=registration.source_path,
-        reason=registration.reason,
-    )
+def _datetime(value: datetime | str) -> datetime:
+    # SQLite hands back SQLAlchemy's text form of a DateTime; PostgreSQL a datetime.
+    return value if isinstance(value, datetime) else datetime.fromisoformat(value)
 
 
-def _source_problem(problem: ExtractSourceProblem) -> ExtractStatus:
-    return ExtractStatus(
-        project=None,
-        extract=None,
-        registered_at=problem.first_seen.isoformat(timespec="seconds"),
-        exported_at=None,
-        total=None,
-        by_state=None,
-        state="not_registered",
-        source=problem.source_path,
-        reason=problem.reason,
-    )
+def _isoformat(value: datetime | str) -> str:
+    return _datetime(value).isoformat(timespec="seconds")
+
+
+def _sqlite_path(url: str) -> str | None:
+    """The file of a ``sqlite:///...`` URL (``:memory:`` for an in-memory one), else None."""
+    scheme, _, rest = url.partition("://")
+    if scheme.split("+")[0] != "sqlite":
+        return None
+    path = unquote(rest[1:].split("?")[0]) if rest.startswith("/") else rest
+    return path or ":memory:"
+
+
+@contextmanager
+def _connect(url: str, sqlite_path: str | None) -> Iterator[Any]:
+    if sqlite_path is not None:
+        with closing(sqlite3.connect(sqlite_path, timeout=30)) as connection:
+            yield connection
+        return
+    import psycopg
+
+    rest = url.partition("://")[2]  # postgresql+psycopg://... -> libpq's own URL form
+    with psycopg.connect(f"postgresql://{rest}") as connection:
+        yield connection
+
+
+def _schema_is_current(connection: Any) -> bool:
+    try:
+        applied = {
+            row[0] for row in _Reader(connection).rows("SELECT version_num FROM alembic_version")
+        }
+    except Exception:  # no alembic_version table: a database never migrated
+        if hasattr(connection, "rollback"):
+            connection.rollback()
+        return False
+    return frozenset(applied) == head_revisions()
 
 
 def render_table(statuses: list[ExtractStatus]) -> str:

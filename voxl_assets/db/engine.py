@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import ast
-import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from voxl_assets import settings
 from voxl_assets.at_rest import make_private_dir, make_private_file
-
-MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+from voxl_assets.schema_version import MIGRATIONS_DIR, head_revisions
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -46,30 +42,6 @@ def make_engine(url: str | None = None) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     return create_engine(url, pool_pre_ping=True)
-
-
-_REVISION_LINE = re.compile(r"^(down_revision|revision)\b[^=\n]*=\s*(.+)$", re.MULTILINE)
-
-
-@cache
-def head_revisions() -> frozenset[str]:
-    """The newest migration(s): revisions that no other revision names as its ``down_revision``.
-
-    Read from the version files' ``revision``/``down_revision`` lines rather than through Alembic,
-    whose import costs most of a second: every `voxl` command and sensor tick checks the schema.
-    """
-    revisions: set[str] = set()
-    parents: set[str] = set()
-    for path in (MIGRATIONS_DIR / "versions").glob("*.py"):
-        for name, value in _REVISION_LINE.findall(path.read_text()):
-            parsed = ast.literal_eval(value.strip())
-            if name == "revision":
-                revisions.add(parsed)
-            elif isinstance(parsed, str):
-                parents.add(parsed)
-            elif parsed:
-                parents.update(parsed)
-    return frozenset(revisions - parents)
 
 
 def schema_is_current(engine: Engine) -> bool:

@@ -7,7 +7,6 @@ mapping table. Absent identifiers are stored as '' (not NULL) so the unique keys
 
 from __future__ import annotations
 
-import enum
 from datetime import UTC, datetime
 
 from sqlalchemy import (
@@ -24,34 +23,16 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from voxl_assets.states import (
+    RegistrationState,
+    StudyStatus,
+    extract_partition_key,
+    study_partition_key,
+)
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
-
-
-class StudyStatus(enum.StrEnum):
-    """Where a study is in the pipeline. ``filtered`` and ``failed`` end it without upload."""
-
-    QUEUED = "queued"
-    WAITING = "waiting"  # for an archive's time window
-    RETRIEVED = "retrieved"
-    ANONYMISED = "anonymised"
-    UPLOADED = "uploaded"
-    FILTERED = "filtered"
-    FAILED = "failed"
-
-    @property
-    def is_final(self) -> bool:
-        return self in (StudyStatus.UPLOADED, StudyStatus.FILTERED, StudyStatus.FAILED)
-
-
-class RegistrationState(enum.StrEnum):
-    """Where a registered extract is: waiting for its cohort run, ingested, or failed (with a
-    non-identifying reason) and replaceable by a corrected copy."""
-
-    PENDING = "pending"
-    INGESTED = "ingested"
-    FAILED = "failed"
 
 
 class Base(DeclarativeBase):
@@ -124,16 +105,6 @@ class Extract(Base):
     @property
     def partition_key(self) -> str:
         return extract_partition_key(self.project, self.extract_datetime)
-
-
-def extract_partition_key(project: str, extract_datetime: datetime) -> str:
-    """``<project-slug>/<extract-datetime>``: no identifiers, sorts by time."""
-    return f"{project}/{extract_datetime.strftime('%Y-%m-%dT%H-%M-%S')}"
-
-
-def study_partition_key(project: str, study_id: int) -> str:
-    """``<project-slug>/<study-number>``: the study's row id, never an identifier."""
-    return f"{project}/{study_id}"
 
 
 class Study(Base):
