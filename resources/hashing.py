@@ -17,8 +17,8 @@ class HashingResource(ConfigurableResource):
     """
 
     key: str = Field(default="", description="the keyed hashing's secret (VOXL_HASHING_KEY)")
-    remote_url: str = Field(default="", description="an HTTP hashing service instead (optional)")
-    remote_token: str = Field(default="", description="its bearer token: give it as an EnvVar")
+    remote_url: str = Field(default="", description="an HTTP hashing service instead (VOXL_HASHING_URL, optional)")
+    remote_token: str = Field(default="", description="its bearer token (VOXL_HASHING_TOKEN)")
 
     def backend(self, database: VoxlDatabase) -> HashingBackend:
         if self.remote_url:

@@ -122,12 +122,16 @@ def test_the_ui_is_sent_each_settings_source_and_no_secret(
     monkeypatch.setenv("VOXL_VNA_HOST", "vna.hospital.example")
     monkeypatch.setenv("VOXL_VNA_PORT", "104")
     monkeypatch.setenv("VOXL_VNA_QUERIES_PER_SECOND", "2.5")
+    monkeypatch.setenv("VOXL_HASHING_URL", "https://hashing.hospital.example")
+    monkeypatch.setenv("VOXL_HASHING_TOKEN", SECRET + "-token")
     defs = build_definitions()
     shown = {
         name: {field: _shown(value) for field, value in values.items()}
         for name, values in _snapshot(defs).items()
     }
     assert shown["hashing"]["key"] == "$VOXL_HASHING_KEY"
+    assert shown["hashing"]["remote_url"] == "$VOXL_HASHING_URL"
+    assert shown["hashing"]["remote_token"] == "$VOXL_HASHING_TOKEN"
     assert shown["vna"]["host"] == "$VOXL_VNA_HOST"
     assert shown["vna"]["port"] == "$VOXL_VNA_PORT"
     assert shown["vna"]["queries_per_second"] == "2.5"  # fractions are read at load

@@ -67,8 +67,13 @@ def _shared_resources(home: Path | None) -> dict[str, Any]:
             {"directory": "VOXL_EXTRACTS_DIR", "quiet_seconds": "VOXL_EXTRACT_QUIET_SECONDS"},
             **_given(directory=folder("extracts")),
         ),
-        # The hashing key is a secret: only ever from the environment, required at launch.
-        "hashing": HashingResource(key=EnvVar("VOXL_HASHING_KEY")),
+        # The hashing key is a secret: only ever from the environment, required at launch. A
+        # hashing service (VOXL_HASHING_URL) holds the key and salts itself; its token is secret.
+        "hashing": configured(
+            HashingResource,
+            {"remote_url": "VOXL_HASHING_URL", "remote_token": "VOXL_HASHING_TOKEN"},
+            key=EnvVar("VOXL_HASHING_KEY"),
+        ),
         "vna": configured(
             VnaResource,
             {
