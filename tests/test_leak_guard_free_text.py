@@ -194,3 +194,67 @@ def test_property_any_embedding_is_caught_and_nothing_else(
     tokens.insert(min(position, len(tokens)), embedded)
     notes[row] = " ".join(tokens)
     assert _scan(tmp_path, notes) == [("omop/NOTE.parquet", "note_text", [row])], notes[row]
+
+
+@pytest.mark.parametrize(
+    "where", ["column name", "file metadata", "schema metadata", "field metadata"]
+)
+def test_identifiers_in_parquet_column_names_and_metadata(tmp_path: Path, where: str) -> None:
+    """A parquet file carries text besides its cells; a writer may put anything there."""
+    private = _write_private(tmp_path)
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    planted = "note for MRN 47000022"
+    field = pa.field(planted if where == "column name" else "note_text", pa.string())
+    if where == "field metadata":
+        field = field.with_metadata({"comment": planted})
+    schema = pa.schema([field])
+    if where == "schema metadata":
+        schema = schema.with_metadata({"origin": planted})
+    writer = pq.ParquetWriter(bundle / "NOTE.parquet", schema)
+    writer.write_table(pa.table({field.name: ["clear"]}, schema=schema))
+    if where == "file metadata":
+        writer.add_key_value_metadata({"written_for": planted})
+    writer.close()
+    report = scan_bundle(bundle, private_identifiers(private, PUBLIC_KEYS))
+    assert [(h.file, h.column, h.rows) for h in report.hits] == [
+        ("NOTE.parquet", "(column names and metadata)", [])
+    ]
+    assert report.rows_scanned == 1
+    assert report.summary() == "1 leaks: NOTE.parquet: (column names and metadata)"
+
+
+def test_clean_metadata_passes(tmp_path: Path) -> None:
+    private = _write_private(tmp_path)
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    table = pa.table({"note_text": ["clear"]}).replace_schema_metadata({"origin": "OMOP ES"})
+    pq.write_table(table, bundle / "NOTE.parquet")  # pyarrow adds its own schema metadata
+    assert scan_bundle(bundle, private_identifiers(private, PUBLIC_KEYS)).clean
+
+
+@pytest.mark.parametrize("column", ["birth_datetime", "DOB", "Date of Birth", "mother_dob"])
+@pytest.mark.parametrize("kind", [pa.date32(), pa.timestamp("us"), pa.timestamp("s", tz="UTC")])
+def test_typed_birth_dates_in_public_files_are_caught(
+    tmp_path: Path, column: str, kind: pa.DataType
+) -> None:
+    """The private person file's date of birth, typed, in a public column named for it; a typed
+    event date (a visit on someone's birthday) is not compared: every day is someone's."""
+    from datetime import date, datetime
+
+    private = _write_private(tmp_path)
+    pq.write_table(
+        pa.table({"person_id": [0], "birth_datetime": pa.array([date(1961, 12, 31)])}),
+        private[0].parent / "PERSON.parquet",
+    )
+    private = sorted(private[0].parent.glob("*.parquet"))
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    born, other = datetime(1961, 12, 31), datetime(1980, 5, 17)
+    values = [other, born] if kind != pa.date32() else [other.date(), born.date()]
+    pq.write_table(
+        pa.table({column: pa.array(values, kind), "visit_start": pa.array(values, kind)}),
+        bundle / "PERSON.parquet",
+    )
+    report = scan_bundle(bundle, private_identifiers(private, PUBLIC_KEYS))
+    assert [(h.column, h.rows) for h in report.hits] == [(column, [1])]

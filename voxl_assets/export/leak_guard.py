@@ -38,6 +38,8 @@ from voxl_assets.identifier_rules import (
 )
 
 BATCH_ROWS = 65_536
+# Where a hit in a parquet file's column names or key-value metadata is reported.
+SCHEMA_COLUMN = "(column names and metadata)"
 MARKER_BYTE = MARKER.encode("ascii")
 
 
@@ -82,6 +84,8 @@ class LeakHit:
     rows: list[int]
 
     def __str__(self) -> str:
+        if not self.rows:  # a hit outside the table's cells (SCHEMA_COLUMN)
+            return f"{self.file}: {self.column}"
         shown = ", ".join(str(r) for r in self.rows[:10])
         more = f" (+{len(self.rows) - 10} more)" if len(self.rows) > 10 else ""
         return f"{self.file}: column {self.column}: rows {shown}{more}"
@@ -128,6 +132,28 @@ def _hit_rows(column: pa.Array, matcher: IdentifierMatcher) -> list[int]:
     return sorted(r for r in rows if matcher.find(cells[r]))
 
 
+def _names_a_birth_date(column_name: str) -> bool:
+    """A typed date column whose name says birth (birth_datetime, DOB, "Date of Birth"...).
+
+    Other typed dates are event dates: with a cohort of any size every calendar day is someone's
+    birthday, so comparing them with the extract's dates of birth would flag every row.
+    """
+    folded = "".join(c for c in column_name.casefold() if c.isalnum())
+    return "birth" in folded or "dob" in folded
+
+
+def _schema_texts(parquet: pq.ParquetFile) -> list[str]:
+    """The text a parquet file carries besides its cells: column names and the key-value
+    metadata of the file and of each field (pandas and other writers put free text there)."""
+    texts = list(parquet.schema_arrow.names)
+    metadata = [parquet.schema_arrow.metadata, parquet.metadata.metadata]
+    metadata += [f.metadata for f in parquet.schema_arrow]
+    for pairs in metadata:
+        for key, value in (pairs or {}).items():
+            texts += [key.decode("utf-8", "replace"), value.decode("utf-8", "replace")]
+    return texts
+
+
 def _scan_table_batches(
     batches: Iterator[pa.RecordBatch], name: str, matcher: IdentifierMatcher, report: LeakReport
 ) -> None:
@@ -135,8 +161,10 @@ def _scan_table_batches(
     offset = 0
     for batch in batches:
         for column_name, column in zip(batch.schema.names, batch.columns, strict=True):
-            if pa.types.is_boolean(column.type) or pa.types.is_temporal(column.type):
-                continue  # flags and typed dates cannot hold an identifier's text
+            if pa.types.is_boolean(column.type):
+                continue  # flags cannot hold an identifier
+            if pa.types.is_temporal(column.type) and not _names_a_birth_date(column_name):
+                continue  # an event date (see _names_a_birth_date)
             if pa.types.is_null(column.type):
                 continue
             rows = _hit_rows(column, matcher)
@@ -155,8 +183,13 @@ def scan_bundle(bundle_dir: Path, identifiers: IdentifierMatcher) -> LeakReport:
         name = path.relative_to(bundle_dir).as_posix()
         report.files_scanned += 1
         if path.suffix == ".parquet":
-            batches = pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS)
-            _scan_table_batches(batches, name, identifiers, report)
+            parquet = pq.ParquetFile(path)
+            texts = pa.record_batch([pa.array(_schema_texts(parquet))], names=[SCHEMA_COLUMN])
+            if _hit_rows(texts.column(0), identifiers):
+                report.hits.append(LeakHit(name, SCHEMA_COLUMN, []))
+            _scan_table_batches(
+                parquet.iter_batches(batch_size=BATCH_ROWS), name, identifiers, report
+            )
         else:
             with path.open("r", encoding="utf-8", errors="replace") as handle:
 
