@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import (
+    UID,
     CTImageStorage,
     EnhancedMRImageStorage,
     ExplicitVRLittleEndian,
@@ -97,8 +99,8 @@ def _item(**values: object) -> Dataset:
 def _base(uids: SourceUids, sop_class: str, sop_instance: str, modality: str) -> Dataset:
     ds = Dataset()
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop_instance
+    meta.MediaStorageSOPClassUID = UID(sop_class)
+    meta.MediaStorageSOPInstanceUID = UID(sop_instance)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta = meta
     ds.SpecificCharacterSet = "ISO_IR 100"
@@ -387,7 +389,8 @@ def spectroscopy(uids: SourceUids) -> Dataset:
 
 # (creator, group, [(offset, VR, value)]) of each manufacturer's private diffusion attributes,
 # plus one element in the same block that the profile does not list.
-DIFFUSION_PRIVATE = {
+PrivateBlock = tuple[str, int, list[tuple[int, str, Any]]]
+DIFFUSION_PRIVATE: dict[str, list[PrivateBlock]] = {
     "GE MEDICAL SYSTEMS": [
         ("GEMS_PARM_01", 0x0043, [(0x39, "IS", ["1000", "8", "0", "0"]), (0x3A, "SH", MRN)]),
         ("GEMS_ACQU_01", 0x0019, [(0xBB, "DS", "0.7071"), (0xBC, "DS", "0.0"), (0xBD, "DS", "-0.7071")]),
