@@ -344,12 +344,12 @@ def report_html(tally: DeidTally, context: ReportContext) -> str:
         )
     )
     removed = [
-        [tag_text(n), attribute_name(n, c), c, k]
+        [tag_text(n), attribute_name(n, c), k]
         for (n, c, op), k in sorted(tally.attributes.items())
         if op == REMOVED and not n & (PRIVATE_ELEMENT | CREATOR_ELEMENT)
     ]
     parts.append("<h2>Removed as not allowed (public attributes)</h2>")
-    parts.append(_table(["tag", "keyword", "private creator", "occurrences"], removed, {3}))
+    parts.append(_table(["tag", "keyword", "occurrences"], removed, {2}))
     parts.append("<h2>Private blocks by creator</h2>")
     parts.append(
         _table(
