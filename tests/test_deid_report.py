@@ -28,7 +28,7 @@ from voxl_assets.cli import main
 from voxl_assets.cohort.extract_reader import read_extract
 from voxl_assets.cohort.ingest import persist_cohort, register_extract
 from voxl_assets.db import ExtractStudy, StudyDeidSummary, VoxlDatabase
-from voxl_assets.deid.engine import FilterReason
+from voxl_assets.deid.engine import Deidentifier, FilterReason
 from voxl_assets.deid.hashing import LocalHashing, SaltStore
 from voxl_assets.deid.identifiers import StudyIdentifiers
 from voxl_assets.deid.store import AnonymisedStore
@@ -43,7 +43,7 @@ from voxl_assets.export.bundle import write_ehr_bundle
 from voxl_assets.export.deid_report import REPORT_HTML, REPORT_PARQUET
 from voxl_assets.outcomes import StudyFiltered
 from voxl_assets.project_config import ProjectDefinition, load_project
-from voxl_assets.study_state import load_study_requests
+from voxl_assets.study_state import StudyRequest, load_study_requests
 from voxl_assets.synthetic import SeriesSpec, StudySpec, synthetic_extract_rows, write_omop_extract
 from voxl_assets.synthetic import write_study as write_synthetic_study
 
@@ -276,3 +276,57 @@ def test_deid_preview_refuses_bad_input(
     assert "not registered" in capsys.readouterr().err
     assert main(["deid-preview", SLUG, str(tmp_path / "empty")]) == 2
     assert "no files" in capsys.readouterr().err
+
+
+def _one_study(
+    tmp_path: Path, description: str
+) -> tuple[VoxlDatabase, StudyRequest, list[Path], Deidentifier]:
+    """A registered one-study extract of the profiles project, and its instances on disk."""
+    projects = _projects_dir(tmp_path)
+    project = load_project(projects / f"{SLUG}.yaml")
+    rows = synthetic_extract_rows(1, seed=5)
+    cohort = read_extract(write_omop_extract(tmp_path / "extract", rows))
+    database = VoxlDatabase(f"sqlite:///{tmp_path / 'voxl.db'}")
+    register_extract(database, cohort.summary, cohort.summary.project_slug)
+    persist_cohort(database, cohort, cohort.summary.project_slug)
+    with database.session() as session:
+        study_id = session.scalar(select(ExtractStudy.study_id))
+    (request,) = load_study_requests(database, [f"{SLUG}/{study_id}"])
+    spec = StudySpec(
+        patient_id=rows[0].mrn,
+        accession_number=rows[0].accession_number,
+        study_uid=rows[0].study_uid,
+        series=[SeriesSpec(instances=2, description=description)],
+    )
+    files = write_synthetic_study(spec, tmp_path / "raw")
+    engine = build_deidentifier(project, projects, LocalHashing(TEST_KEY, SaltStore(database)))
+    return database, request, files, engine
+
+
+def _tally(database: VoxlDatabase) -> DeidTally:
+    with database.session() as session:
+        (summary,) = list(session.scalars(select(StudyDeidSummary.summary)))
+    return DeidTally.from_json(summary)
+
+
+def test_a_study_stopped_by_a_privacy_check_counts_as_failed(tmp_path: Path) -> None:
+    from voxl_assets.deid.study import PrivacyCheckFailed
+
+    rows = synthetic_extract_rows(1, seed=5)
+    database, request, files, engine = _one_study(tmp_path, f"AXIAL {rows[0].mrn}")
+    with pytest.raises(PrivacyCheckFailed):
+        anonymise_study(request, files, engine, AnonymisedStore(tmp_path / "a"), database)
+    tally = _tally(database)
+    assert tally.studies_failed_checks == 1 and tally.instances_out == 0 and not tally.attributes
+    assert tally.checks[IDENTIFIER_CHECK].studies_passed == 0
+    assert tally.checks[ALLOW_LIST_CHECK].studies_passed == 1
+
+
+def test_de_identifying_a_study_again_replaces_its_tally(tmp_path: Path) -> None:
+    database, request, files, engine = _one_study(tmp_path, "AXIAL")
+    store = AnonymisedStore(tmp_path / "a")
+    anonymise_study(request, files, engine, store, database)
+    first = _tally(database).to_json()
+    anonymise_study(request, files, engine, store, database)
+    assert _tally(database).to_json() == first
+    assert DeidTally.from_json(first).attributes[(0x00100020, "", "secure_hash")] == 2
