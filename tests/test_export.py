@@ -23,6 +23,7 @@ from voxl_assets.export.bundle import (
     public_column_names,
     write_ehr_bundle,
 )
+from voxl_assets.export.deid_report import REPORT_HTML, REPORT_PARQUET
 from voxl_assets.export.leak_guard import private_identifiers, scan_bundle
 from voxl_assets.study_state import set_status
 from voxl_assets.synthetic import ExtractRow, synthetic_extract_rows, write_omop_extract
@@ -95,7 +96,14 @@ def test_layout_and_provenance(tmp_path: Path) -> None:
         for p in result.directory.rglob("*")
         if p.is_file()
     )
-    assert names == [EXCLUSIONS, LINKER, "omop/PROCEDURE_OCCURRENCE.parquet", PROVENANCE]
+    assert names == [
+        REPORT_HTML,
+        REPORT_PARQUET,
+        EXCLUSIONS,
+        LINKER,
+        "omop/PROCEDURE_OCCURRENCE.parquet",
+        PROVENANCE,
+    ]
     provenance = json.loads((result.directory / PROVENANCE).read_text())
     assert provenance["omop_es_git_hash"] == "0123abcd"
     assert provenance["omop_es_settings"]["cdm_source_name"] == "Test Extract - UCLH OMOP CDM"
@@ -172,7 +180,7 @@ def test_bundle_upload_to_ehr_destinations(
     local = LocalUploader(tmp_path / "delivered").upload_tree(
         result.directory, result.relative_folder
     )
-    assert local.instances == 4
+    assert local.instances == 6  # mapping, exclusions, the report (2), OMOP file, provenance
     ftps = FtpsUploader(
         ftps_server.host,
         ftps_server.port,

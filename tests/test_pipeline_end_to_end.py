@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pydicom
 import pytest
-from dagster import DagsterInstance
+from dagster import AssetKey, DagsterInstance
 
 from tests.helpers.leaks import Identifiers, files_holding
 from tests.peers import free_port
@@ -91,6 +91,19 @@ def test_extract_to_delivered_files(voxl_env: Path, monkeypatch: pytest.MonkeyPa
     assert (ehr / "IMAGE_LINKER.parquet").read_bytes() == (
         bundle / "IMAGE_LINKER.parquet"
     ).read_bytes()
+
+    # The de-identification report, in the bundle, delivered, and on the asset in the UI.
+    report = pd.read_parquet(bundle / "DEID_REPORT.parquet")
+    summary = report[report["section"] == "summary"].set_index("name")["count"]
+    assert summary["studies with instances written"] == 6
+    assert summary["studies filtered out entirely"] == 1
+    checks = report[report["section"] == "check"]
+    assert set(checks["operation"]) == {"6 of 6 studies passed"}
+    assert (ehr / "DEID_REPORT.html").read_bytes() == (bundle / "DEID_REPORT.html").read_bytes()
+    event = instance.get_latest_materialization_event(AssetKey("ehr_bundle"))
+    assert event is not None and event.asset_materialization is not None
+    shown = event.asset_materialization.metadata["deid_report"]
+    assert "**6** of 9 studies written" in str(shown.value)
 
     # Nothing VOXL wrote outside its own db and the raw cache holds an identifier: not the
     # Dagster storage (run and event SQLite files, compute logs), not the stores or exports.

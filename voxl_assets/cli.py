@@ -370,6 +370,45 @@ def cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_deid_preview(args: argparse.Namespace) -> int:
+    folder = Path(args.path)
+    if not folder.is_dir():
+        _error(f"{folder}: not a folder (give a folder of DICOM files, or of study folders)")
+        return EXIT_BAD_INPUT
+    declared = _declared_slugs()
+    if declared is not None and args.project not in declared:
+        _error(f"project '{args.project}' is not registered (see `voxl check-config`)")
+        return EXIT_BAD_INPUT
+    from voxl_assets.project_config import ProjectConfigError, ProjectRegistry
+
+    try:
+        registry = ProjectRegistry.load()
+    except ProjectConfigError as exc:
+        _error(str(exc))
+        return EXIT_BAD_INPUT
+    project = registry.get(args.project)
+    if project is None:
+        _error(f"project '{args.project}' is not registered (see `voxl check-config`)")
+        return EXIT_BAD_INPUT
+    from voxl_assets.export.deid_preview import preview_report, sample_studies
+
+    if not sample_studies(folder):
+        _error(f"{folder}: no files to preview")
+        return EXIT_BAD_INPUT
+    out_dir = Path(args.out) if args.out else Path.cwd() / f"deid-preview-{project.slug}"
+    result = preview_report(project, registry.directory, folder, out_dir)
+    tally = result.tally
+    print(
+        f"{result.studies} studies: {tally.instances_out} of {tally.instances_in} instances "
+        f"written, {sum(tally.filtered.values())} filtered, {sum(tally.refused.values())} refused"
+    )
+    for name, check in sorted(tally.checks.items()):
+        print(f"  {name}: {check.studies_passed} of {check.studies_run} studies passed")
+    for path in result.files:
+        print(f"report: {path}")
+    return EXIT_FAILED if tally.studies_failed_checks else EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from voxl_assets.demo.run import run_demo
 
@@ -437,6 +476,16 @@ def build_parser() -> argparse.ArgumentParser:
         "extract", help="extract datetime as in `voxl status` (e.g. 2026-11-01T12-00-00)"
     )
     export.set_defaults(func=cmd_export)
+
+    preview = sub.add_parser(
+        "deid-preview",
+        parents=[verbose],
+        help="the de-identification report of a sample folder, before any export",
+    )
+    preview.add_argument("project", help="project slug")
+    preview.add_argument("path", help="a folder of DICOM files (one study) or of study folders")
+    preview.add_argument("--out", help="where the report goes (default: ./deid-preview-<project>/)")
+    preview.set_defaults(func=cmd_deid_preview)
 
     demo = sub.add_parser(
         "demo", parents=[verbose], help="run the whole job on generated data, then serve the UI"

@@ -91,8 +91,8 @@ def mapping_table(
         )
     ],
     description=(
-        "The extract's public EHR files, the mapping table and provenance, delivered to the EHR "
-        "destination."
+        "The extract's public EHR files, the mapping table, the de-identification report and "
+        "provenance, delivered to the EHR destination."
     ),
 )
 def ehr_bundle(
@@ -143,6 +143,9 @@ def ehr_bundle(
         metadata={
             **bundle.metadata(),
             **delivery,
+            # The de-identification report (DEID_REPORT.html and .parquet in the bundle).
+            "deid_report": MetadataValue.md(bundle.deid_report_markdown()),
+            "deid_report_page": MetadataValue.path(str(bundle.deid_report_page)),
             "progress": MetadataValue.md(extract_progress_markdown(database, key)),
             **({END_STATE: end_state} if end_state else {}),
         },

@@ -203,6 +203,21 @@ class UploadAttempt(Base):
     resend: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
+class StudyDeidSummary(Base):
+    """What de-identification did to a study, counted by the engine as it ran (attributes with
+    the operation applied, filters, refusals, checks, tag-operation files with their SHA-256):
+    the per-study part of the extract's de-identification report. Tags, reasons and counts only,
+    never a value. Replaced whenever the study is de-identified again."""
+
+    __tablename__ = "study_deid_summaries"
+
+    study_id: Mapped[int] = mapped_column(
+        ForeignKey("studies.id", ondelete="CASCADE"), primary_key=True
+    )
+    summary: Mapped[dict[str, object]] = mapped_column(JSON)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
 class ProjectSalt(Base):
     """Each project's random hashing salt: created once, never logged, never in git."""
 

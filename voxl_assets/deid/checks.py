@@ -395,7 +395,8 @@ def check_integrity(files: Sequence[Path]) -> CheckResult:
 
 def _pixel_problem(ds: Dataset) -> str | None:
     if "PixelData" not in ds:
-        return "an image without pixel data" if "Rows" in ds and "Columns" in ds else None
+        image = "Rows" in ds and "Columns" in ds and "SpectroscopyData" not in ds
+        return "an image without pixel data" if image else None
     data = ds.PixelData
     syntax = ds.file_meta.get("TransferSyntaxUID")
     if syntax is not None and syntax.is_encapsulated:

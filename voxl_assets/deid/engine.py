@@ -42,6 +42,18 @@ from voxl_assets.deid.header_scan import DEFLATED, EXPLICIT, InstanceScan, Refus
 from voxl_assets.deid.identifiers import ENGINE_TAGS, StudyIdentifiers
 from voxl_assets.deid.kept_values import conform_vr, dictionary_vrs, replace_foreign_uids
 from voxl_assets.deid.operations import Op, Operation, TagOperations, TagPolicy
+from voxl_assets.deid.tally import (
+    CREATOR_ELEMENT,
+    CREATOR_KEPT,
+    CREATOR_REMOVED,
+    DELETED,
+    PRIVATE_ELEMENT,
+    REMOVED,
+    AttributeKey,
+    creator_key,
+    private_key,
+    safe_creator,
+)
 from voxl_assets.deid.values import (
     MAX_LENGTH_BY_VR,
     clamp_age,
@@ -93,6 +105,9 @@ class DeidReport:
     blanked_instances: int = 0
     refused: Counter[str] = field(default_factory=Counter)  # broken instances, by reason
     vr_changes: Counter[str] = field(default_factory=Counter)  # "(0008,103E) OD relabelled LO"
+    # Every attribute met in the written instances (any depth) with the operation applied:
+    # counted by the engine as it walks, for the de-identification report.
+    attributes: Counter[AttributeKey] = field(default_factory=Counter)
 
     def filter_summary(self) -> str:
         return ", ".join(f"{count} {reason}" for reason, count in sorted(self.filtered.items()))
@@ -195,6 +210,7 @@ class Deidentifier:
         identifiers.matcher()  # compiled once for the study
         seen: set[str] = set()
         written_by_series: dict[str, list[tuple[Path, str]]] = {}
+        counted_by_series: dict[str, Counter[AttributeKey]] = {}
         for path, scan in zip(files, scans, strict=True):
             refusal = scan.refusal
             if refusal is None and not scan.sop_instance_uid:
@@ -205,8 +221,9 @@ class Deidentifier:
                 report.refused[refusal.value] += 1
                 continue
             seen.add(scan.sop_instance_uid)
+            counts: dict[AttributeKey, int] = {}
             outcome = self._deidentify_file(
-                path, scan, output_dir, identifiers, report, patient_pseudonym
+                path, scan, output_dir, identifiers, report, patient_pseudonym, counts
             )
             if isinstance(outcome, Refusal):
                 report.refused[outcome.value] += 1
@@ -216,20 +233,23 @@ class Deidentifier:
                 continue
             source_series, out_path, out_series = outcome
             written_by_series.setdefault(source_series, []).append((out_path, out_series))
+            counted_by_series.setdefault(source_series, Counter()).update(counts)
         minimum = self.project.series_filters.min_instances
         kept_series: set[str] = set()
-        for written in written_by_series.values():
+        for source_series, written in written_by_series.items():
             if len(written) < minimum:
                 for out_path, _ in written:
                     out_path.unlink()
                 report.filtered[FilterReason.TOO_FEW_INSTANCES.value] += len(written)
                 continue
+            report.attributes.update(counted_by_series[source_series])
             for out_path, out_series in written:
                 kept_series.add(out_series)
                 report.instances_out += 1
                 report.bytes_out += out_path.stat().st_size
                 report.output_files.append(out_path)
         report.series_out = len(kept_series)
+        _withhold_identifying_creators(report.attributes, identifiers)
         if not report.output_files:
             report.pseudo_study_uid = report.pseudo_patient_id = None
         return report
@@ -242,6 +262,7 @@ class Deidentifier:
         identifiers: StudyIdentifiers,
         report: DeidReport,
         patient_pseudonym: str | None = None,
+        counts: dict[AttributeKey, int] | None = None,
     ) -> FilterReason | Refusal | tuple[str, Path, str]:
         try:
             source = path.open("rb")
@@ -271,7 +292,7 @@ class Deidentifier:
             else:
                 ds = header
             encodings = instance_encodings(ds)
-            report.vr_changes.update(self.deidentify_dataset(ds, patient_pseudonym))
+            report.vr_changes.update(self.deidentify_dataset(ds, patient_pseudonym, counts))
             pixels = ds.get_item(0x7FE00010)
             if pixels is not None and tail == (0, 0) and _encapsulated(ds):
                 ds[0x7FE00010].is_undefined_length = True  # fragments: written as such
@@ -309,17 +330,22 @@ class Deidentifier:
         ultrasound = modality == "US" or sop_class.startswith(ULTRASOUND_SOP_PREFIXES)
         return ultrasound and self.options.blank_ultrasound_outside_regions
 
-    def deidentify_dataset(self, ds: Dataset, patient_pseudonym: str | None = None) -> list[str]:
+    def deidentify_dataset(
+        self,
+        ds: Dataset,
+        patient_pseudonym: str | None = None,
+        counts: dict[AttributeKey, int] | None = None,
+    ) -> list[str]:
         """Apply the allow-list to one instance in place and fix its file meta; a
         ``patient_pseudonym`` (a CSV extract's participant_id) becomes the PatientID where the
         allow-list keeps one. Returns the VR changes made to kept elements (tag and VRs, for the
-        report)."""
+        report); ``counts`` (when given) receives every attribute met with its operation."""
         operations = self.policy.for_manufacturer(header_value(ds, "Manufacturer"))
         patient_key = header_value(ds, "PatientID")
         shift = self.hasher.date_shift_days(patient_key, self.options.date_shift_days_max)
         if self.options.dates == "shift" and shift == 0:
             shift = self.hasher.date_shift_days(patient_key, 365)
-        walker = _Walker(self, operations, shift)
+        walker = _Walker(self, operations, shift, {} if counts is None else counts)
         walker.walk(ds)
         syntax = header_value(ds.file_meta, "TransferSyntaxUID")
         if syntax == DEFLATED:  # read inflated: written as what it now is
@@ -507,10 +533,12 @@ class _Walker:
         engine: Deidentifier,
         operations: TagOperations,
         shift_days: int,
+        counts: dict[AttributeKey, int],
     ) -> None:
         self.engine = engine
         self.operations = operations
         self.shift_days = shift_days
+        self.counts = counts  # (tag, creator, operation) -> occurrences, for the report
         self.private_creators_kept = {(g, c) for (g, c, _e) in operations.private}
         self.vr_changes: list[str] = []
 
@@ -537,6 +565,7 @@ class _Walker:
                 creators[(number >> 16, number & 0xFFFF)] = str(ds[tag].value)
         used_blocks: set[tuple[int, int]] = set()
         public = self.operations.public
+        counts = self.counts
         for tag, number in tags:
             group, element = number >> 16, number & 0xFFFF
             if element == 0 or group == 0x0002:  # group lengths; meta lives in file_meta
@@ -551,22 +580,36 @@ class _Walker:
                 if block >= 0x10 and creator is not None:
                     operation = self.operations.private.get((group, creator, element & 0xFF))
                 if operation is None or operation.op is Op.DELETE:
+                    key = (
+                        private_key(group, element & 0xFF),
+                        creator or "",
+                        REMOVED if operation is None else DELETED,
+                    )
+                    counts[key] = counts.get(key, 0) + 1
                     del ds[tag]
                     continue
                 if not self.conform(ds, tag, number, creator):
                     continue
                 used_blocks.add((group, block))
+                key = (private_key(group, element & 0xFF), creator or "", operation.op.value)
             else:
                 operation = public.get(number)
                 if operation is None or operation.op is Op.DELETE:
                     if number not in ENGINE_TAGS:
+                        key = (number, "", REMOVED if operation is None else DELETED)
+                        counts[key] = counts.get(key, 0) + 1
                         del ds[tag]
                     continue
                 if not self.conform(ds, tag, number, None):
                     continue
+                key = (number, "", operation.op.value)
+            counts[key] = counts.get(key, 0) + 1
             self.apply(ds, tag, operation)
-        for (group, block), _creator in creators.items():
-            if (group, block) not in used_blocks:
+        for (group, block), creator in creators.items():
+            kept = (group, block) in used_blocks
+            key = (creator_key(group), creator, CREATOR_KEPT if kept else CREATOR_REMOVED)
+            counts[key] = counts.get(key, 0) + 1
+            if not kept:
                 del ds[BaseTag((group << 16) | block)]
 
     def apply(self, ds: Dataset, tag: BaseTag, operation: Operation) -> None:
@@ -701,3 +744,18 @@ def replace_tree(staging: Path, final: Path) -> None:
         shutil.rmtree(old)
     else:
         os.replace(staging, final)
+
+
+def _withhold_identifying_creators(
+    attributes: Counter[AttributeKey], identifiers: StudyIdentifiers
+) -> None:
+    """Private creators are values: each one named in the tally is checked against the study's
+    identifiers (and made printable) before it can reach the report."""
+    matcher = identifiers.matcher()
+    tallied: Counter[AttributeKey] = Counter()
+    for (number, creator, operation), count in attributes.items():
+        if number & (PRIVATE_ELEMENT | CREATOR_ELEMENT):
+            creator = safe_creator(creator, matcher)
+        tallied[(number, creator, operation)] += count
+    attributes.clear()
+    attributes.update(tallied)

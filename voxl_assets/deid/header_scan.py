@@ -64,6 +64,7 @@ NAME_TAGS = frozenset({0x00100010, 0x00101001, 0x00101005, 0x00101060, 0x0010229
 BIRTH_DATE_TAG = 0x00100030
 CHARSET_TAG = 0x00080005
 SOP_INSTANCE_UID = 0x00080018
+SPECTROSCOPY_DATA = 0x56000020
 IMAGE_TAGS = {
     0x00280002: "samples",
     0x00280004: "photometric",
@@ -190,6 +191,7 @@ class _Walker:
         self.sop_instance_uid = b""
         self.pixel: tuple[int, int, int] | None = None  # (tag, element offset, end)
         self.after_pixel = False
+        self.spectroscopy = False  # MR spectroscopy: its data is SpectroscopyData, no pixels
         self.embedded: list[bytes] = []  # JPEG comment and application segments
 
     def header(self, pos: int, end: int) -> tuple[int, bytes, int, int]:
@@ -228,6 +230,8 @@ class _Walker:
                 continue
             if depth == 0 and tag == 0 and not self.data[pos:end].strip(b"\0"):
                 return end  # zero padding after the last element
+            if depth == 0 and tag == SPECTROSCOPY_DATA:
+                self.spectroscopy = True
             if depth == 0 and self.pixel is not None:
                 self.after_pixel = True  # elements after the pixel data need the full read
             if length == 0xFFFFFFFF:
@@ -410,7 +414,7 @@ def _scan(data: mmap.mmap, size: int, scan: InstanceScan) -> None:
     scan.embedded = walker.embedded
     scan.sop_instance_uid = walker.sop_instance_uid.strip(b" \0").decode("latin-1")
     if walker.pixel is None:
-        if "rows" in walker.image and "columns" in walker.image:
+        if "rows" in walker.image and "columns" in walker.image and not walker.spectroscopy:
             scan.refusal = Refusal.NO_PIXEL_DATA
         scan.pixel_tail = (end, 0)
     else:

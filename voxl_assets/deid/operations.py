@@ -8,6 +8,7 @@ instance's Manufacturer. Everything not listed is removed.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -19,6 +20,7 @@ from pydicom.tag import BaseTag, Tag
 
 from voxl_assets.config_files import ConfigFileError, read_yaml
 from voxl_assets.confinement import PathEscapeError, confined_path
+from voxl_assets.deid.tally import ProfileFile
 from voxl_assets.project_regex import ProjectRegex, ProjectRegexError, compile_project_regex
 
 
@@ -69,6 +71,8 @@ class TagPolicy:
 
     base: TagOperations
     overrides: list[ManufacturerOverride] = field(default_factory=list)
+    # The files it was read from, in order, with their SHA-256 (for the de-identification report).
+    files: list[ProfileFile] = field(default_factory=list)
     _cache: dict[str, TagOperations] = field(default_factory=dict, repr=False)
 
     def for_manufacturer(self, manufacturer: str) -> TagOperations:
@@ -177,12 +181,16 @@ def load_policy(
 
     Names are relative to ``ops_dir`` and must stay inside it (symbolic links resolved)."""
     base = TagOperations()
+    files = []
     for name in base_files:
-        base = base.merged(load_operations_file(_inside(ops_dir, name)))
+        path = _inside(ops_dir, name)
+        base = base.merged(load_operations_file(path))
+        files.append(_profile_file(path, name))
     overrides = []
     for name in override_files:
         path = _inside(ops_dir, name)
         raw = _read(path)
+        files.append(_profile_file(path, name))
         pattern = raw.get("manufacturer")
         if not isinstance(pattern, str):
             raise TagOperationsError(
@@ -196,7 +204,16 @@ def load_policy(
     _check_identity_operations(base, ", ".join(base_files) or "(no base files)")
     for override in overrides:
         _check_identity_operations(base.merged(override.operations), override.source)
-    return TagPolicy(base, overrides)
+    return TagPolicy(base, overrides, files)
+
+
+def _profile_file(path: Path, name: str) -> ProfileFile:
+    """The file's name, SHA-256 of its bytes, and its ``profile:`` line (what it follows)."""
+    data = path.read_bytes()
+    profile = _read(path).get("profile")
+    return ProfileFile(
+        name, hashlib.sha256(data).hexdigest(), str(profile) if isinstance(profile, str) else ""
+    )
 
 
 # Every written instance needs its identity: the class as it is, the instance, series and study

@@ -7,13 +7,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from voxl_assets.db import StudyStatus, VoxlDatabase
+from voxl_assets.db import StudyDeidSummary, StudyStatus, VoxlDatabase
+from voxl_assets.db.models import utcnow
 from voxl_assets.deid.checks import CheckResult
 from voxl_assets.deid.engine import Deidentifier, DeidReport, OutputCheckError
 from voxl_assets.deid.hashing import HashingBackend, ProjectHasher
 from voxl_assets.deid.identifiers import StudyIdentifiers
 from voxl_assets.deid.operations import TagPolicy, load_policy
 from voxl_assets.deid.store import AnonymisedStore
+from voxl_assets.deid.tally import DeidTally
 from voxl_assets.outcomes import StudyFailure, StudyFiltered
 from voxl_assets.project_config import ProjectDefinition, tag_operations_dir
 from voxl_assets.study_state import StudyRequest, set_status
@@ -78,6 +80,46 @@ def request_identifiers(request: StudyRequest) -> StudyIdentifiers:
     return identifiers
 
 
+def study_tally(
+    report: DeidReport | None,
+    policy: TagPolicy,
+    checks: dict[str, tuple[bool, str]],
+    instances_in: int,
+) -> DeidTally:
+    """One study's tally from the engine's report (None: a privacy check stopped it, so nothing
+    of it was written) and the checks it ran."""
+    tally = DeidTally(studies=1, instances_in=instances_in)
+    tally.add_profile_files(policy.files)
+    checked = 0
+    if report is not None:
+        tally.instances_in = report.instances_in
+        tally.instances_out = report.instances_out
+        tally.studies_written = int(report.instances_out > 0)
+        tally.studies_filtered = int(report.instances_out == 0 and not report.refused)
+        tally.attributes.update(report.attributes)
+        tally.filtered.update(report.filtered)
+        tally.refused.update(report.refused)
+        tally.vr_changes.update(report.vr_changes)
+        checked = report.instances_out
+    for name, (passed, _detail) in checks.items():
+        tally.add_check(name, passed, checked)
+    tally.studies_failed_checks = int(any(not passed for passed, _ in checks.values()))
+    return tally
+
+
+def save_study_tally(database: VoxlDatabase, study_id: int, tally: DeidTally) -> None:
+    """Record (or replace) the study's tally: the extract's report sums these."""
+    with database.session() as session:
+        row = session.get(StudyDeidSummary, study_id)
+        if row is None:
+            session.add(
+                StudyDeidSummary(study_id=study_id, summary=tally.to_json(), updated_at=utcnow())
+            )
+        else:
+            row.summary = tally.to_json()
+            row.updated_at = utcnow()
+
+
 def anonymise_study(
     request: StudyRequest,
     raw_files: Sequence[Path],
@@ -103,8 +145,16 @@ def anonymise_study(
                 IDENTIFIER_CHECK: (not exc.leaks, str(exc) if exc.leaks else "passed"),
             }
             failed = [name for name, (ok, _) in checks.items() if not ok]
+            save_study_tally(
+                database,
+                request.study_id,
+                study_tally(None, deidentifier.policy, checks, len(raw_files)),
+            )
             raise PrivacyCheckFailed(f"privacy check failed: {', '.join(failed)}", checks) from None
         if report.instances_out == 0:
+            save_study_tally(
+                database, request.study_id, study_tally(report, deidentifier.policy, {}, 0)
+            )
             if report.refused:  # broken files are a failure to retrieve, not a project's filter
                 reasons = ", ".join(
                     r for r in (report.refusal_summary(), report.filter_summary()) if r
@@ -114,6 +164,11 @@ def anonymise_study(
                 f"all {report.instances_in} instances filtered out ({report.filter_summary()})"
             )
         result = AnonymisedStudy(report)
+        save_study_tally(
+            database,
+            request.study_id,
+            study_tally(report, deidentifier.policy, result.checks(), report.instances_in),
+        )
     set_status(
         database,
         request.study_id,

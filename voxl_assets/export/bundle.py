@@ -3,7 +3,9 @@
 ``<export-root>/<project>/<extract-datetime>/`` holds ``omop/...`` (the extract's public files in
 their layout), ``IMAGE_LINKER.parquet`` (procedure_occurrence_id -> pseudonymous study UID and
 patient id, for every exported study), ``IMAGE_EXCLUSIONS.parquet`` (studies not delivered, with
-the non-identifying reason) and ``provenance.json`` (with a SHA-256 of every file). Re-running
+the non-identifying reason), ``DEID_REPORT.parquet`` and ``DEID_REPORT.html`` (what
+de-identification did, see ``deid_report.py``) and ``provenance.json`` (with a SHA-256 of every
+file). Re-running
 writes the same bytes unless more studies were exported since.
 """
 
@@ -26,6 +28,14 @@ from sqlalchemy import select
 from voxl_assets.cohort.ingest import find_extract
 from voxl_assets.db import Extract, ExtractStudy, Study, StudyStatus, VoxlDatabase
 from voxl_assets.db.models import StudyExport
+from voxl_assets.deid.tally import DeidTally
+from voxl_assets.export.deid_report import (
+    REPORT_HTML,
+    ReportContext,
+    extract_tally,
+    report_markdown,
+    write_deid_report,
+)
 from voxl_assets.upload.base import extract_folder_name
 
 LINKER = "IMAGE_LINKER.parquet"
@@ -158,6 +168,8 @@ class BundleResult:
     files: int
     bytes: int
     relative_folder: str  # <project>/<extract-datetime>, the layout at the destination
+    deid: DeidTally | None = None  # the de-identification report's tallies
+    studies: int = 0  # in the extract
 
     def metadata(self) -> dict[str, Any]:
         return {
@@ -166,6 +178,13 @@ class BundleResult:
             "files": self.files,
             "bytes": self.bytes,
         }
+
+    def deid_report_markdown(self) -> str:
+        return report_markdown(self.deid or DeidTally(), self.studies)
+
+    @property
+    def deid_report_page(self) -> Path:
+        return self.directory / REPORT_HTML
 
 
 def public_files(extract_dir: Path) -> list[Path]:
@@ -208,6 +227,16 @@ def write_ehr_bundle(
             shutil.copyfile(path, target)
         for name, table in tables.items():
             write_parquet(table, staging / name)
+        deid = extract_tally(database, extract_key)
+        context = ReportContext(
+            title="De-identification report",
+            project=extract.project,
+            scope=f"extract {deid.folder}",
+            as_of=deid.as_of,
+            voxl_version=voxl_version(),
+            studies_in_scope=deid.studies,
+        )
+        write_deid_report(deid.tally, context, staging)
         files = sorted(p for p in staging.rglob("*") if p.is_file())
         provenance = {
             "project": extract.project,
@@ -231,7 +260,9 @@ def write_ehr_bundle(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return BundleResult(final, linked, excluded, len(files) + 1, total, relative)
+    return BundleResult(
+        final, linked, excluded, len(files) + 1, total, relative, deid.tally, deid.studies
+    )
 
 
 def public_column_names(extract_dir: Path) -> set[str]:
