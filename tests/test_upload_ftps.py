@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ftplib
 import ssl
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,8 +20,9 @@ from tests.peers._upload_study import (
     zip_names,
 )
 from tests.peers.ftps import FtpServer, start_ftp
-from voxl_assets.project_config import FtpsDestination
+from voxl_assets.project_config import Destinations, FtpsDestination, ProjectDefinition
 from voxl_assets.upload.base import TransientUploadError, UploadError
+from voxl_assets.upload.destinations import DestinationClients, project_destination_builder
 from voxl_assets.upload.exactly_once import upload_study_once
 from voxl_assets.upload.factory import make_file_uploader, make_image_uploader
 from voxl_assets.upload.ftps import FtpsUploader
@@ -192,3 +195,73 @@ def test_stopping_one_test_server_leaves_the_others_serving(tmp_path: Path) -> N
 def test_missing_secret_names_the_variable(ftps_server: FtpServer) -> None:
     with pytest.raises(UploadError, match="FTPS_PASSWORD"):
         make_image_uploader(_destination(ftps_server), {"FTPS_USER": "voxl"})
+
+
+def test_sessions_are_kept_across_studies_and_files_and_renewed_when_dropped(
+    tmp_path: Path, study: list[Path]
+) -> None:
+    """Counted at the server: three studies and a bundle's two files over one login; a kept
+    session the server dropped is replaced at once (no retry delay), an expired one is ended;
+    close() logs the rest out."""
+    server = start_ftp(tmp_path / "ftps-sessions", tls=True)
+    try:
+        uploader = make_image_uploader(_destination(server), _env(server))
+        assert isinstance(uploader, FtpsUploader)
+        uploader.retry_delay = 60.0  # a retry would hang the test: there must be none
+        targets = [replace(TARGET, pseudo_study_uid=f"2.25.{n}") for n in range(5)]
+        for target in targets[:3]:
+            uploader.upload_study(study, target)
+        bundle = tmp_path / "bundle"
+        (bundle / "omop").mkdir(parents=True)
+        (bundle / "omop" / "person.parquet").write_bytes(b"PAR1" * 100)
+        (bundle / "provenance.json").write_text("{}")
+        uploader.upload_tree(bundle, "demo-project/2026-11-01T12-00-00/ehr")
+        assert server.logins == ["voxl"] and server.logouts == []
+
+        assert server.drop_sessions() == 1
+        uploader.upload_study(study, targets[3])  # the kept session is dead: a new one
+        assert len(server.logins) == 2
+        uploader.idle_seconds = 0.0  # the kept session has expired: logged out, a new one
+        uploader.upload_study(study, targets[4])
+        assert len(server.logins) == 3 and len(server.logouts) == 1
+        uploader.close()
+        assert uploader._idle == [] and len(server.logouts) == 2
+    finally:
+        server.stop()
+    for target in targets:
+        assert zip_names(server.root / target.relative_zip_path) == {p.name for p in study}
+    assert (server.root / "demo-project/2026-11-01T12-00-00/ehr/provenance.json").exists()
+    assert leftovers(server.root) == [] and len(server.received) == 7
+
+
+def test_a_runs_workers_share_its_clients_one_session_each(
+    tmp_path: Path, study: list[Path]
+) -> None:
+    """A run's destination clients (as ``resources/destinations.py`` holds them): eight studies
+    from two worker threads log in at most twice; ending the run logs every session out."""
+    server = start_ftp(tmp_path / "ftps-run", tls=True)
+    project = ProjectDefinition.model_validate(
+        {
+            "project": {"slug": "demo-project", "name": "Demo", "modalities": ["CT"]},
+            "tag_operations": {"base": ["base.yaml"]},
+            "destinations": Destinations(images=_destination(server)).model_dump(),
+        }
+    )
+    clients = DestinationClients(project_destination_builder(tmp_path, _env(server)))
+    targets = [replace(TARGET, pseudo_study_uid=f"2.25.{n}") for n in range(8)]
+
+    def deliver(target: object) -> None:
+        uploader = clients.images(project)
+        assert uploader is not None
+        uploader.upload_study(study, target)  # type: ignore[arg-type]
+
+    try:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            list(pool.map(deliver, targets))
+        assert 1 <= len(server.logins) <= 2 and server.logouts == []
+        clients.close()
+        assert len(server.logouts) == len(server.logins)
+    finally:
+        server.stop()
+    for target in targets:
+        assert zip_names(server.root / target.relative_zip_path) == {p.name for p in study}
