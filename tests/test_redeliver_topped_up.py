@@ -11,6 +11,7 @@ it receives, re-sent copies included) and the FTPS server (every completed uploa
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -18,14 +19,22 @@ from typing import Any
 
 import pydicom
 import pytest
+import yaml
+from dagster import DagsterInstance
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
 from tests.peers._upload_study import TARGET, anonymised_study, database_with_study, zip_names
 from tests.peers.ftps import FtpServer
 from tests.peers.orthanc import OrthancServer, start_orthanc
+from voxl_assets import settings
+from voxl_assets.cli import main as voxl_main
+from voxl_assets.cohort.extract_reader import read_any_summary
+from voxl_assets.cohort.ingest import register_extract
 from voxl_assets.db import VoxlDatabase
 from voxl_assets.db.models import DeliveredInstance, StudyExport
+from voxl_assets.demo.scenario import build_scenario
+from voxl_assets.export.bundle import mapping_rows
 from voxl_assets.project_config import DicomWebDestination, FtpsDestination
 from voxl_assets.upload.base import ImageUploader
 from voxl_assets.upload.exactly_once import (
@@ -36,6 +45,7 @@ from voxl_assets.upload.exactly_once import (
 from voxl_assets.upload.factory import make_image_uploader
 
 MODES: list[Redeliver] = ["never", "replace", "add"]
+SLUG = "test-extract-uclh-omop-cdm"
 
 
 @pytest.fixture(scope="module")
@@ -235,3 +245,103 @@ def test_a_record_from_before_instances_were_listed_is_completed_then_compared(
     final = ftps_server.root / "legacy" / TARGET.relative_zip_path
     assert zip_names(final) == {p.name for p in grown}
     assert list(final.parent.glob("*.rev*.zip")) == []
+
+
+def _project_dir(tmp_path: Path, dicomweb_url: str, mode: Redeliver) -> Path:
+    projects = tmp_path / "projects"
+    shutil.copytree(
+        settings.REPO_ROOT / "project_definitions" / "tag-operations", projects / "tag-operations"
+    )
+    definition: dict[str, Any] = {
+        "project": {
+            "slug": SLUG,
+            "name": "Test Extract - UCLH OMOP CDM",
+            "modalities": ["CT", "MR", "DX"],
+        },
+        "tag_operations": {"base": ["base.yaml", "ct.yaml", "mr.yaml", "dx-cr.yaml"]},
+        "destinations": {
+            "images": {"kind": "dicomweb", "url": dicomweb_url, "batch_size": 3},
+            "redeliver_topped_up": mode,
+        },
+    }
+    (projects / f"{SLUG}.yaml").write_text(yaml.safe_dump(definition))
+    return projects
+
+
+@pytest.mark.parametrize("mode", ["replace", "add"])
+def test_the_pipeline_redelivers_a_topped_up_study_and_the_mapping_table_stands(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    orthanc: OrthancServer,
+    counting_orthanc: OrthancServer,
+    mode: Redeliver,
+) -> None:
+    """`voxl backfill --top-up-cache` after the archive gained an instance of a delivered study:
+    that study alone is re-delivered (whole, or the one instance), once; the pseudonymous ids and
+    so the mapping table are those of the first delivery."""
+    from voxl_assets.dagster_home import ensure_dagster_home
+    from voxl_assets.orchestration import materialize_cohort
+
+    counting_orthanc.clear()
+    home = tmp_path / "voxl"
+    for name, value in {
+        "VOXL_HOME": str(home),
+        "DAGSTER_HOME": str(home / "dagster"),
+        "VOXL_PROJECTS_DIR": str(_project_dir(tmp_path, counting_orthanc.dicomweb_url, mode)),
+        "VOXL_HASHING_KEY": "redeliver-test-key-0123456789abc",
+        "VOXL_VNA_PORT": str(orthanc.dicom_port),
+        "VOXL_VNA_AE_TITLE": orthanc.ae_title,
+        "VOXL_VNA_RETRY_DELAY_SECONDS": "0.05",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("VOXL_DATABASE_URL", raising=False)
+    scenario = build_scenario(
+        tmp_path / "input", studies=3, missing=0, instances=3, rows_columns=32
+    )
+    orthanc.upload_folder(scenario.archive_dir)
+    ensure_dagster_home()
+    database = VoxlDatabase()
+    summary = read_any_summary(scenario.extract_dir)
+    extract_key = register_extract(database, summary, summary.project_slug)
+    materialize_cohort(DagsterInstance.get(), extract_key, "test")
+
+    assert voxl_main(["backfill", SLUG, "--in-process"]) == 0
+    first = counting_orthanc.deliveries()
+    studies_at_destination = counting_orthanc.study_uids()
+    assert set(first.values()) == {1} and len(first) == 3 * len(studies_at_destination)
+    _, mapping = mapping_rows(database, extract_key)
+
+    source = next(  # an instance of a delivered study (the scenario's ultrasound is filtered)
+        p
+        for p in sorted(scenario.archive_dir.rglob("*"))
+        if p.is_file() and pydicom.dcmread(p, stop_before_pixels=True).Modality != "US"
+    )
+    extra = pydicom.dcmread(source)
+    extra.SOPInstanceUID = extra.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    extra.save_as(tmp_path / "extra.dcm", enforce_file_format=True)
+    orthanc.upload(tmp_path / "extra.dcm")
+    assert voxl_main(["backfill", SLUG, "--top-up-cache", "--in-process"]) == 0
+
+    after = counting_orthanc.deliveries()
+    sent_again = after - first  # each delivery since, by SOP Instance UID
+    topped_up_study = {
+        counting_orthanc.get(f"/instances/{i['ID']}/simplified-tags")["StudyInstanceUID"]
+        for i in counting_orthanc.get("/instances?expand")
+        if i["MainDicomTags"]["SOPInstanceUID"] in sent_again
+    }
+    assert len(topped_up_study) == 1  # one study re-delivered, under its first pseudonymous UID
+    assert counting_orthanc.study_uids() == studies_at_destination
+    if mode == "replace":
+        assert sorted(sent_again.values()) == [1] * 4  # its three instances again, and the new
+        assert len(set(sent_again) - set(first)) == 1
+    else:
+        assert list(sent_again.values()) == [1] and not set(sent_again) & set(first)
+    assert counting_orthanc.instance_count() == len(first) + 1
+    assert mapping_rows(database, extract_key)[1] == mapping  # same pseudonymous ids
+    with database.session() as session:
+        revisions = sorted(session.scalars(select(StudyExport.revision)))
+    assert revisions == [1] * (len(studies_at_destination) - 1) + [2]
+
+    # Exactly once per change: the same top-up run again sends nothing.
+    assert voxl_main(["backfill", SLUG, "--top-up-cache", "--in-process"]) == 0
+    assert counting_orthanc.deliveries() == after
