@@ -24,7 +24,13 @@ from dagster import DagsterInstance
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
-from tests.peers._upload_study import TARGET, anonymised_study, database_with_study, zip_names
+from tests.peers._upload_study import (
+    TARGET,
+    anonymised_study,
+    database_with_study,
+    top_up,
+    zip_names,
+)
 from tests.peers.ftps import FtpServer
 from tests.peers.orthanc import OrthancServer, start_orthanc
 from voxl_assets import settings
@@ -51,19 +57,6 @@ SLUG = "test-extract-uclh-omop-cdm"
 @pytest.fixture(scope="module")
 def counting_orthanc() -> Iterator[OrthancServer]:
     yield from start_orthanc(ae_title="DEST", count_deliveries=True)
-
-
-def top_up(files: list[Path], count: int) -> list[Path]:
-    """``count`` more instances of the same study beside ``files`` (new SOP Instance UIDs, named
-    by them as the anonymised store names its files); returns the whole study."""
-    template = pydicom.dcmread(files[0])
-    added = []
-    for _ in range(count):
-        template.SOPInstanceUID = template.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        path = files[0].parent / f"{template.SOPInstanceUID}.dcm"
-        template.save_as(path, enforce_file_format=True)
-        added.append(path)
-    return sorted([*files, *added])
 
 
 class Peer:

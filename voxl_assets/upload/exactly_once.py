@@ -135,10 +135,10 @@ def record_export(
     previous: Delivered | None = None,
 ) -> None:
     """Record a delivery and close its attempt, in one transaction: the (study, destination)
-    row (created, or moved to the next revision from ``previous``, the record this delivery
-    built on) and the instances the destination now holds (``held``, listed once each with
-    the revision that first sent them). A delivery another run recorded meanwhile stands: ours
-    is only closed as sent."""
+    row (created, moved to the next revision from ``previous``, the record this delivery built
+    on, or else refreshed) and the instances the destination now holds (``held``, listed once
+    each with the revision that first sent them). A delivery another run recorded meanwhile
+    stands: ours is only closed as sent."""
     try:
         with database.session() as session:
             row = session.scalar(
@@ -151,10 +151,11 @@ def record_export(
                 row = StudyExport(study_id=study_id, destination=destination, revision=1)
                 session.add(row)
                 session.flush()
-            elif previous is None or row.revision != previous.revision:
-                raise _RecordedMeanwhile
-            else:
+            elif previous is not None:
+                if row.revision != previous.revision:
+                    raise _RecordedMeanwhile
                 row.revision = previous.revision + 1
+            # else: a record without a delivery it builds on is refreshed in place
             row.instances = len(held) or report.instances
             row.bytes = report.bytes
             row.exported_at = utcnow()
