@@ -20,7 +20,7 @@ from typing import Any
 import pydicom
 import pytest
 import yaml
-from dagster import DagsterInstance
+from dagster import AssetKey, DagsterInstance
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
@@ -335,6 +335,26 @@ def test_the_pipeline_redelivers_a_topped_up_study_and_the_mapping_table_stands(
         revisions = sorted(session.scalars(select(StudyExport.revision)))
     assert revisions == [1] * (len(studies_at_destination) - 1) + [2]
 
+    assert _redeliveries() == [(mode, 2)]  # shown on the asset, once
+
     # Exactly once per change: the same top-up run again sends nothing.
     assert voxl_main(["backfill", SLUG, "--top-up-cache", "--in-process"]) == 0
     assert counting_orthanc.deliveries() == after
+    assert _redeliveries() == [(mode, 2)]
+
+
+def _redeliveries() -> list[tuple[str, int]]:
+    """(mode, revision) of every destination_upload materialisation that re-delivered."""
+    records = (
+        DagsterInstance.get()
+        .fetch_materializations(AssetKey("destination_upload"), limit=100)
+        .records
+    )
+    found = []
+    for record in records:
+        materialization = record.asset_materialization
+        assert materialization is not None
+        metadata = materialization.metadata
+        if "redelivered" in metadata:
+            found.append((str(metadata["redelivered"].value), int(str(metadata["revision"].value))))
+    return found

@@ -183,7 +183,7 @@ class StudyStages:
                     self.database, request.study_id, uploader.describe(), files
                 )
             return metadata
-        return {
+        sent: dict[str, Any] = {
             "destination_kind": report.kind,
             "instances": report.instances,
             "bytes": report.bytes,
@@ -191,5 +191,7 @@ class StudyStages:
             "sent": True,
             "resend": report.resend,
             "revision": report.revision,
-            "redelivered": redeliver if report.revision > 1 and not self.force_upload else "",
         }
+        if report.revision > 1 and not self.force_upload:
+            sent["redelivered"] = redeliver  # a topped-up study: replace or add
+        return sent
