@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import ftplib
+import shutil
 import ssl
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.peers import free_port
 from tests.peers._upload_study import (
@@ -20,6 +22,13 @@ from tests.peers._upload_study import (
     zip_names,
 )
 from tests.peers.ftps import FtpServer, start_ftp
+from tests.peers.orthanc import OrthancServer
+from voxl_assets import settings
+from voxl_assets.cli import main as voxl_main
+from voxl_assets.cohort.extract_reader import read_any_summary
+from voxl_assets.cohort.ingest import register_extract
+from voxl_assets.db import VoxlDatabase
+from voxl_assets.demo.scenario import build_scenario
 from voxl_assets.project_config import Destinations, FtpsDestination, ProjectDefinition
 from voxl_assets.upload.base import TransientUploadError, UploadError
 from voxl_assets.upload.destinations import DestinationClients, project_destination_builder
@@ -265,3 +274,62 @@ def test_a_runs_workers_share_its_clients_one_session_each(
         server.stop()
     for target in targets:
         assert zip_names(server.root / target.relative_zip_path) == {p.name for p in study}
+
+
+def test_a_pipeline_run_logs_in_once_per_worker_and_its_bundle_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, orthanc: OrthancServer
+) -> None:
+    """`voxl backfill --in-process` with images and the EHR bundle going to FTPS: the study run
+    (two workers, four delivered studies) logs in at most twice, the export run once for all
+    the bundle's files; every session is logged out when its run ends."""
+    from dagster import DagsterInstance
+
+    from voxl_assets.dagster_home import ensure_dagster_home
+    from voxl_assets.orchestration import materialize_cohort
+
+    server = start_ftp(tmp_path / "ftps-pipeline", tls=True)
+    slug = "test-extract-uclh-omop-cdm"
+    projects = tmp_path / "projects"
+    shutil.copytree(
+        settings.REPO_ROOT / "project_definitions" / "tag-operations", projects / "tag-operations"
+    )
+    ftps = _destination(server).model_dump()
+    definition = {
+        "project": {"slug": slug, "name": "Test", "modalities": ["CT", "MR", "DX"]},
+        "tag_operations": {"base": ["base.yaml", "ct.yaml", "mr.yaml", "dx-cr.yaml"]},
+        "destinations": {"images": ftps, "ehr": ftps},
+    }
+    (projects / f"{slug}.yaml").write_text(yaml.safe_dump(definition))
+    home = tmp_path / "voxl"
+    for name, value in {
+        "VOXL_HOME": str(home),
+        "DAGSTER_HOME": str(home / "dagster"),
+        "VOXL_PROJECTS_DIR": str(projects),
+        "VOXL_HASHING_KEY": "ftps-sessions-test-key-0123456789",
+        "VOXL_VNA_PORT": str(orthanc.dicom_port),
+        "VOXL_VNA_AE_TITLE": orthanc.ae_title,
+        "VOXL_VNA_RETRY_DELAY_SECONDS": "0.05",
+        "VOXL_STUDY_WORKERS": "2",
+        **_env(server),
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("VOXL_DATABASE_URL", raising=False)
+    try:
+        scenario = build_scenario(
+            tmp_path / "input", studies=5, missing=0, instances=2, rows_columns=32
+        )  # one of the five is ultrasound: filtered
+        orthanc.upload_folder(scenario.archive_dir)
+        ensure_dagster_home()
+        database = VoxlDatabase()
+        summary = read_any_summary(scenario.extract_dir)
+        materialize_cohort(
+            DagsterInstance.get(), register_extract(database, summary, summary.project_slug), "t"
+        )
+        assert voxl_main(["backfill", slug, "--in-process"]) == 0
+        zips = [p for p in server.received if p.endswith(".zip.part")]
+        bundle = [p for p in server.received if "/dicom/" not in p]
+        assert len(zips) == 4 and len(bundle) >= 2  # the studies, and the bundle's files
+        assert 2 <= len(server.logins) <= 3  # <= 2 for the studies' run, 1 for the export's
+        assert len(server.logouts) == len(server.logins)  # each run ended its sessions
+    finally:
+        server.stop()
