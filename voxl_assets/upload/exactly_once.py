@@ -249,7 +249,8 @@ def undelivered_instances(
     database: VoxlDatabase, study_id: int, destination: str, files: Sequence[Path]
 ) -> int:
     """How many of ``files`` a delivered study's destination does not hold (0 if never
-    delivered, or unknown): what ``redeliver_topped_up: never`` holds back."""
+    delivered; by count for a record that does not list its instances): what
+    ``redeliver_topped_up: never`` holds back."""
     record = delivered(database, study_id, destination)
     if record is None:
         return 0
