@@ -25,6 +25,7 @@ from voxl_assets.upload.exactly_once import (
     already_exported,
     begin_attempt,
     delivered,
+    new_instances,
     record_export,
     upload_study_once,
 )
@@ -190,3 +191,14 @@ def test_a_redelivery_recorded_meanwhile_by_another_run_stands(
     record = delivered(database, 1, destination)
     assert record is not None and record.revision == 1
     assert _attempts(database) == [("sent", False, True), ("sent", False, True)]
+
+
+def test_new_instances_are_those_the_record_does_not_list() -> None:
+    files = [Path("a.dcm"), Path("b.dcm"), Path("c.dcm")]
+    listed = Delivered(revision=2, instances=2, names=frozenset({"a.dcm", "b.dcm"}))
+    assert new_instances(listed, files) == [Path("c.dcm")]
+    assert new_instances(listed, files[:2]) == []
+    # A record from before instances were listed: same count, nothing new; more, unknown which.
+    unlisted = Delivered(revision=1, instances=2, names=frozenset())
+    assert new_instances(unlisted, files[:2]) == []
+    assert new_instances(unlisted, files) is None
