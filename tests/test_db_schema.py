@@ -15,7 +15,7 @@ from sqlalchemy import create_engine, inspect, select, text
 
 from voxl_assets.db import ExtractRegistration, VoxlDatabase
 from voxl_assets.db.engine import MIGRATIONS_DIR, head_revisions, make_engine, schema_is_current
-from voxl_assets.db.models import Base
+from voxl_assets.db.models import Base, DeliveredInstance, StudyExport
 
 
 def test_head_revisions_agree_with_alembic() -> None:
@@ -80,5 +80,41 @@ def test_0002_registers_existing_extracts_as_ingested(database_url: str) -> None
                 "/data/e1",
                 "ingested",
             )
+    finally:
+        database.dispose()
+
+
+def test_0007_keeps_existing_exports_as_first_deliveries(database_url: str) -> None:
+    """Exports recorded before 0007 become revision 1 with no instances listed (their list is
+    completed on the study's next run: ``tests/test_redeliver_topped_up.py``)."""
+    engine = create_engine(database_url)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0003")
+        connection.execute(
+            text(
+                "INSERT INTO studies (id, project, mrn, accession_number, study_uid, series_uid,"
+                " status, status_updated_at, attempts, created_at) VALUES (1, 'p', 'm', 'a',"
+                " '', '', 'uploaded', '2026-11-02 08:00:00', 1, '2026-11-02 08:00:00')"
+            )
+        )
+        connection.execute(
+            text(
+                "INSERT INTO study_exports (study_id, destination, instances, bytes, exported_at)"
+                " VALUES (1, 'ftps://h:21/', 3, 99, '2026-11-02 08:00:00')"
+            )
+        )
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+    engine.dispose()
+    database = VoxlDatabase(database_url)
+    try:
+        with database.session() as session:
+            [row] = session.scalars(select(StudyExport))
+            assert (row.revision, row.instances) == (1, 3)
+            assert session.scalars(select(DeliveredInstance)).all() == []
     finally:
         database.dispose()

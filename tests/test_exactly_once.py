@@ -23,7 +23,7 @@ from typing import Any
 import pydicom
 import pytest
 import yaml
-from dagster import DagsterInstance
+from dagster import AssetKey, DagsterInstance
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
@@ -112,7 +112,11 @@ def test_a_rerun_sends_nothing_the_destination_counts_each_instance_once(
 
     # The archive gains an instance of a delivered study: a plain re-run does not ask for it,
     # `--top-up-cache` fetches it into the cache; the delivered study is not sent again.
-    source = next(p for p in sorted(scenario.archive_dir.rglob("*")) if p.is_file())
+    source = next(  # an instance of a delivered study (the scenario's ultrasound is filtered)
+        p
+        for p in sorted(scenario.archive_dir.rglob("*"))
+        if p.is_file() and pydicom.dcmread(p, stop_before_pixels=True).Modality != "US"
+    )
     extra = pydicom.dcmread(source)
     extra.SOPInstanceUID = extra.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     extra.save_as(tmp_path / "extra.dcm", enforce_file_format=True)
@@ -124,6 +128,14 @@ def test_a_rerun_sends_nothing_the_destination_counts_each_instance_once(
     assert voxl_main(["backfill", SLUG, "--top-up-cache", "--in-process"]) == 0
     assert sum(1 for p in cached.rglob("*") if p.is_file()) == before + 1
     assert counting_orthanc.deliveries() == first
+    # (redeliver_topped_up: never, the default) The held-back instance is shown on the asset.
+    records = DagsterInstance.get().fetch_materializations(AssetKey("destination_upload"), 4)
+    held_back = [
+        r.asset_materialization.metadata.get("not_redelivered")
+        for r in records.records
+        if r.asset_materialization is not None
+    ]
+    assert sorted(int(str(m.value)) for m in held_back if m is not None) == [0, 0, 0, 1]
 
 
 def _destination(kind: str, orthanc: OrthancServer | None, ftps: FtpServer | None) -> Any:

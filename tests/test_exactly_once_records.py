@@ -9,14 +9,23 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from tests.peers._upload_study import TARGET, anonymised_study, database_with_study, export_count
+from tests.peers._upload_study import (
+    TARGET,
+    anonymised_study,
+    database_with_study,
+    export_count,
+    top_up,
+)
 from voxl_assets.db import VoxlDatabase
 from voxl_assets.db.models import StudyExport, UploadAttempt
 from voxl_assets.project_config import LocalDirectoryDestination
 from voxl_assets.upload.base import UploadError
 from voxl_assets.upload.exactly_once import (
+    Delivered,
     already_exported,
     begin_attempt,
+    delivered,
+    new_instances,
     record_export,
     upload_study_once,
 )
@@ -138,3 +147,58 @@ def test_a_record_written_meanwhile_by_another_run_stands(tmp_path: Path, upload
         row = session.scalars(select(StudyExport)).one()
         assert row.bytes == 99  # the other run's record stands
     assert _attempts(database) == [("sent", False, True)]
+
+
+def test_a_topped_up_study_at_a_local_destination(tmp_path: Path, uploader: Any) -> None:
+    """replace: the zip again, with every instance; add: the new ones in ``<uid>.rev2.zip``;
+    either once (``test_redeliver_topped_up.py`` does the same against network peers)."""
+    import zipfile
+
+    files = anonymised_study(tmp_path / "anon", instances=2)
+    database = database_with_study(tmp_path)
+    assert upload_study_once(database, 1, uploader, files, TARGET, redeliver="add") is not None
+    grown = top_up(files, 1)
+    assert upload_study_once(database, 1, uploader, grown, TARGET, redeliver="never") is None
+    report = upload_study_once(database, 1, uploader, grown, TARGET, redeliver="add")
+    assert report is not None and (report.revision, report.instances) == (2, 1)
+    folder = uploader.root / TARGET.relative_zip_path
+    added = folder.with_name(f"{TARGET.pseudo_study_uid}.rev2.zip")
+    with zipfile.ZipFile(added) as archive:
+        assert set(archive.namelist()) == {p.name for p in grown} - {p.name for p in files}
+    assert upload_study_once(database, 1, uploader, grown, TARGET, redeliver="add") is None
+    again = top_up(grown, 1)
+    report = upload_study_once(database, 1, uploader, again, TARGET, redeliver="replace")
+    assert report is not None and (report.revision, report.instances) == (3, 4)
+    with zipfile.ZipFile(folder) as archive:
+        assert set(archive.namelist()) == {p.name for p in again}
+    record = delivered(database, 1, uploader.describe())
+    assert record is not None and (record.revision, record.instances) == (3, 4)
+    assert record.names == {p.name for p in again}
+    assert len(_attempts(database)) == 3
+
+
+def test_a_redelivery_recorded_meanwhile_by_another_run_stands(
+    tmp_path: Path, uploader: Any
+) -> None:
+    files = anonymised_study(tmp_path / "anon", instances=2)
+    database = database_with_study(tmp_path)
+    report = upload_study_once(database, 1, uploader, files, TARGET)
+    assert report is not None
+    destination = uploader.describe()
+    attempt, _ = begin_attempt(database, 1, destination)
+    stale = Delivered(revision=0, instances=2, names=frozenset())  # another run moved it on
+    record_export(database, 1, destination, report, attempt, held=files, previous=stale)
+    record = delivered(database, 1, destination)
+    assert record is not None and record.revision == 1
+    assert _attempts(database) == [("sent", False, True), ("sent", False, True)]
+
+
+def test_new_instances_are_those_the_record_does_not_list() -> None:
+    files = [Path("a.dcm"), Path("b.dcm"), Path("c.dcm")]
+    listed = Delivered(revision=2, instances=2, names=frozenset({"a.dcm", "b.dcm"}))
+    assert new_instances(listed, files) == [Path("c.dcm")]
+    assert new_instances(listed, files[:2]) == []
+    # A record from before instances were listed: same count, nothing new; more, unknown which.
+    unlisted = Delivered(revision=1, instances=2, names=frozenset())
+    assert new_instances(unlisted, files[:2]) == []
+    assert new_instances(unlisted, files) is None

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import ftplib
+import shutil
 import ssl
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.peers import free_port
 from tests.peers._upload_study import (
@@ -18,8 +22,16 @@ from tests.peers._upload_study import (
     zip_names,
 )
 from tests.peers.ftps import FtpServer, start_ftp
-from voxl_assets.project_config import FtpsDestination
+from tests.peers.orthanc import OrthancServer
+from voxl_assets import settings
+from voxl_assets.cli import main as voxl_main
+from voxl_assets.cohort.extract_reader import read_any_summary
+from voxl_assets.cohort.ingest import register_extract
+from voxl_assets.db import VoxlDatabase
+from voxl_assets.demo.scenario import build_scenario
+from voxl_assets.project_config import Destinations, FtpsDestination, ProjectDefinition
 from voxl_assets.upload.base import TransientUploadError, UploadError
+from voxl_assets.upload.destinations import DestinationClients, project_destination_builder
 from voxl_assets.upload.exactly_once import upload_study_once
 from voxl_assets.upload.factory import make_file_uploader, make_image_uploader
 from voxl_assets.upload.ftps import FtpsUploader
@@ -192,3 +204,132 @@ def test_stopping_one_test_server_leaves_the_others_serving(tmp_path: Path) -> N
 def test_missing_secret_names_the_variable(ftps_server: FtpServer) -> None:
     with pytest.raises(UploadError, match="FTPS_PASSWORD"):
         make_image_uploader(_destination(ftps_server), {"FTPS_USER": "voxl"})
+
+
+def test_sessions_are_kept_across_studies_and_files_and_renewed_when_dropped(
+    tmp_path: Path, study: list[Path]
+) -> None:
+    """Counted at the server: three studies and a bundle's two files over one login; a kept
+    session the server dropped is replaced at once (no retry delay), an expired one is ended;
+    close() logs the rest out."""
+    server = start_ftp(tmp_path / "ftps-sessions", tls=True)
+    try:
+        uploader = make_image_uploader(_destination(server), _env(server))
+        assert isinstance(uploader, FtpsUploader)
+        uploader.retry_delay = 60.0  # a retry would hang the test: there must be none
+        targets = [replace(TARGET, pseudo_study_uid=f"2.25.{n}") for n in range(5)]
+        for target in targets[:3]:
+            uploader.upload_study(study, target)
+        bundle = tmp_path / "bundle"
+        (bundle / "omop").mkdir(parents=True)
+        (bundle / "omop" / "person.parquet").write_bytes(b"PAR1" * 100)
+        (bundle / "provenance.json").write_text("{}")
+        uploader.upload_tree(bundle, "demo-project/2026-11-01T12-00-00/ehr")
+        assert server.logins == ["voxl"] and server.logouts == []
+
+        assert server.drop_sessions() == 1
+        uploader.upload_study(study, targets[3])  # the kept session is dead: a new one
+        assert len(server.logins) == 2
+        uploader.idle_seconds = 0.0  # the kept session has expired: logged out, a new one
+        uploader.upload_study(study, targets[4])
+        assert len(server.logins) == 3 and len(server.logouts) == 1
+        uploader.close()
+        assert uploader._idle == [] and len(server.logouts) == 2
+    finally:
+        server.stop()
+    for target in targets:
+        assert zip_names(server.root / target.relative_zip_path) == {p.name for p in study}
+    assert (server.root / "demo-project/2026-11-01T12-00-00/ehr/provenance.json").exists()
+    assert leftovers(server.root) == [] and len(server.received) == 7
+
+
+def test_a_runs_workers_share_its_clients_one_session_each(
+    tmp_path: Path, study: list[Path]
+) -> None:
+    """A run's destination clients (as ``resources/destinations.py`` holds them): eight studies
+    from two worker threads log in at most twice; ending the run logs every session out."""
+    server = start_ftp(tmp_path / "ftps-run", tls=True)
+    project = ProjectDefinition.model_validate(
+        {
+            "project": {"slug": "demo-project", "name": "Demo", "modalities": ["CT"]},
+            "tag_operations": {"base": ["base.yaml"]},
+            "destinations": Destinations(images=_destination(server)).model_dump(),
+        }
+    )
+    clients = DestinationClients(project_destination_builder(tmp_path, _env(server)))
+    targets = [replace(TARGET, pseudo_study_uid=f"2.25.{n}") for n in range(8)]
+
+    def deliver(target: object) -> None:
+        uploader = clients.images(project)
+        assert uploader is not None
+        uploader.upload_study(study, target)  # type: ignore[arg-type]
+
+    try:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            list(pool.map(deliver, targets))
+        assert 1 <= len(server.logins) <= 2 and server.logouts == []
+        clients.close()
+        assert len(server.logouts) == len(server.logins)
+    finally:
+        server.stop()
+    for target in targets:
+        assert zip_names(server.root / target.relative_zip_path) == {p.name for p in study}
+
+
+def test_a_pipeline_run_logs_in_once_per_worker_and_its_bundle_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, orthanc: OrthancServer
+) -> None:
+    """`voxl backfill --in-process` with images and the EHR bundle going to FTPS: the study run
+    (two workers, four delivered studies) logs in at most twice, the export run once for all
+    the bundle's files; every session is logged out when its run ends."""
+    from dagster import DagsterInstance
+
+    from voxl_assets.dagster_home import ensure_dagster_home
+    from voxl_assets.orchestration import materialize_cohort
+
+    server = start_ftp(tmp_path / "ftps-pipeline", tls=True)
+    slug = "test-extract-uclh-omop-cdm"
+    projects = tmp_path / "projects"
+    shutil.copytree(
+        settings.REPO_ROOT / "project_definitions" / "tag-operations", projects / "tag-operations"
+    )
+    ftps = _destination(server).model_dump()
+    definition = {
+        "project": {"slug": slug, "name": "Test", "modalities": ["CT", "MR", "DX"]},
+        "tag_operations": {"base": ["base.yaml", "ct.yaml", "mr.yaml", "dx-cr.yaml"]},
+        "destinations": {"images": ftps, "ehr": ftps},
+    }
+    (projects / f"{slug}.yaml").write_text(yaml.safe_dump(definition))
+    home = tmp_path / "voxl"
+    for name, value in {
+        "VOXL_HOME": str(home),
+        "DAGSTER_HOME": str(home / "dagster"),
+        "VOXL_PROJECTS_DIR": str(projects),
+        "VOXL_HASHING_KEY": "ftps-sessions-test-key-0123456789",
+        "VOXL_VNA_PORT": str(orthanc.dicom_port),
+        "VOXL_VNA_AE_TITLE": orthanc.ae_title,
+        "VOXL_VNA_RETRY_DELAY_SECONDS": "0.05",
+        "VOXL_STUDY_WORKERS": "2",
+        **_env(server),
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("VOXL_DATABASE_URL", raising=False)
+    try:
+        scenario = build_scenario(
+            tmp_path / "input", studies=5, missing=0, instances=2, rows_columns=32
+        )  # one of the five is ultrasound: filtered
+        orthanc.upload_folder(scenario.archive_dir)
+        ensure_dagster_home()
+        database = VoxlDatabase()
+        summary = read_any_summary(scenario.extract_dir)
+        materialize_cohort(
+            DagsterInstance.get(), register_extract(database, summary, summary.project_slug), "t"
+        )
+        assert voxl_main(["backfill", slug, "--in-process"]) == 0
+        zips = [p for p in server.received if p.endswith(".zip.part")]
+        bundle = [p for p in server.received if "/dicom/" not in p]
+        assert len(zips) == 4 and len(bundle) >= 2  # the studies, and the bundle's files
+        assert 2 <= len(server.logins) <= 3  # <= 2 for the studies' run, 1 for the export's
+        assert len(server.logouts) == len(server.logins)  # each run ended its sessions
+    finally:
+        server.stop()

@@ -220,9 +220,21 @@ EhrDestination = Annotated[
 _DESTINATION_KINDS = {"none", "local", "dicomweb", "azure_dicom", "ftps", "sftp", "azure_blob"}
 
 
+RedeliverTopUp = Literal["never", "replace", "add"]
+
+
 class Destinations(_Strict):
     images: ImageDestination = NoDestination()
     ehr: EhrDestination = NoDestination()
+    redeliver_topped_up: RedeliverTopUp = Field(
+        default="never",
+        description=(
+            "a delivered study that later gains instances (a --top-up-cache run found them): "
+            "never = keep the first delivery; replace = send the whole study again, replacing "
+            "the destination's copy; add = send only the new instances (file destinations: "
+            "<pseudonymous study UID>.rev<N>.zip beside the first zip)"
+        ),
+    )
 
 
 class ProjectDefinition(_Strict):

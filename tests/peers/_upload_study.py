@@ -6,6 +6,8 @@ import zipfile
 from datetime import datetime
 from pathlib import Path
 
+import pydicom
+from pydicom.uid import generate_uid
 from sqlalchemy import func, select
 
 from voxl_assets.db import Study, VoxlDatabase
@@ -28,6 +30,19 @@ def anonymised_study(directory: Path, instances: int = 4, size: int = 64) -> lis
         series=[SeriesSpec(instances=instances)],
     )
     return write_study(spec, directory)
+
+
+def top_up(files: list[Path], count: int) -> list[Path]:
+    """``count`` more instances of the same study beside ``files`` (new SOP Instance UIDs, named
+    by them as the anonymised store names its files); returns the whole study."""
+    template = pydicom.dcmread(files[0])
+    added = []
+    for _ in range(count):
+        template.SOPInstanceUID = template.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        path = files[0].parent / f"{template.SOPInstanceUID}.dcm"
+        template.save_as(path, enforce_file_format=True)
+        added.append(path)
+    return sorted([*files, *added])
 
 
 def zip_names(path: Path) -> set[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import os
 import socket
 import struct
 import threading
@@ -71,6 +72,29 @@ class FtpServer:
     # Every upload the server completed (STOR), as paths under the home, in order: the server's
     # own count, which shows a file sent twice even when the second copy replaced the first.
     received: list[str] = field(default_factory=list)
+    # Sessions as the server saw them: one entry per successful login, one per logout (a QUIT;
+    # a dropped connection logs nobody out), and the control connections' handlers. A login is
+    # counted before the client's next command runs, a logout before the client sees its reply.
+    logins: list[str] = field(default_factory=list)
+    logouts: list[str] = field(default_factory=list)
+    sessions: list[Any] = field(default_factory=list)
+
+    def drop_sessions(self) -> int:
+        """Cut every open control connection at the server (as a restart or an idle timeout
+        would), from outside its thread: the socket is shut down, the server's own loop then
+        sees the end and closes it. Returns how many were cut."""
+        dropped = 0
+        for handler in list(self.sessions):
+            if handler._closed or handler._closing:
+                continue
+            with contextlib.suppress(OSError, AttributeError):
+                duplicate = socket.socket(fileno=os.dup(handler.socket.fileno()))
+                try:
+                    duplicate.shutdown(socket.SHUT_RDWR)
+                finally:
+                    duplicate.close()
+                dropped += 1
+        return dropped
 
     def stop(self) -> None:
         self.server.close_all()  # type: ignore[attr-defined]
@@ -142,6 +166,20 @@ def start_ftp(
         received.append(Path(file).relative_to(home).as_posix())
 
     handler.on_file_received = on_file_received
+    logins: list[str] = []
+    logouts: list[str] = []
+    sessions: list[Any] = []
+    handler.on_connect = lambda self: sessions.append(self)
+    handler.on_login = lambda self, username: logins.append(username)
+    base_quit = handler.ftp_QUIT
+
+    def ftp_quit(self: Any, line: str) -> None:
+        # Counted before the reply: the client may check the count as soon as it has it.
+        if self.authenticated and self.username:
+            logouts.append(self.username)
+        base_quit(self, line)
+
+    handler.ftp_QUIT = ftp_quit
     handler.auth_failed_timeout = 0.1  # default 3 s delay per wrong password slows the tests
     drops: list[list[str]] = []
     if drop_uploads:
@@ -170,6 +208,9 @@ def start_ftp(
         serving,
         drops,
         received,
+        logins,
+        logouts,
+        sessions,
     )
 
 

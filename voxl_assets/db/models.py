@@ -181,9 +181,24 @@ class StudyExport(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"))
     destination: Mapped[str] = mapped_column(String(255))
-    instances: Mapped[int] = mapped_column(Integer, default=0)
-    bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    instances: Mapped[int] = mapped_column(Integer, default=0)  # the destination holds, in all
+    bytes: Mapped[int] = mapped_column(BigInteger, default=0)  # sent by the latest delivery
     exported_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    # 1 for the first delivery; each re-delivery of a topped-up study (or a forced resend) adds 1.
+    revision: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+
+
+class DeliveredInstance(Base):
+    """An instance a destination holds of a study (by its pseudonymous file name) and the
+    delivery revision that sent it: a topped-up study's new instances are those not listed."""
+
+    __tablename__ = "delivered_instances"
+    __table_args__ = (UniqueConstraint("export_id", "name", name="uq_delivered_instance"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    export_id: Mapped[int] = mapped_column(ForeignKey("study_exports.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(128))
+    revision: Mapped[int] = mapped_column(Integer)
 
 
 class UploadAttempt(Base):

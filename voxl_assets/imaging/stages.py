@@ -25,7 +25,7 @@ from voxl_assets.retry import TransientError
 from voxl_assets.study_state import StudyRequest, set_status
 from voxl_assets.upload.base import UploadError, UploadTarget
 from voxl_assets.upload.destinations import DestinationClients
-from voxl_assets.upload.exactly_once import upload_study_once
+from voxl_assets.upload.exactly_once import undelivered_instances, upload_study_once
 from voxl_assets.vna.archives import ArchiveSet
 from voxl_assets.vna.cache import CacheFull, RawCache
 from voxl_assets.vna.raw import RawStudyResult, request_cache_keys, retrieve_raw_study
@@ -157,20 +157,41 @@ class StudyStages:
             set_status(self.database, request.study_id, StudyStatus.UPLOADED)
             return {"destination_kind": NO_DESTINATION, "instances": len(files), "sent": False}
         target = UploadTarget(request.project, self._extract_datetime(request.study_id), pseudo_uid)
+        redeliver = self._project(request).destinations.redeliver_topped_up
         try:
             report = upload_study_once(
-                self.database, request.study_id, uploader, files, target, force=self.force_upload
+                self.database,
+                request.study_id,
+                uploader,
+                files,
+                target,
+                force=self.force_upload,
+                redeliver=redeliver,
             )
         except (UploadError, TransientError) as exc:
             raise StudyFailure(str(exc)) from None
         set_status(self.database, request.study_id, StudyStatus.UPLOADED)
         if report is None:
-            return {"destination_kind": uploader.kind, "instances": len(files), "sent": False}
-        return {
+            metadata: dict[str, Any] = {
+                "destination_kind": uploader.kind,
+                "instances": len(files),
+                "sent": False,
+            }
+            if redeliver == "never":
+                # A topped-up study's new instances, held back by the project's setting.
+                metadata["not_redelivered"] = undelivered_instances(
+                    self.database, request.study_id, uploader.describe(), files
+                )
+            return metadata
+        sent: dict[str, Any] = {
             "destination_kind": report.kind,
             "instances": report.instances,
             "bytes": report.bytes,
             "seconds": round(report.seconds, 3),
             "sent": True,
             "resend": report.resend,
+            "revision": report.revision,
         }
+        if report.revision > 1 and not self.force_upload:
+            sent["redelivered"] = redeliver  # a topped-up study: replace or add
+        return sent

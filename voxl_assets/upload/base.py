@@ -26,11 +26,18 @@ class UploadTarget:
     project: str
     extract_datetime: datetime
     pseudo_study_uid: str
+    # Set when only the instances a topped-up study gained are sent (``redeliver_topped_up:
+    # add``): the delivery's revision, which names their zip beside the first one.
+    added_revision: int | None = None
 
     @property
     def relative_zip_path(self) -> str:
-        """``<project>/<extract-datetime>/dicom/<pseudonymous-study-uid>.zip`` (file destinations)."""
-        return f"{self.project}/{extract_folder_name(self.extract_datetime)}/dicom/{self.pseudo_study_uid}.zip"
+        """``<project>/<extract-datetime>/dicom/<pseudonymous-study-uid>.zip`` (file destinations);
+        ``<uid>.rev<N>.zip`` for the instances added at revision N."""
+        name = self.pseudo_study_uid
+        if self.added_revision is not None:
+            name = f"{name}.rev{self.added_revision}"
+        return f"{self.project}/{extract_folder_name(self.extract_datetime)}/dicom/{name}.zip"
 
 
 @dataclass(frozen=True)
@@ -45,6 +52,9 @@ class UploadReport:
     # Sent again after an earlier attempt was cut off without a record (its process died): the
     # destination may have received it twice; idempotent naming keeps one copy there.
     resend: bool = False
+    # Which delivery of the study this was: 1 the first, more for a topped-up study's
+    # re-deliveries (and forced resends).
+    revision: int = 1
 
 
 class UploadError(Exception):

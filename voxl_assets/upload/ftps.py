@@ -11,6 +11,8 @@ import contextlib
 import ftplib
 import posixpath
 import ssl
+import threading
+import time
 from pathlib import Path
 
 from voxl_assets.upload.base import TransientUploadError, UploadError
@@ -21,6 +23,10 @@ from voxl_assets.upload.zipping import StudyZipSource, stream_source
 
 # Errors of the connection itself (peer gone, reset, timeout, TLS record cut): worth a retry.
 _NETWORK_ERRORS = (OSError, EOFError, ftplib.error_temp, ftplib.error_reply, ftplib.error_proto)
+
+# An idle session is used again within this many seconds, else closed (servers drop idle ones;
+# vsftpd's default idle timeout is 300 s, many hosted servers use 60 s).
+IDLE_SECONDS = 30.0
 
 
 def _remote_path(root: str, relative: str) -> str:
@@ -56,6 +62,10 @@ class FtpsUploader(RemoteFileUploader):
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
         self._context = context
+        # Sessions between uploads, newest last; one per worker thread at most in use.
+        self.idle_seconds = IDLE_SECONDS
+        self._idle: list[tuple[float, ftplib.FTP_TLS]] = []
+        self._idle_lock = threading.Lock()
 
     def describe(self) -> str:
         return f"ftps://{self.host}:{self.port}/{self.remote_root.strip('/')}"
@@ -125,9 +135,62 @@ class FtpsUploader(RemoteFileUploader):
         ftp.voidresp()
         return sent
 
+    @staticmethod
+    def _end(ftp: ftplib.FTP_TLS) -> None:
+        """Log out politely; a session already dead is just closed."""
+        try:
+            ftp.quit()
+        except (*_NETWORK_ERRORS, ftplib.Error):
+            ftp.close()
+
+    def _checkout(self) -> tuple[ftplib.FTP_TLS, bool]:
+        """A session for one upload: an idle one of this uploader's (True) or a new one."""
+        with self._idle_lock:
+            while self._idle:
+                parked, ftp = self._idle.pop()
+                if time.monotonic() - parked < self.idle_seconds:
+                    return ftp, True
+                self._end(ftp)
+        return self._connect(), False
+
+    def _checkin(self, ftp: ftplib.FTP_TLS) -> None:
+        with self._idle_lock:
+            self._idle.append((time.monotonic(), ftp))
+
+    def close(self) -> None:
+        """End the idle sessions (a run's uploads are over)."""
+        with self._idle_lock:
+            idle, self._idle = self._idle, []
+        for _, ftp in idle:
+            self._end(ftp)
+
     def _put(self, source: Path | StudyZipSource, remote: str) -> int:
-        """One attempt: upload under the partial name, check its size, rename; returns bytes."""
-        ftp = self._connect()
+        """One attempt: upload under the partial name, check its size, rename; returns bytes.
+
+        Sessions are kept for the next upload (a new one costs a TCP connection, two TLS
+        handshakes' worth of round trips and a login). A kept session the server has since
+        dropped fails at once; the upload then runs on a new session without counting as a
+        failed attempt."""
+        ftp, reused = self._checkout()
+        try:
+            sent = self._put_on(ftp, source, remote)
+        except TransientUploadError:
+            ftp.close()
+            if not reused:
+                raise
+            ftp = self._connect()
+            try:
+                sent = self._put_on(ftp, source, remote)
+            except BaseException:
+                self._end(ftp)
+                raise
+        except BaseException:
+            self._end(ftp)
+            raise
+        self._checkin(ftp)
+        return sent
+
+    def _put_on(self, ftp: ftplib.FTP_TLS, source: Path | StudyZipSource, remote: str) -> int:
         partial = posixpath.join(
             posixpath.dirname(remote), partial_name(posixpath.basename(remote))
         )
@@ -156,11 +219,6 @@ class FtpsUploader(RemoteFileUploader):
             raise TransientUploadError(
                 f"FTPS transfer to {self.host} interrupted ({type(exc).__name__})"
             ) from None
-        finally:
-            try:
-                ftp.quit()
-            except (*_NETWORK_ERRORS, ftplib.Error):
-                ftp.close()
 
     def _remote(self, relative: str) -> str:
         return _remote_path(self.remote_root, relative)
