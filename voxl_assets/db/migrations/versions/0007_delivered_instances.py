@@ -2,7 +2,7 @@
 studies exactly once per change
 
 Revision ID: 0007
-Revises: 0003
+Revises: 0006
 Create Date: 2026-11-25 19:40:00
 """
 
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0007"
-down_revision: str | None = "0003"
+down_revision: str | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
