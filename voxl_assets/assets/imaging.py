@@ -93,7 +93,7 @@ def study_pipeline(
         database=database,
         registry=projects.load(),
         hashing=hashing.backend(database),
-        archives=vna.archives(),
+        archives=vna.archives(database),
         raw_cache=stores.raw_cache(),
         anonymised=stores.anonymised(),
         destinations=destinations.clients,
