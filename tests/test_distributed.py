@@ -17,11 +17,13 @@ Select it with ``-m distributed``.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -124,6 +126,63 @@ def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[
         stderr=subprocess.STDOUT,
         start_new_session=True,  # its own process group: a host going down takes all of it
     )
+
+
+def _own_network(
+    stack: ExitStack, logs: Path, loopback_ports: list[int], open_ports: list[int]
+) -> tuple[str, str] | None:
+    """A network namespace for a worker host: its own loopback and address (a veth pair). Its
+    loopback forwards ``loopback_ports`` (peers listening on the machine's loopback only:
+    PostgreSQL, RabbitMQ) through a forwarder on the machine's veth address, and ``open_ports``
+    (peers listening on every address: the destination) to that address directly; the VNA is
+    reached by that address. None where namespaces cannot be made (not root)."""
+    name = f"voxl-{uuid.uuid4().hex[:8]}"
+    octet = random.randint(1, 250)
+    host_ip, own_ip = f"10.213.{octet}.1", f"10.213.{octet}.2"
+    outside, inside = f"vxh{name[5:11]}", f"vxn{name[5:11]}"
+
+    def ip(*args: str) -> None:
+        subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
+
+    try:
+        ip("netns", "add", name)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    stack.callback(subprocess.run, ["ip", "netns", "del", name], capture_output=True)
+    ip("link", "add", outside, "type", "veth", "peer", "name", inside)
+    stack.callback(subprocess.run, ["ip", "link", "del", outside], capture_output=True)
+    ip("link", "set", inside, "netns", name)
+    ip("addr", "add", f"{host_ip}/30", "dev", outside)
+    ip("link", "set", outside, "up")
+    for args in (
+        ("addr", "add", f"{own_ip}/30", "dev", inside),
+        ("link", "set", inside, "up"),
+        ("link", "set", "lo", "up"),
+    ):
+        ip("netns", "exec", name, "ip", *args)
+    forward = [sys.executable, "-m", "tests.peers.tcp_forward"]
+    host_side = _start(
+        [*forward, *(f"{host_ip}:{p}=127.0.0.1:{p}" for p in loopback_ports)],
+        dict(os.environ),
+        logs / "forward-host.log",
+    )
+    stack.callback(_stop, host_side)
+    for port in loopback_ports:
+        assert wait_for_port(port, 30, host_ip), (logs / "forward-host.log").read_text()
+    own_side = _start(
+        [
+            *("ip", "netns", "exec", name, *forward),
+            *(f"127.0.0.1:{p}={host_ip}:{p}" for p in [*loopback_ports, *open_ports]),
+        ],
+        dict(os.environ),
+        logs / "forward-own.log",
+    )
+    stack.callback(_stop, own_side)
+    deadline = time.monotonic() + 30
+    while "forwarding" not in (logs / "forward-own.log").read_text():
+        assert time.monotonic() < deadline and own_side.poll() is None
+        time.sleep(0.1)
+    return name, host_ip
 
 
 def _stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
@@ -244,13 +303,21 @@ def test_two_worker_hosts_the_daemon_and_a_killed_worker(
             logs / "daemon.log",
         )
         stack.callback(_stop, daemon)
+        # Worker B is a host of its own: its own network namespace where the machine allows it.
+        network = _own_network(stack, logs, [5432, 5672], [destination.http_port])
         workers = {}
         for name, queues in (
             ("worker-a", "voxl-imaging,voxl-extracts"),  # the extracts host reaches the VNA too
             ("worker-b", "voxl-imaging"),
         ):
+            worker_env = env(name)
+            prefix: list[str] = []
+            if name == "worker-b" and network is not None:
+                prefix = ["ip", "netns", "exec", network[0]]
+                worker_env["VOXL_VNA_HOST"] = network[1]  # the VNA by its address
             workers[name] = _start(
                 [
+                    *prefix,
                     str(BIN / "celery"),
                     "-A",
                     "voxl_assets.celery_worker",
@@ -266,7 +333,7 @@ def test_two_worker_hosts_the_daemon_and_a_killed_worker(
                     "--loglevel",
                     "INFO",
                 ],
-                env(name),
+                worker_env,
                 logs / f"{name}.log",
             )
             stack.callback(_stop, workers[name])
@@ -403,5 +470,6 @@ def test_two_worker_hosts_the_daemon_and_a_killed_worker(
             f"cached studies {cached}; killed worker-b after {killed_with['worker-b']}; "
             f"runs {len(runs)}, lost {len(lost)}, retries {len(retries)}; "
             f"resent studies {resent}, instances received twice {len(twice)}; "
-            f".part left on the killed host: {len(list(homes['worker-b'].rglob('*.part')))}"
+            f".part left on the killed host: {len(list(homes['worker-b'].rglob('*.part')))}; "
+            f"worker B in {'its own network namespace' if network else 'the machine namespace'}"
         )
