@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from voxl_assets.db import VoxlDatabase
@@ -15,5 +14,6 @@ def take_tokens(url: str, rate: float, count: int, stamps: Any, start: Any) -> N
     start.wait(60)  # both processes ready: they compete from the first token
     for _ in range(count):
         bucket.acquire()
-        stamps.append(time.time())
+        assert bucket.last_grant is not None
+        stamps.append(bucket.last_grant.timestamp())  # the database's clock: no scheduling noise
     database.dispose()

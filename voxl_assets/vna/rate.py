@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select, text
@@ -138,6 +139,7 @@ class SharedTokenBucket:
         self.archive = archive
         self.configured_qps = configured_qps
         self._sleep = sleep
+        self.last_grant: datetime | None = None  # the database's time of the last token taken
         register_archive_rate(database, archive, configured_qps)
 
     def acquire(self) -> float:
@@ -158,6 +160,7 @@ class SharedTokenBucket:
                     self._PUT, {"tokens": tokens, "now": row.now, "archive": self.archive}
                 )
             if taken:
+                self.last_grant = row.now
                 return waited
             needed = (1.0 - tokens) / rate
             self._sleep(needed)
