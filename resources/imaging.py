@@ -15,8 +15,10 @@ from dagster import ConfigurableResource
 from pydantic import Field
 
 from voxl_assets.at_rest import make_private_dir
+from voxl_assets.db import VoxlDatabase
 from voxl_assets.deid.store import AnonymisedStore
 from voxl_assets.vna.archives import (
+    Archive,
     ArchiveConfig,
     ArchiveSet,
     load_archive_configs,
@@ -26,8 +28,8 @@ from voxl_assets.vna.cache import RawCache
 from voxl_assets.vna.client import DicomWebVna, DimseVna, VnaSettings, make_vna_client
 
 # Shared per process: one C-MOVE Storage SCP per settings, one index handle per cache folder.
-_clients: dict[VnaSettings, DimseVna | DicomWebVna] = {}
-_archive_sets: dict[tuple[ArchiveConfig, ...], ArchiveSet] = {}
+_clients: dict[tuple[VnaSettings, str, str], DimseVna | DicomWebVna] = {}
+_archive_sets: dict[tuple[tuple[ArchiveConfig, ...], str], ArchiveSet] = {}
 _caches: dict[tuple[str, int], RawCache] = {}
 _lock = threading.Lock()
 
@@ -96,19 +98,34 @@ class VnaResource(ConfigurableResource):
             return [ArchiveConfig("vna", self.settings())]
         return load_archive_configs(Path(self.archives_file), self.settings())
 
-    def archives(self) -> ArchiveSet:
-        """The archives in priority order, with one client each (shared per process)."""
+    def archives(self, database: VoxlDatabase | None = None) -> ArchiveSet:
+        """The archives in priority order, with one client each (shared per process). With
+        ``database``, each archive's query rate is the one recorded there, global to every process
+        and host on PostgreSQL (``voxl_assets/vna/rate.py``); without, each client keeps its own."""
         configs = tuple(self.archive_configs())
+        key = (configs, database.url if database is not None else "")
         with _lock:
-            if configs not in _archive_sets:
-                _archive_sets[configs] = ArchiveSet.from_configs(list(configs), _client_unlocked)
-            return _archive_sets[configs]
+            if key not in _archive_sets:
+                _archive_sets[key] = ArchiveSet(
+                    [Archive(c, _client_unlocked(c, database)) for c in configs]
+                )
+            return _archive_sets[key]
 
 
-def _client_unlocked(settings_: VnaSettings) -> DimseVna | DicomWebVna:
-    if settings_ not in _clients:
-        _clients[settings_] = make_vna_client(settings_)
-    return _clients[settings_]
+def _client_unlocked(
+    config: ArchiveConfig, database: VoxlDatabase | None
+) -> DimseVna | DicomWebVna:
+    key = (config.settings, config.name, database.url if database is not None else "")
+    if key not in _clients:
+        limiter = None
+        if database is not None:
+            from voxl_assets.vna.rate import archive_rate_limiter
+
+            limiter = archive_rate_limiter(
+                database, config.name, config.settings.queries_per_second
+            )
+        _clients[key] = make_vna_client(config.settings, limiter)
+    return _clients[key]
 
 
 class StoresResource(ConfigurableResource):

@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.peers.ftps",
     "tests.peers.sftp",
     "tests.peers.azurite",
+    "tests.peers.rabbitmq",
 ]

@@ -201,7 +201,55 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps([s.as_dict() for s in statuses], indent=2))
     else:
         print(render_table(statuses))
+        _print_archive_rates(shared_database())
     return EXIT_OK
+
+
+def _print_archive_rates(database: VoxlDatabase) -> None:
+    from voxl_assets.vna.rate import archive_rates
+
+    rates = archive_rates(database)
+    if rates:
+        print("\nquery rates (global to every worker):")
+    for rate in rates:
+        print(f"  {rate.describe()}")
+
+
+def cmd_archives_rate(args: argparse.Namespace) -> int:
+    """Set an archive's query rate while workers run (they follow it at their next query)."""
+    from voxl_assets.db import shared_database
+    from voxl_assets.vna.rate import archive_rates, set_archive_rate
+
+    if (args.qps is None) == (not args.clear):
+        _error("give either a rate in queries per second or --clear")
+        return EXIT_BAD_INPUT
+    database = shared_database()
+    known = {rate.archive for rate in archive_rates(database)} | _configured_archive_names()
+    if args.name not in known:
+        _error(
+            f"unknown archive '{args.name}'; known: {', '.join(sorted(known)) or 'none'} "
+            "(see `voxl check-config`)"
+        )
+        return EXIT_BAD_INPUT
+    try:
+        rate = set_archive_rate(database, args.name, None if args.clear else args.qps)
+    except ValueError as exc:
+        _error(str(exc))
+        return EXIT_BAD_INPUT
+    print(rate.describe())
+    return EXIT_OK
+
+
+def _configured_archive_names() -> set[str]:
+    """The archives this host's configuration names (none when it cannot be read)."""
+    from voxl_assets.definitions import deployment_resources
+    from voxl_assets.vna.archives import ArchiveConfigError
+
+    try:
+        vna = deployment_resources()["vna"].process_config_and_initialize()
+        return {config.name for config in vna.archive_configs()}
+    except (ArchiveConfigError, ValueError):
+        return set()
 
 
 def cmd_schema(_args: argparse.Namespace) -> int:
@@ -450,6 +498,19 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("project", nargs="?", help="only this project (slug)")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=cmd_status)
+
+    archives = sub.add_parser("archives", parents=[verbose], help="the hospital's archives")
+    archives_sub = archives.add_subparsers(dest="archives_command", required=True)
+    rate = archives_sub.add_parser(
+        "rate",
+        parents=[verbose],
+        help="set an archive's query rate for every worker, effective while they run",
+    )
+    rate.add_argument("name", help="archive name (vna, or a name of VOXL_ARCHIVES_FILE)")
+    rate.add_argument("qps", nargs="?", type=float, help="queries per second (e.g. 2 or 0.5)")
+    rate.add_argument("--clear", action="store_true", help="go back to the configured rate")
+    rate.set_defaults(func=cmd_archives_rate)
+
     backfill = sub.add_parser(
         "backfill", parents=[verbose], help="(re)process a project's studies through Dagster"
     )

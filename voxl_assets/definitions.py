@@ -39,6 +39,7 @@ from voxl_assets.assets.cohort import cohort_messages
 from voxl_assets.assets.export import EXTRACT_TABLES, ehr_bundle, mapping_table
 from voxl_assets.assets.imaging import study_pipeline
 from voxl_assets.at_rest import restrict_umask
+from voxl_assets.distributed import executor_from_environment
 
 DEPLOYMENT_VARIABLE = "VOXL_DEPLOYMENT"
 DEPLOYMENTS = ("local", "production")
@@ -185,6 +186,8 @@ def build_definitions() -> Definitions:
             extract_export_sensor,
         ],
         resources=deployment_resources(),
+        # VOXL_EXECUTOR=celery: steps on Celery workers of several hosts (voxl_assets/distributed.py)
+        executor=executor_from_environment(),
     )
 
 

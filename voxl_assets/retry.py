@@ -74,6 +74,15 @@ class TokenBucket:
         self._updated = clock()
         self._lock = threading.Lock()
 
+    def set_rate(self, rate: float) -> None:
+        """Change the rate from now on (the operator's `voxl archives rate`)."""
+        if rate <= 0:
+            raise ValueError("rate must be positive (queries per second)")
+        with self._lock:
+            self.rate = rate
+            self.capacity = max(1.0, rate)
+            self._tokens = min(self._tokens, self.capacity)
+
     def acquire(self) -> float:
         """Take one token, waiting if needed; returns the seconds waited."""
         waited = 0.0

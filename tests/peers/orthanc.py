@@ -35,9 +35,11 @@ class OrthancServer:
         users: dict[str, str] | None = None,
         extra_config: dict[str, Any] | None = None,
         count_deliveries: bool = False,
+        count_queries: bool = False,
     ) -> None:
         self.extra_config = extra_config or {}
         self.count_deliveries = count_deliveries
+        self.count_queries = count_queries
         self.root = root
         self.ae_title = ae_title
         self.http_port = free_port()
@@ -65,9 +67,31 @@ class OrthancServer:
             return Counter()
         return Counter(self.deliveries_log.read_text().split())
 
-    def _lua_scripts(self) -> list[str]:
-        if not self.count_deliveries:
+    @property
+    def queries_log(self) -> Path:
+        return self.root / "queries.log"
+
+    def query_seconds(self) -> list[int]:
+        """The second (Unix time) of each C-FIND Orthanc answered: the archive's own count."""
+        if not self.queries_log.exists():
             return []
+        return [int(line) for line in self.queries_log.read_text().split()]
+
+    def _lua_scripts(self) -> list[str]:
+        scripts = []
+        if self.count_queries:
+            counter = self.root / "count-queries.lua"
+            counter.write_text(
+                "function IncomingFindRequestFilter(query, origin)\n"
+                f"  local log = io.open({json.dumps(str(self.queries_log))}, 'a')\n"
+                "  log:write(os.time() .. '\\n')\n"
+                "  log:close()\n"
+                "  return query\n"
+                "end\n"
+            )
+            scripts.append(str(counter))
+        if not self.count_deliveries:
+            return scripts
         script = self.root / "count-deliveries.lua"
         # Orthanc calls ReceivedInstanceFilter for every instance it receives, stored or not.
         script.write_text(
@@ -78,7 +102,7 @@ class OrthancServer:
             "  return true\n"
             "end\n"
         )
-        return [str(script)]
+        return [*scripts, str(script)]
 
     def _config(self) -> dict[str, Any]:
         return {

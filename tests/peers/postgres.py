@@ -18,6 +18,11 @@ POSTGRES_ADMIN_URL = os.environ.get(
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
     """URL of a fresh, empty database, dropped after the test."""
+    yield from fresh_postgres_database()
+
+
+def fresh_postgres_database() -> Iterator[str]:
+    """A fresh, empty database's URL; dropped when the generator is closed."""
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import OperationalError

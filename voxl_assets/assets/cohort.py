@@ -7,6 +7,7 @@ from voxl_assets.cohort.ingest import RegistrationChanged, ingest_registered
 from voxl_assets.cohort.registration import load_registration, record_ingest_failure
 from voxl_assets.cohort.values import ExtractError
 from voxl_assets.db import RegistrationState
+from voxl_assets.distributed import extracts_tags
 from voxl_assets.partitions import EXTRACTS, STUDIES, extract_partitions
 from voxl_assets.progress import extract_progress_markdown
 
@@ -18,6 +19,7 @@ BAD_INPUT = (
 @asset(
     partitions_def=extract_partitions,
     group_name="cohort",
+    op_tags=extracts_tags(),  # the Celery queue of the host holding the extracts
     kinds={"parquet", "sql"},
     description=(
         "One cohort message per imaging study of an OMOP ES extract (study UID, MRN, accession, "

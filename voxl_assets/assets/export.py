@@ -25,6 +25,7 @@ from resources.destinations import DestinationsResource
 from resources.imaging import StoresResource
 from resources.voxl_database import ProjectRegistryResource, VoxlDatabaseResource
 from voxl_assets.cohort.ingest import find_extract
+from voxl_assets.distributed import extracts_tags
 from voxl_assets.export.bundle import (
     EXCLUSIONS,
     LINKER,
@@ -52,6 +53,7 @@ EXTRACT_TABLES = "extract_tables"  # the IO manager's resource key
 @asset(
     partitions_def=extract_partitions,
     group_name="export",
+    op_tags=extracts_tags(),  # the Celery queue of the host holding the extracts
     kinds={"parquet"},
     io_manager_key=EXTRACT_TABLES,
     deps=["cohort_messages", "destination_upload"],
@@ -81,6 +83,7 @@ def mapping_table(
 @asset(
     partitions_def=extract_partitions,
     group_name="export",
+    op_tags=extracts_tags(),  # the Celery queue of the host holding the extracts
     kinds={"parquet"},
     check_specs=[
         AssetCheckSpec(

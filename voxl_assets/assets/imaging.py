@@ -26,6 +26,7 @@ from resources.hashing import HashingResource
 from resources.imaging import StoresResource, VnaResource
 from resources.voxl_database import ProjectRegistryResource, VoxlDatabaseResource
 from voxl_assets.deid.study import ALLOW_LIST_CHECK, IDENTIFIER_CHECK
+from voxl_assets.distributed import imaging_tags
 from voxl_assets.imaging.batch_run import StudyBatch, ended_early, select_requests
 from voxl_assets.imaging.batches import ONLY_STATUS_TAG, TOP_UP_TAG
 from voxl_assets.imaging.pipeline import StageResult
@@ -77,6 +78,7 @@ __all__ = ["TOP_UP_TAG", "study_pipeline"]
     partitions_def=study_partitions,
     can_subset=True,
     pool="vna",
+    op_tags=imaging_tags(),  # the Celery queue of archive-facing workers, when distributed
     backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=200),
 )
 def study_pipeline(
@@ -93,7 +95,7 @@ def study_pipeline(
         database=database,
         registry=projects.load(),
         hashing=hashing.backend(database),
-        archives=vna.archives(),
+        archives=vna.archives(database),
         raw_cache=stores.raw_cache(),
         anonymised=stores.anonymised(),
         destinations=destinations.clients,

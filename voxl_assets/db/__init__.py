@@ -2,6 +2,7 @@
 
 from voxl_assets.db.engine import VoxlDatabase, make_engine, shared_database, upgrade_database
 from voxl_assets.db.models import (
+    ArchiveRateLimit,
     Extract,
     ExtractRegistration,
     ExtractSourceProblem,
@@ -16,6 +17,7 @@ from voxl_assets.db.models import (
 )
 
 __all__ = [
+    "ArchiveRateLimit",
     "Extract",
     "ExtractRegistration",
     "ExtractSourceProblem",

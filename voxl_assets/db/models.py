@@ -14,6 +14,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -241,3 +242,17 @@ class ProjectSalt(Base):
     project: Mapped[str] = mapped_column(String(128), primary_key=True)
     salt: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class ArchiveRateLimit(Base):
+    """The query rate of one archive, shared by every VOXL process and host: a token bucket
+    whose state lives in this row (taken under a row lock on PostgreSQL). ``override_qps``, set by
+    `voxl archives rate`, wins over the configured rate while it is set."""
+
+    __tablename__ = "archive_rate_limits"
+
+    archive: Mapped[str] = mapped_column(String(64), primary_key=True)
+    configured_qps: Mapped[float] = mapped_column(Float)
+    override_qps: Mapped[float | None] = mapped_column(Float, nullable=True)
+    tokens: Mapped[float] = mapped_column(Float, default=1.0)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

@@ -463,10 +463,18 @@ def _study_uid_of(encoded: bytes, event: Any) -> str:
     return str(header.get("StudyInstanceUID", ""))
 
 
+class RateLimiter(Protocol):
+    def acquire(self) -> float: ...
+
+
 class DimseVna:
-    def __init__(self, settings: VnaSettings) -> None:
+    """Every association (C-FIND, C-GET, C-MOVE) takes a token of ``rate_limiter``: the archive's
+    bucket shared through the VOXL database (``voxl_assets/vna/rate.py``), or by default one of
+    this client's own at ``settings.queries_per_second``."""
+
+    def __init__(self, settings: VnaSettings, rate_limiter: RateLimiter | None = None) -> None:
         self.settings = settings
-        self._bucket = TokenBucket(settings.queries_per_second)
+        self._bucket = rate_limiter or TokenBucket(settings.queries_per_second)
         self._receiver: MoveReceiver | None = None
         self._peer: MovePeer | None = None
         self._receiver_lock = threading.Lock()
@@ -757,11 +765,13 @@ def _retrieve_identifier(
 class DicomWebVna:
     """QIDO-RS search and WADO-RS retrieval with dicomweb-client, instance by instance."""
 
-    def __init__(self, settings: VnaSettings, session: Any = None) -> None:
+    def __init__(
+        self, settings: VnaSettings, session: Any = None, rate_limiter: RateLimiter | None = None
+    ) -> None:
         from dicomweb_client.api import DICOMwebClient
 
         self.settings = settings
-        self._bucket = TokenBucket(settings.queries_per_second)
+        self._bucket = rate_limiter or TokenBucket(settings.queries_per_second)
         self._client = DICOMwebClient(url=settings.dicomweb_url, session=session)
 
     def _qido(self, search: Any, **kwargs: Any) -> list[Dataset]:
@@ -868,9 +878,11 @@ class DicomWebVna:
         pass
 
 
-def make_vna_client(settings: VnaSettings) -> DimseVna | DicomWebVna:
+def make_vna_client(
+    settings: VnaSettings, rate_limiter: RateLimiter | None = None
+) -> DimseVna | DicomWebVna:
     if settings.kind == "dicomweb":
         if not settings.dicomweb_url:
             raise ValueError("VNA kind dicomweb needs dicomweb_url (VOXL_VNA_DICOMWEB_URL)")
-        return DicomWebVna(settings)
-    return DimseVna(settings)
+        return DicomWebVna(settings, rate_limiter=rate_limiter)
+    return DimseVna(settings, rate_limiter)
