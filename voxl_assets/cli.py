@@ -185,7 +185,7 @@ def _populate_one(
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from voxl_assets.status import read_statuses, render_table
+    from voxl_assets.status import read_archive_rates, read_statuses, render_table
 
     statuses = read_statuses(None, args.project)
     if args.project and not statuses:
@@ -201,18 +201,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps([s.as_dict() for s in statuses], indent=2))
     else:
         print(render_table(statuses))
-        _print_archive_rates(shared_database())
+        rates = read_archive_rates()
+        if rates:
+            print("\nquery rates (global to every worker):")
+        for rate in rates:
+            print(f"  {rate.describe()}")
     return EXIT_OK
-
-
-def _print_archive_rates(database: VoxlDatabase) -> None:
-    from voxl_assets.vna.rate import archive_rates
-
-    rates = archive_rates(database)
-    if rates:
-        print("\nquery rates (global to every worker):")
-    for rate in rates:
-        print(f"  {rate.describe()}")
 
 
 def cmd_archives_rate(args: argparse.Namespace) -> int:

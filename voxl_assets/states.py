@@ -1,4 +1,5 @@
-"""The states a study and an extract registration go through, and the partition keys.
+"""The states a study and an extract registration go through, an archive's query rate, and the
+partition keys.
 
 Kept free of SQLAlchemy (the tables in `voxl_assets.db.models` use these) so that `voxl status`
 can read the database through the plain DB-API driver and answer at once.
@@ -7,6 +8,7 @@ can read the database through the plain DB-API driver and answer at once.
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 from datetime import datetime
 
 
@@ -43,3 +45,24 @@ def extract_partition_key(project: str, extract_datetime: datetime) -> str:
 def study_partition_key(project: str, study_id: int) -> str:
     """``<project-slug>/<study-number>``: the study's row id, never an identifier."""
     return f"{project}/{study_id}"
+
+
+@dataclass(frozen=True)
+class ArchiveRate:
+    """An archive's query rate as recorded in the VOXL database (`voxl archives rate`)."""
+
+    archive: str
+    configured_qps: float
+    override_qps: float | None
+
+    @property
+    def effective_qps(self) -> float:
+        return self.override_qps if self.override_qps is not None else self.configured_qps
+
+    def describe(self) -> str:
+        if self.override_qps is None:
+            return f"archive {self.archive}: {self.effective_qps:g} queries/s (configured)"
+        return (
+            f"archive {self.archive}: {self.effective_qps:g} queries/s "
+            f"(set by `voxl archives rate`; configured {self.configured_qps:g})"
+        )

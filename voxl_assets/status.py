@@ -11,12 +11,18 @@ from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from voxl_assets import settings
 from voxl_assets.schema_version import head_revisions
-from voxl_assets.states import RegistrationState, StudyStatus, extract_partition_key
+from voxl_assets.states import (
+    ArchiveRate,
+    RegistrationState,
+    StudyStatus,
+    extract_partition_key,
+)
 
 if TYPE_CHECKING:
     from voxl_assets.db import VoxlDatabase
@@ -52,19 +58,43 @@ def read_statuses(url: str | None = None, project: str | None = None) -> list[Ex
     """`voxl status`: read through the plain DB-API driver (sqlite3, psycopg), so the command
     answers without loading SQLAlchemy; a database that does not exist yet has no extracts, and
     one whose schema is behind is migrated first (through SQLAlchemy and Alembic, once)."""
+    with _current_database(url) as reader:
+        return [] if reader is None else _statuses(reader, project, 5)
+
+
+def read_archive_rates(url: str | None = None) -> list[ArchiveRate]:
+    """Every archive's recorded query rate, by name, read as `read_statuses` reads."""
+    with _current_database(url) as reader:
+        if reader is None:
+            return []
+        rows = reader.rows(
+            "SELECT archive, configured_qps, override_qps FROM archive_rate_limits ORDER BY archive"
+        )
+    return [ArchiveRate(name, float(configured), override) for name, configured, override in rows]
+
+
+@contextmanager
+def _current_database(url: str | None) -> Iterator[_Reader | None]:
+    """A reader of the database at ``url`` (default: the deployment's) at the code's schema, or
+    None when its SQLite file does not exist yet (nothing to report; nothing created)."""
     url = url or settings.database_url()
     sqlite_path = _sqlite_path(url)
-    if sqlite_path is not None and sqlite_path != ":memory:":
-        from pathlib import Path
-
-        if not Path(sqlite_path).exists():
-            return []
+    if sqlite_path not in (None, ":memory:") and not Path(str(sqlite_path)).exists():
+        yield None
+        return
     with _connect(url, sqlite_path) as connection:
-        if _schema_is_current(connection):
-            return extract_statuses(connection, project)
+        current = _schema_is_current(connection)
+        if current:
+            yield _Reader(connection)
+    if current:
+        return
     from voxl_assets.db import shared_database
 
-    return extract_statuses(shared_database(url), project)
+    raw = shared_database(url).engine.raw_connection()
+    try:
+        yield _Reader(raw)
+    finally:
+        raw.close()
 
 
 def extract_statuses(

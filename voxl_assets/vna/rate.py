@@ -16,7 +16,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -27,28 +26,10 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from voxl_assets.db import VoxlDatabase
 from voxl_assets.db.models import ArchiveRateLimit, utcnow
 from voxl_assets.retry import TokenBucket
+from voxl_assets.states import ArchiveRate
 
 # How often a process-local bucket (SQLite) looks for a rate set by `voxl archives rate`.
 LOCAL_REFRESH_SECONDS = 2.0
-
-
-@dataclass(frozen=True)
-class ArchiveRate:
-    archive: str
-    configured_qps: float
-    override_qps: float | None
-
-    @property
-    def effective_qps(self) -> float:
-        return self.override_qps if self.override_qps is not None else self.configured_qps
-
-    def describe(self) -> str:
-        if self.override_qps is None:
-            return f"archive {self.archive}: {self.effective_qps:g} queries/s (configured)"
-        return (
-            f"archive {self.archive}: {self.effective_qps:g} queries/s "
-            f"(set by `voxl archives rate`; configured {self.configured_qps:g})"
-        )
 
 
 def _check_rate(qps: float) -> float:
