@@ -17,7 +17,9 @@ class HashingResource(ConfigurableResource):
     """
 
     key: str = Field(default="", description="the keyed hashing's secret (VOXL_HASHING_KEY)")
-    remote_url: str = Field(default="", description="an HTTP hashing service instead (VOXL_HASHING_URL, optional)")
+    remote_url: str = Field(
+        default="", description="an HTTP hashing service instead (VOXL_HASHING_URL, optional)"
+    )
     remote_token: str = Field(default="", description="its bearer token (VOXL_HASHING_TOKEN)")
 
     def backend(self, database: VoxlDatabase) -> HashingBackend:
