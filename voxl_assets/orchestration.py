@@ -11,6 +11,7 @@ from typing import Any
 
 from dagster import (
     AssetsDefinition,
+    AssetSelection,
     DagsterInstance,
     DagsterRunStatus,
     Definitions,
@@ -92,14 +93,20 @@ def materialize(
     instance: DagsterInstance,
     tags: dict[str, str],
     partition_key: str | None = None,
+    selection: list[str] | None = None,
 ) -> Any:
     """Dagster's ``materialize`` for VOXL's assets, with VOXL's loggers: the event log goes where
     the `voxl` command sends it (its log file) rather than to the terminal. The resources are
     configured from the environment as it is now (the command may have set variables since the
-    definitions were loaded: the demo's VNA port)."""
+    definitions were loaded: the demo's VNA port). ``selection`` names the asset keys to run (all
+    of ``assets`` when None)."""
     loggers = run_loggers()
+    job = define_asset_job(
+        name=IN_PROCESS_JOB,
+        selection=AssetSelection.assets(*selection) if selection is not None else None,
+    )
     in_process = Definitions(
-        jobs=[define_asset_job(name=IN_PROCESS_JOB)],
+        jobs=[job],
         assets=assets,
         resources=deployment_resources(),
         loggers=loggers,
@@ -143,8 +150,10 @@ def materialize_studies(
     source: str,
     batch: int = 200,
     tags: dict[str, str] | None = None,
+    stages: list[str] | None = None,
 ) -> list[Any]:
-    """Run raw -> anonymised -> upload over ``study_keys`` in contiguous batches."""
+    """Run raw -> anonymised -> upload (or only the asset keys in ``stages``) over
+    ``study_keys`` in contiguous batches."""
     reclaim_dead_runs(instance)
     all_keys = list(instance.get_dynamic_partitions(STUDIES))
     position = {key: index for index, key in enumerate(all_keys)}
@@ -161,6 +170,7 @@ def materialize_studies(
                 **_tags(source),
                 **(tags or {}),
             },
+            selection=stages,
         )
         if not result.success:
             message, bad_input = _failure(result)

@@ -27,12 +27,12 @@ from resources.imaging import StoresResource, VnaResource
 from resources.voxl_database import ProjectRegistryResource, VoxlDatabaseResource
 from voxl_assets.deid.study import ALLOW_LIST_CHECK, IDENTIFIER_CHECK
 from voxl_assets.imaging.batch_run import StudyBatch, ended_early, select_requests
-from voxl_assets.imaging.batches import ONLY_STATUS_TAG, TOP_UP_TAG
+from voxl_assets.imaging.batches import FORCE_UPLOAD_TAG, ONLY_STATUS_TAG, TOP_UP_TAG
 from voxl_assets.imaging.pipeline import StageResult
 from voxl_assets.imaging.stages import StudyStages
 from voxl_assets.partitions import study_partitions
 
-__all__ = ["TOP_UP_TAG", "study_pipeline"]
+__all__ = ["FORCE_UPLOAD_TAG", "TOP_UP_TAG", "study_pipeline"]
 
 
 @multi_asset(
@@ -99,6 +99,7 @@ def study_pipeline(
         destinations=destinations.clients,
         retry_delay=vna.retry_delay_seconds,
         top_up_cached=context.run.tags.get(TOP_UP_TAG) == "true",
+        force_upload=context.run.tags.get(FORCE_UPLOAD_TAG) == "true",
     )
     batch = StudyBatch.selecting(
         database,
