@@ -199,8 +199,6 @@ class AnonymisedStore:
                 )
                 self._expire(db, now)
         self._empty_trash()
-        with suppress(OSError):  # the project's folder, once it holds no study
-            self.study_dir(project, study_id).parent.rmdir()
 
     def expire(self, now: float | None = None) -> int:
         """Remove delivered studies kept longer than the retention; returns how many."""
