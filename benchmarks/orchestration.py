@@ -70,7 +70,8 @@ def postgres_size(url: str) -> int:
     engine = create_engine(url)
     try:
         with engine.connect() as conn:
-            return int(conn.execute(text("SELECT pg_database_size(current_database())")).scalar())
+            size = conn.execute(text("SELECT pg_database_size(current_database())")).scalar()
+            return int(size or 0)
     finally:
         engine.dispose()
 
@@ -177,6 +178,7 @@ def run_floor(batch: int, workers: int) -> None:
             )
             for _outcome in study_batch.run(workers=workers):
                 pass
+            stages.archives.release_associations()  # as the asset does after its batch
 
 
 def outcome_counts() -> dict[str, int]:

@@ -110,18 +110,21 @@ def study_pipeline(
         ),
     )
     context.log.info(batch.describe(vna.study_workers))
-    for outcome in batch.run(workers=vna.study_workers):
-        if outcome.result is StageResult.DONE:
-            yield AssetMaterialization(
-                asset_key=AssetKey(outcome.stage.value),
-                partition=outcome.study_key,
-                metadata={**outcome.metadata, "seconds": round(outcome.seconds, 3)},
-            )
-        elif ended_early(outcome):
-            context.log.warning(
-                f"study {outcome.study_key} {outcome.result.value} in {outcome.stage.value}: "
-                f"{outcome.reason}"
-            )
+    try:
+        for outcome in batch.run(workers=vna.study_workers):
+            if outcome.result is StageResult.DONE:
+                yield AssetMaterialization(
+                    asset_key=AssetKey(outcome.stage.value),
+                    partition=outcome.study_key,
+                    metadata={**outcome.metadata, "seconds": round(outcome.seconds, 3)},
+                )
+            elif ended_early(outcome):
+                context.log.warning(
+                    f"study {outcome.study_key} {outcome.result.value} in "
+                    f"{outcome.stage.value}: {outcome.reason}"
+                )
+    finally:
+        stages.archives.release_associations()  # kept open between the batch's studies
     if batch.checks_privacy:
         for check in batch.tally.checks():
             yield AssetCheckResult(

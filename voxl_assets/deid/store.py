@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from voxl_assets.deid.engine import iter_study_files, replace_tree
+from voxl_assets.vna.cache import index_connection
 
 DEFAULT_MAX_BYTES = 50 * 1024**3
 INDEX_NAME = "index.sqlite"
@@ -56,6 +58,7 @@ class AnonymisedStore:
         self._trash = root / ".trash"
         root.mkdir(parents=True, exist_ok=True)
         self._index_path = root / INDEX_NAME
+        self._connections = threading.local()
         with self._transaction() as db:
             db.execute(
                 "CREATE TABLE IF NOT EXISTS studies (project TEXT NOT NULL, study_id INTEGER NOT"
@@ -70,19 +73,14 @@ class AnonymisedStore:
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """The index's write lock, held across processes until the block ends."""
-        connection = sqlite3.connect(self._index_path, timeout=60, isolation_level=None)
+        connection = index_connection(self._connections, self._index_path)
+        connection.execute("BEGIN IMMEDIATE")
         try:
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=NORMAL")  # the folders are the truth
-            connection.execute("BEGIN IMMEDIATE")
-            try:
-                yield connection
-            except BaseException:
-                connection.execute("ROLLBACK")
-                raise
-            connection.execute("COMMIT")
-        finally:
-            connection.close()
+            yield connection
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        connection.execute("COMMIT")
 
     def _adopt_unindexed(self, db: sqlite3.Connection) -> None:
         """Index study folders the index does not know (a store from before the index, or a
