@@ -16,9 +16,10 @@ import select
 import socket
 import threading
 import time
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -81,11 +82,12 @@ _enable_tcp_nodelay()
 # (1 ms) every instance of a retrieval waits about a millisecond before its C-STORE response goes
 # out, which halves throughput on a fast network. Polling that fast is paid only while data flows:
 # once an association has been quiet for DUL_FAST_WINDOW_SECONDS (waiting for the archive to
-# answer), its DUL waits in select() on the socket instead, woken at once by incoming data and at
-# the latest after DUL_IDLE_WAIT_SECONDS (for what the user side queues to send, and the timers).
+# answer, or kept open between studies), its DUL waits in select() on the socket instead, woken at
+# once by incoming data, by what the user side queues to send (a wake-up socket pair), and at the
+# latest after DUL_IDLE_WAIT_SECONDS for its timers.
 DUL_POLL_SECONDS = 0.00005
 DUL_FAST_WINDOW_SECONDS = 0.005
-DUL_IDLE_WAIT_SECONDS = 0.002
+DUL_IDLE_WAIT_SECONDS = 0.05
 
 
 def _poll_fast(assoc: Any) -> None:
@@ -104,6 +106,26 @@ def _store_to_current_writer(event: Any) -> int:
     return int(writer.handle_store(event))
 
 
+def _pause_reactor(assoc: Any) -> None:
+    """Hold an idle association's own reactor thread at its checkpoint, as pynetdicom's send_*
+    methods do while they work, instead of letting it poll while the association waits for the
+    next study; the next send_* finds it paused and sets it going again when done."""
+    assoc._reactor_checkpoint.clear()
+    deadline = time.monotonic() + 1.0
+    while not assoc._is_paused and time.monotonic() < deadline:
+        time.sleep(0.0001)
+
+
+def _still_open(assoc: Any) -> bool:
+    """Whether a kept association can take a request: its reactor is paused, so a release or
+    abort from the archive (or a closed connection) shows only in its DUL's state."""
+    return bool(
+        assoc.is_established
+        and assoc.dul.is_alive()
+        and assoc.dul.state_machine.current_state == "Sta6"
+    )
+
+
 def _end(assoc: Any) -> None:
     """Release ``assoc`` (abort it when it no longer stands)."""
     if assoc.is_established:
@@ -113,25 +135,61 @@ def _end(assoc: Any) -> None:
 
 
 def _dul_wait(dul: Any) -> None:
-    """One idle turn of ``dul``'s reactor: a fast poll while data flowed lately, else a wait on
-    its socket (the DUL runs in its own thread, so its state lives on it)."""
+    """One idle turn of ``dul``'s reactor: a fast poll while data flowed lately, else a wait in
+    select() on its socket and its wake-up socket (the DUL runs in its own thread, so its state
+    lives on it)."""
     now = time.monotonic()
     last = getattr(dul, "_voxl_active_at", None)
     if last is None:
         dul._voxl_active_at = last = now
-    if now - last < DUL_FAST_WINDOW_SECONDS or not dul.to_provider_queue.empty():
+    if now - last < DUL_FAST_WINDOW_SECONDS:
         time.sleep(DUL_POLL_SECONDS)
         return
     raw = getattr(getattr(dul, "socket", None), "socket", None)
-    if raw is None:
-        time.sleep(DUL_IDLE_WAIT_SECONDS)
-        return
+    wake = _wake_socket(dul)
+    dul._voxl_waiting = True
     try:
-        readable, _, _ = select.select([raw], [], [], DUL_IDLE_WAIT_SECONDS)
+        # What was queued, or asked of it, before ``waiting`` was set woke no one: look first.
+        if dul._kill_thread or not dul.to_provider_queue.empty():
+            return
+        readable, _, _ = select.select(
+            [wake] if raw is None else [raw, wake], [], [], DUL_IDLE_WAIT_SECONDS
+        )
     except (OSError, ValueError):  # closed meanwhile: the reactor finds out itself
+        time.sleep(DUL_POLL_SECONDS)
         return
+    finally:
+        dul._voxl_waiting = False
     if readable:
         dul._voxl_active_at = time.monotonic()
+    if wake in readable:
+        with suppress(OSError):
+            wake.recv(4096)
+
+
+def _wake_socket(dul: Any) -> socket.socket:
+    """The receiving end of ``dul``'s wake-up pair (made on first use, closed with the DUL)."""
+    pair = getattr(dul, "_voxl_wake", None)
+    if pair is None:
+        pair = socket.socketpair()
+        for end in pair:
+            end.setblocking(False)
+        dul._voxl_wake = pair
+        weakref.finalize(dul, _close_pair, pair)
+    return pair[0]
+
+
+def _close_pair(pair: tuple[socket.socket, socket.socket]) -> None:
+    for end in pair:
+        end.close()
+
+
+def _wake(dul: Any) -> None:
+    """Wake ``dul``'s reactor if it waits in select()."""
+    pair = getattr(dul, "_voxl_wake", None)
+    if pair is not None and getattr(dul, "_voxl_waiting", False):
+        with suppress(OSError):  # full (a wake-up is pending anyway) or closed
+            pair[1].send(b"\0")
 
 
 def _mark_active(dul: Any) -> None:
@@ -159,6 +217,7 @@ def _track_dul_activity() -> None:
     if getattr(DULServiceProvider, "_voxl_tracked", False):
         return
     read_pdu, send = DULServiceProvider._read_pdu_data, DULServiceProvider.send_pdu
+    stop = DULServiceProvider.stop_dul
 
     def read_pdu_data(self: DULServiceProvider) -> None:
         _mark_active(self)
@@ -166,10 +225,17 @@ def _track_dul_activity() -> None:
 
     def send_pdu(self: DULServiceProvider, primitive: Any) -> None:
         _mark_active(self)
-        send(self, primitive)
+        send(self, primitive)  # queued first, then woken: see _dul_wait
+        _wake(self)
+
+    def stop_dul(self: DULServiceProvider) -> bool:
+        stopped = stop(self)
+        _wake(self)
+        return stopped
 
     DULServiceProvider._read_pdu_data = read_pdu_data  # type: ignore[method-assign]
     DULServiceProvider.send_pdu = send_pdu  # type: ignore[method-assign]
+    DULServiceProvider.stop_dul = stop_dul  # type: ignore[method-assign]
     DULServiceProvider._voxl_tracked = True  # type: ignore[attr-defined]
 
 
@@ -604,10 +670,15 @@ class DimseVna:
         assoc = None
         with self._pool_lock:
             idle = self._idle.setdefault(kind, [])
+            stale = []
             while idle and assoc is None:
                 candidate = idle.pop()
-                if candidate.is_established:
+                if _still_open(candidate):
                     assoc = candidate
+                else:
+                    stale.append(candidate)
+        for candidate in stale:  # the archive ended it while it waited
+            candidate.abort()
         if assoc is None:
             ae, roles = self._kind_ae(kind)
             handlers = [(evt.EVT_C_STORE, _store_to_current_writer)] if kind == "get" else []
@@ -619,6 +690,7 @@ class DimseVna:
         finally:
             assoc._voxl_writer = None
             if ended_normally and assoc.is_established:
+                _pause_reactor(assoc)
                 with self._pool_lock:
                     self._idle.setdefault(kind, []).append(assoc)
             else:
