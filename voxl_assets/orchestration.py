@@ -24,6 +24,7 @@ from dagster._core.storage.tags import (
 )
 
 from voxl_assets.assets.cohort import BAD_INPUT
+from voxl_assets.dagster_home import one_planned_event_per_run
 from voxl_assets.definitions import defs, deployment_resources
 from voxl_assets.partitions import EXTRACTS, STUDIES
 from voxl_assets.run_log import run_loggers
@@ -155,6 +156,7 @@ def materialize_studies(
     """Run raw -> anonymised -> upload (or only the asset keys in ``stages``) over
     ``study_keys`` in contiguous batches."""
     reclaim_dead_runs(instance)
+    one_planned_event_per_run()
     all_keys = list(instance.get_dynamic_partitions(STUDIES))
     position = {key: index for index, key in enumerate(all_keys)}
     ordered = sorted((k for k in study_keys if k in position), key=position.__getitem__)
