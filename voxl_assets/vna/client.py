@@ -205,8 +205,11 @@ class _DulClock:
 
     @staticmethod
     def sleep(seconds: float) -> None:
+        if seconds != DUL_POLL_SECONDS:
+            time.sleep(seconds)
+            return
         thread = threading.current_thread()
-        if seconds == DUL_POLL_SECONDS and isinstance(thread, DULServiceProvider):
+        if isinstance(thread, DULServiceProvider):
             _dul_wait(thread)
         else:
             time.sleep(seconds)
