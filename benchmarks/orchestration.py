@@ -234,6 +234,8 @@ def run_side(
         storage = postgres_size(urls[1]) if urls else folder_bytes(home / "dagster")
         result["dagster_storage_bytes"] = storage
         result["dagster_storage_kib_per_study"] = round(storage / 1024 / args.studies, 1)
+    if args.keep and not name.endswith("floor") and urls is None:
+        shutil.move(str(home), args.keep)
     shutil.rmtree(home, ignore_errors=True)
     return result
 
@@ -246,6 +248,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=4, help="VOXL_STUDY_WORKERS")
     parser.add_argument("--dir", default=None, help="where to put the homes (default: /tmp)")
     parser.add_argument("--sides", default="floor,dagster", help="for profiling one side")
+    parser.add_argument(
+        "--keep", default=None, help="move the Dagster side's home here (SQLite), to time the UI"
+    )
     args = parser.parse_args()
     if not Path(ORTHANC).exists():
         raise SystemExit("benchmark cannot run: Orthanc is not installed (apt-get install orthanc)")
