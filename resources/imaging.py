@@ -16,7 +16,7 @@ from pydantic import Field
 
 from voxl_assets.at_rest import make_private_dir
 from voxl_assets.db import VoxlDatabase
-from voxl_assets.deid.store import AnonymisedStore
+from voxl_assets.deid.store import DEFAULT_MAX_BYTES, AnonymisedStore
 from voxl_assets.vna.archives import (
     Archive,
     ArchiveConfig,
@@ -31,6 +31,7 @@ from voxl_assets.vna.client import DicomWebVna, DimseVna, VnaSettings, make_vna_
 _clients: dict[tuple[VnaSettings, str, str], DimseVna | DicomWebVna] = {}
 _archive_sets: dict[tuple[tuple[ArchiveConfig, ...], str], ArchiveSet] = {}
 _caches: dict[tuple[str, int], RawCache] = {}
+_anonymised_stores: dict[tuple[str, int, int], AnonymisedStore] = {}
 _lock = threading.Lock()
 
 
@@ -137,6 +138,14 @@ class StoresResource(ConfigurableResource):
         default=50 * 1024**3, description="size bound of the raw cache (LRU eviction)"
     )
     anonymised_dir: str = Field(description="anonymised studies waiting for upload")
+    anonymised_max_bytes: int = Field(
+        default=DEFAULT_MAX_BYTES,
+        description="size bound of the anonymised store (delivered studies leave first)",
+    )
+    anonymised_retention_hours: int = Field(
+        default=0,
+        description="hours a delivered study stays in the anonymised store (0: removed at once)",
+    )
     export_dir: str = Field(description="per-extract export bundles")
 
     def raw_cache(self) -> RawCache:
@@ -147,7 +156,13 @@ class StoresResource(ConfigurableResource):
             return _caches[key]
 
     def anonymised(self) -> AnonymisedStore:
-        return AnonymisedStore(make_private_dir(Path(self.anonymised_dir)))
+        key = (self.anonymised_dir, self.anonymised_max_bytes, self.anonymised_retention_hours)
+        with _lock:
+            if key not in _anonymised_stores:
+                _anonymised_stores[key] = AnonymisedStore(
+                    make_private_dir(Path(self.anonymised_dir)), key[1], key[2]
+                )
+            return _anonymised_stores[key]
 
     def exports(self) -> Path:
         return make_private_dir(Path(self.export_dir))

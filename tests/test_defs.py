@@ -137,6 +137,7 @@ def test_the_ui_is_sent_each_settings_source_and_no_secret(
     assert shown["vna"]["queries_per_second"] == "2.5"  # fractions are read at load
     assert shown["vna"]["ae_title"] == "VNA"  # a default, shown as the value
     assert shown["stores"]["raw_cache_dir"] == str(home / "raw-cache")
+    assert shown["stores"]["anonymised_retention_hours"] == "0"  # delivered studies leave at once
     assert shown["destinations"]["local_root"] == str(home)
     assert shown["voxl_db"]["url"] == f"sqlite:///{home / 'voxl.db'}"
     assert serialize_value(RepositorySnap.from_def(defs.get_repository_def())).count(SECRET) == 0

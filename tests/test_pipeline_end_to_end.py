@@ -117,3 +117,75 @@ def test_extract_to_delivered_files(voxl_env: Path, monkeypatch: pytest.MonkeyPa
     scanned, leaking = files_holding(voxl_env, needles, allowed)
     assert not leaking, f"identifiers in {leaking}"
     assert scanned > 20
+
+
+def test_delivered_studies_leave_the_anonymised_store_and_can_be_delivered_again(
+    voxl_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The anonymised store keeps a study only until its destination has it; a forced re-delivery
+    afterwards anonymises it again (from the raw cache, then from the archive once the cache let
+    it go) and sends the same study under the same pseudonymous name."""
+    import shutil
+
+    from voxl_assets.imaging.batches import FORCE_UPLOAD_TAG, ONLY_STATUS_TAG
+    from voxl_assets.orchestration import materialize_cohort, materialize_studies
+    from voxl_assets.partitions import STUDIES
+
+    scenario = build_scenario(voxl_env / "demo", studies=5, missing=1)
+    port = free_port()
+    monkeypatch.setenv("VOXL_VNA_PORT", str(port))
+    delivered = voxl_env / "delivered" / "images"
+    anon_store = voxl_env / "anon-store"
+    with DemoVna(scenario.archive_dir, port=port, ae_title="DEMOVNA"):
+        database = VoxlDatabase()
+        summary = read_any_summary(scenario.extract_dir)
+        key = register_extract(database, summary, summary.project_slug)
+        instance = DagsterInstance.get()
+        materialize_cohort(instance, key, "test")
+        keys = list(instance.get_dynamic_partitions(STUDIES))
+        materialize_studies(instance, keys, "test")
+
+        with database.session() as session:
+            uploaded = [s.id for s in session.query(Study) if s.status == "uploaded"]
+        assert len(uploaded) == len(scenario.expected_uploaded) == 3
+        zips = sorted(delivered.rglob("*.zip"))
+        assert len(zips) == 3
+        study_folders = [p for p in anon_store.glob("*/*") if p.is_dir()]
+        assert study_folders == [], f"delivered studies left in the store: {study_folders}"
+
+        # Forced re-delivery of the upload stage alone: the store holds nothing, so the upload
+        # anonymises again from the raw cache.
+        for path in zips:
+            path.unlink()
+        materialize_studies(
+            instance,
+            keys,
+            "test",
+            tags={FORCE_UPLOAD_TAG: "true", ONLY_STATUS_TAG: "uploaded"},
+            stages=["destination_upload"],
+        )
+        assert sorted(p.name for p in delivered.rglob("*.zip")) == [z.name for z in zips]
+        assert [p for p in anon_store.glob("*/*") if p.is_dir()] == []
+
+        # And again once the raw cache let the studies go: they come back from the archive.
+        evicted = [p for p in (voxl_env / "raw-cache" / "studies").iterdir() if p.is_dir()]
+        assert len(evicted) == 4  # the three delivered studies and the filtered one
+        for folder in evicted:
+            shutil.rmtree(folder)
+        for path in delivered.rglob("*.zip"):
+            path.unlink()
+        materialize_studies(
+            instance,
+            keys,
+            "test",
+            tags={FORCE_UPLOAD_TAG: "true", ONLY_STATUS_TAG: "uploaded"},
+            stages=["destination_upload"],
+        )
+        redelivered = sorted(delivered.rglob("*.zip"))
+        assert [p.name for p in redelivered] == [z.name for z in zips]
+        with zipfile.ZipFile(redelivered[0]) as archive:
+            assert len(archive.namelist()) == 3  # the study's three instances
+        assert [p for p in anon_store.glob("*/*") if p.is_dir()] == []
+    with database.session() as session:
+        statuses = sorted(s.status for s in session.query(Study))
+    assert statuses.count(StudyStatus.UPLOADED.value) == 3

@@ -1,6 +1,7 @@
 """Retrieval from a real Orthanc: find by UID, fallback by MRN + accession, C-GET, C-MOVE,
 DICOMweb, zero and several matches, VNA down, cache hits without VNA traffic."""
 
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -159,3 +160,42 @@ def test_pydicom_sample_files_come_through(orthanc: OrthancServer, tmp_path: Pat
     )
     assert result.study.instances == 1
     assert dcmread(result.study.files()[0]).PixelData == dcmread(source).PixelData
+
+
+@pytest.mark.parametrize("retrieve", ["c-get", "c-move"])
+def test_a_batch_reuses_its_associations_and_replaces_one_that_ended(
+    orthanc: OrthancServer, tmp_path: Path, retrieve: str
+) -> None:
+    specs = [
+        StudySpec(
+            patient_id=f"MRN-REUSE-{n}", accession_number=f"ACC-REUSE-{n}", rows=16, columns=16
+        )
+        for n in range(3)
+    ]
+    for n, spec in enumerate(specs):
+        orthanc.upload_folder(Path(write_study(spec, tmp_path / f"src{n}")[0]).parent)
+    client = make_vna_client(_settings(orthanc, retrieve=retrieve))
+    cache = RawCache(tmp_path / "cache", 10**9)
+    try:
+        for spec in specs[:2]:
+            assert retrieve_raw_study(_request(spec), client, cache).study.instances == 3
+        # One association to find and one to retrieve, kept between the studies.
+        assert client.associations_opened == 2  # type: ignore[union-attr]
+        # Kept associations cost nothing while they wait: their reactor is held at its
+        # checkpoint, their DUL waits in select() rather than polling.
+        kept = [a for kind in client._idle.values() for a in kind]  # type: ignore[union-attr]
+        assert len(kept) == 2
+        deadline = time.monotonic() + 5
+        while not all(a.dul._voxl_waiting for a in kept) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert all(a._is_paused and a.dul._voxl_waiting for a in kept)
+        # An idle association the archive ended meanwhile is not used again.
+        for kept in client._idle.values():  # type: ignore[union-attr]
+            for assoc in kept:
+                assoc.abort()
+        assert retrieve_raw_study(_request(specs[2]), client, cache).study.instances == 3
+        assert client.associations_opened == 4  # type: ignore[union-attr]
+        client.release_associations()  # type: ignore[union-attr]
+        assert all(not kept for kept in client._idle.values())  # type: ignore[union-attr]
+    finally:
+        client.close()

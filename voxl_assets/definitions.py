@@ -101,6 +101,8 @@ def _shared_resources(home: Path | None) -> dict[str, Any]:
                 "raw_cache_dir": "VOXL_RAW_CACHE_DIR",
                 "raw_cache_max_bytes": "VOXL_RAW_CACHE_MAX_BYTES",
                 "anonymised_dir": "VOXL_ANON_STORE_DIR",
+                "anonymised_max_bytes": "VOXL_ANON_STORE_MAX_BYTES",
+                "anonymised_retention_hours": "VOXL_ANONYMISED_RETENTION_HOURS",
                 "export_dir": "VOXL_EXPORT_DIR",
             },
             **_given(**folders),

@@ -11,6 +11,7 @@ from typing import Any
 
 from dagster import (
     AssetsDefinition,
+    AssetSelection,
     DagsterInstance,
     DagsterRunStatus,
     Definitions,
@@ -23,6 +24,7 @@ from dagster._core.storage.tags import (
 )
 
 from voxl_assets.assets.cohort import BAD_INPUT
+from voxl_assets.dagster_home import one_planned_event_per_run
 from voxl_assets.definitions import defs, deployment_resources
 from voxl_assets.partitions import EXTRACTS, STUDIES
 from voxl_assets.run_log import run_loggers
@@ -92,14 +94,20 @@ def materialize(
     instance: DagsterInstance,
     tags: dict[str, str],
     partition_key: str | None = None,
+    selection: list[str] | None = None,
 ) -> Any:
     """Dagster's ``materialize`` for VOXL's assets, with VOXL's loggers: the event log goes where
     the `voxl` command sends it (its log file) rather than to the terminal. The resources are
     configured from the environment as it is now (the command may have set variables since the
-    definitions were loaded: the demo's VNA port)."""
+    definitions were loaded: the demo's VNA port). ``selection`` names the asset keys to run (all
+    of ``assets`` when None)."""
     loggers = run_loggers()
+    job = define_asset_job(
+        name=IN_PROCESS_JOB,
+        selection=AssetSelection.assets(*selection) if selection is not None else None,
+    )
     in_process = Definitions(
-        jobs=[define_asset_job(name=IN_PROCESS_JOB)],
+        jobs=[job],
         assets=assets,
         resources=deployment_resources(),
         loggers=loggers,
@@ -143,9 +151,12 @@ def materialize_studies(
     source: str,
     batch: int = 200,
     tags: dict[str, str] | None = None,
+    stages: list[str] | None = None,
 ) -> list[Any]:
-    """Run raw -> anonymised -> upload over ``study_keys`` in contiguous batches."""
+    """Run raw -> anonymised -> upload (or only the asset keys in ``stages``) over
+    ``study_keys`` in contiguous batches."""
     reclaim_dead_runs(instance)
+    one_planned_event_per_run()
     all_keys = list(instance.get_dynamic_partitions(STUDIES))
     position = {key: index for index, key in enumerate(all_keys)}
     ordered = sorted((k for k in study_keys if k in position), key=position.__getitem__)
@@ -161,6 +172,7 @@ def materialize_studies(
                 **_tags(source),
                 **(tags or {}),
             },
+            selection=stages,
         )
         if not result.success:
             message, bad_input = _failure(result)

@@ -28,12 +28,12 @@ from resources.voxl_database import ProjectRegistryResource, VoxlDatabaseResourc
 from voxl_assets.deid.study import ALLOW_LIST_CHECK, IDENTIFIER_CHECK
 from voxl_assets.distributed import imaging_tags
 from voxl_assets.imaging.batch_run import StudyBatch, ended_early, select_requests
-from voxl_assets.imaging.batches import ONLY_STATUS_TAG, TOP_UP_TAG
+from voxl_assets.imaging.batches import FORCE_UPLOAD_TAG, ONLY_STATUS_TAG, TOP_UP_TAG
 from voxl_assets.imaging.pipeline import StageResult
 from voxl_assets.imaging.stages import StudyStages
 from voxl_assets.partitions import study_partitions
 
-__all__ = ["TOP_UP_TAG", "study_pipeline"]
+__all__ = ["FORCE_UPLOAD_TAG", "TOP_UP_TAG", "study_pipeline"]
 
 
 @multi_asset(
@@ -101,6 +101,7 @@ def study_pipeline(
         destinations=destinations.clients,
         retry_delay=vna.retry_delay_seconds,
         top_up_cached=context.run.tags.get(TOP_UP_TAG) == "true",
+        force_upload=context.run.tags.get(FORCE_UPLOAD_TAG) == "true",
     )
     batch = StudyBatch.selecting(
         database,
@@ -111,18 +112,21 @@ def study_pipeline(
         ),
     )
     context.log.info(batch.describe(vna.study_workers))
-    for outcome in batch.run(workers=vna.study_workers):
-        if outcome.result is StageResult.DONE:
-            yield AssetMaterialization(
-                asset_key=AssetKey(outcome.stage.value),
-                partition=outcome.study_key,
-                metadata={**outcome.metadata, "seconds": round(outcome.seconds, 3)},
-            )
-        elif ended_early(outcome):
-            context.log.warning(
-                f"study {outcome.study_key} {outcome.result.value} in {outcome.stage.value}: "
-                f"{outcome.reason}"
-            )
+    try:
+        for outcome in batch.run(workers=vna.study_workers):
+            if outcome.result is StageResult.DONE:
+                yield AssetMaterialization(
+                    asset_key=AssetKey(outcome.stage.value),
+                    partition=outcome.study_key,
+                    metadata={**outcome.metadata, "seconds": round(outcome.seconds, 3)},
+                )
+            elif ended_early(outcome):
+                context.log.warning(
+                    f"study {outcome.study_key} {outcome.result.value} in "
+                    f"{outcome.stage.value}: {outcome.reason}"
+                )
+    finally:
+        stages.archives.release_associations()  # kept open between the batch's studies
     if batch.checks_privacy:
         for check in batch.tally.checks():
             yield AssetCheckResult(

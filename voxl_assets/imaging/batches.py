@@ -27,6 +27,7 @@ from voxl_assets.db.models import study_partition_key
 STUDY_ASSETS = [AssetKey("raw_study"), AssetKey("anonymised_study"), AssetKey("destination_upload")]
 ONLY_STATUS_TAG = "voxl/only-status"  # the run processes only studies in these states (a,b,...)
 TOP_UP_TAG = "voxl/top-up-cache"  # "true": check cached studies for instances added since
+FORCE_UPLOAD_TAG = "voxl/force-upload"  # "true": deliver again studies already delivered
 # A study batch works on studies not yet at an end: queued ones, and those a crashed run left half
 # done (re-executing the run from the UI finishes them); uploaded, filtered or failed ones are
 # skipped, however they got there.

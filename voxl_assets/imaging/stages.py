@@ -25,7 +25,11 @@ from voxl_assets.retry import TransientError
 from voxl_assets.study_state import StudyRequest, set_status
 from voxl_assets.upload.base import UploadError, UploadTarget
 from voxl_assets.upload.destinations import DestinationClients
-from voxl_assets.upload.exactly_once import undelivered_instances, upload_study_once
+from voxl_assets.upload.exactly_once import (
+    exported_instances,
+    undelivered_instances,
+    upload_study_once,
+)
 from voxl_assets.vna.archives import ArchiveSet
 from voxl_assets.vna.cache import CacheFull, RawCache
 from voxl_assets.vna.raw import RawStudyResult, request_cache_keys, retrieve_raw_study
@@ -143,20 +147,51 @@ class StudyStages:
             raise StudyFailure("study belongs to no extract")
         return found
 
-    def upload(self, request: StudyRequest, _previous: dict[Stage, StageOutcome]) -> dict[str, Any]:
-        files: list[Path] | None = self.anonymised.files(request.project, request.study_id)
+    def _anonymised_files(self, request: StudyRequest) -> list[Path]:
+        """The study's anonymised files; anonymised again (from the raw cache, or the archive
+        when the cache let it go) when the store no longer holds them: it keeps a study only
+        until it is delivered, and within its bound. The pseudonyms come out the same."""
+        files = self.anonymised.files(request.project, request.study_id)
+        if files:
+            return files
+        outcome = self.anonymise(request, {})
+        if isinstance(outcome, StageOutcome) and outcome.result is not StageResult.DONE:
+            raise StudyFailure(f"anonymising again for the upload failed: {outcome.reason}")
+        files = self.anonymised.files(request.project, request.study_id)
         if not files:
             raise StudyFailure("no anonymised study to upload: materialise anonymised_study first")
+        return files
+
+    def _pseudo_uid(self, request: StudyRequest) -> str:
         with self.database.session() as session:
             study = session.get(Study, request.study_id)
             pseudo_uid = study.pseudo_study_uid if study else None
         if not pseudo_uid:
             raise StudyFailure("the study has no pseudonymous UID: re-run anonymised_study")
+        return pseudo_uid
+
+    def _delivered(self, request: StudyRequest) -> None:
+        """Every destination has the study: it leaves the anonymised store."""
+        set_status(self.database, request.study_id, StudyStatus.UPLOADED)
+        self.anonymised.delivered(request.project, request.study_id)
+
+    def upload(self, request: StudyRequest, _previous: dict[Stage, StageOutcome]) -> dict[str, Any]:
         uploader = self._uploader(request)
         if uploader is None:
-            set_status(self.database, request.study_id, StudyStatus.UPLOADED)
+            files = self._anonymised_files(request)
+            self._delivered(request)
             return {"destination_kind": NO_DESTINATION, "instances": len(files), "sent": False}
-        target = UploadTarget(request.project, self._extract_datetime(request.study_id), pseudo_uid)
+        if not self.force_upload and not self.anonymised.files(request.project, request.study_id):
+            instances = exported_instances(self.database, request.study_id, uploader.describe())
+            if instances is not None:
+                # Delivered, and not anonymised again since (a top-up would have): nothing to
+                # send, nothing to keep.
+                self._delivered(request)
+                return {"destination_kind": uploader.kind, "instances": instances, "sent": False}
+        files = self._anonymised_files(request)
+        target = UploadTarget(
+            request.project, self._extract_datetime(request.study_id), self._pseudo_uid(request)
+        )
         redeliver = self._project(request).destinations.redeliver_topped_up
         try:
             report = upload_study_once(
@@ -170,7 +205,7 @@ class StudyStages:
             )
         except (UploadError, TransientError) as exc:
             raise StudyFailure(str(exc)) from None
-        set_status(self.database, request.study_id, StudyStatus.UPLOADED)
+        self._delivered(request)
         if report is None:
             metadata: dict[str, Any] = {
                 "destination_kind": uploader.kind,

@@ -56,6 +56,17 @@ def already_exported(database: VoxlDatabase, study_id: int, destination: str) ->
     return found is not None
 
 
+def exported_instances(database: VoxlDatabase, study_id: int, destination: str) -> int | None:
+    """How many instances the recorded export to ``destination`` sent; None when there is none."""
+    with database.session() as session:
+        found = session.scalar(
+            select(StudyExport.instances).where(
+                StudyExport.study_id == study_id, StudyExport.destination == destination
+            )
+        )
+    return None if found is None else int(found)
+
+
 def begin_attempt(database: VoxlDatabase, study_id: int, destination: str) -> tuple[int, bool]:
     """Record an attempt before sending; returns (attempt id, whether an earlier attempt was cut
     off unfinished, so this one is a resend). Earlier unfinished attempts are closed as such."""

@@ -228,3 +228,10 @@ class ArchiveSet:
     def close(self) -> None:
         for archive in self.archives:
             archive.client.close()
+
+    def release_associations(self) -> None:
+        """End the associations the clients keep between studies (a batch has ended)."""
+        for archive in self.archives:
+            release = getattr(archive.client, "release_associations", None)
+            if release is not None:
+                release()

@@ -23,6 +23,7 @@ import hashlib
 import os
 import shutil
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -99,6 +100,20 @@ def process_alive(pid: int, started: str) -> bool:
     return not started or process_start(pid) in ("", started)
 
 
+def index_connection(connections: threading.local, path: Path) -> sqlite3.Connection:
+    """This thread's connection to the SQLite index at ``path``, opened on first use (opening
+    one per lookup cost more than the lookup). Autocommit: writers say ``BEGIN IMMEDIATE``.
+    WAL with synchronous=NORMAL: a power cut may lose the last commits, never the index; the
+    folders are the truth and a restart reconciles them with it."""
+    connection: sqlite3.Connection | None = getattr(connections, "connection", None)
+    if connection is None or getattr(connections, "pid", None) != os.getpid():
+        connection = sqlite3.connect(path, timeout=60, isolation_level=None)
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=NORMAL")
+        connections.connection, connections.pid = connection, os.getpid()
+    return connection
+
+
 class RawCache:
     def __init__(self, root: Path, max_bytes: int) -> None:
         self.root = root
@@ -109,6 +124,7 @@ class RawCache:
         for folder in (self._studies, self._staging, self._trash):
             folder.mkdir(parents=True, exist_ok=True)
         self._index_path = root / "index.sqlite"
+        self._connections = threading.local()
         with self._transaction() as db:
             db.execute(
                 "CREATE TABLE IF NOT EXISTS studies (key TEXT PRIMARY KEY, instances INTEGER,"
@@ -126,12 +142,7 @@ class RawCache:
 
     @contextmanager
     def _index(self) -> Iterator[sqlite3.Connection]:
-        connection = sqlite3.connect(self._index_path, timeout=60, isolation_level=None)
-        try:
-            connection.execute("PRAGMA journal_mode=WAL")
-            yield connection
-        finally:
-            connection.close()
+        yield index_connection(self._connections, self._index_path)
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:

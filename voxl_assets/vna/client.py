@@ -12,11 +12,14 @@ import functools
 import hashlib
 import ipaddress
 import logging
+import select
 import socket
 import threading
 import time
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -27,6 +30,8 @@ from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_file_meta_info
 from pynetdicom import AE, StoragePresentationContexts, build_role, evt
 from pynetdicom import association as pynetdicom_association
+from pynetdicom import dul as pynetdicom_dul
+from pynetdicom.dul import DULServiceProvider
 from pynetdicom.transport import AssociationSocket, ThreadedAssociationServer
 
 from voxl_assets.dicom_constants import STUDY_ROOT_FIND, STUDY_ROOT_GET, STUDY_ROOT_MOVE
@@ -75,9 +80,14 @@ _enable_tcp_nodelay()
 
 # pynetdicom's DUL thread sleeps this long whenever the socket has nothing to read; at its default
 # (1 ms) every instance of a retrieval waits about a millisecond before its C-STORE response goes
-# out, which halves throughput on a fast network. Associations live only while a retrieval runs,
-# so polling faster costs CPU only then.
+# out, which halves throughput on a fast network. Polling that fast is paid only while data flows:
+# once an association has been quiet for DUL_FAST_WINDOW_SECONDS (waiting for the archive to
+# answer, or kept open between studies), its DUL waits in select() on the socket instead, woken at
+# once by incoming data, by what the user side queues to send (a wake-up socket pair), and at the
+# latest after DUL_IDLE_WAIT_SECONDS for its timers.
 DUL_POLL_SECONDS = 0.00005
+DUL_FAST_WINDOW_SECONDS = 0.005
+DUL_IDLE_WAIT_SECONDS = 0.05
 
 
 def _poll_fast(assoc: Any) -> None:
@@ -86,6 +96,154 @@ def _poll_fast(assoc: Any) -> None:
 
 def _poll_fast_on_open(event: Any) -> None:
     _poll_fast(event.assoc)
+
+
+def _store_to_current_writer(event: Any) -> int:
+    """C-STORE on a C-GET association: to the writer of the retrieval under way on it."""
+    writer = getattr(event.assoc, "_voxl_writer", None)
+    if writer is None:  # nothing asked for this instance on this association
+        return STATUS_NOT_AUTHORISED
+    return int(writer.handle_store(event))
+
+
+def _pause_reactor(assoc: Any) -> None:
+    """Hold an idle association's own reactor thread at its checkpoint, as pynetdicom's send_*
+    methods do while they work, instead of letting it poll while the association waits for the
+    next study; the next send_* finds it paused and sets it going again when done."""
+    assoc._reactor_checkpoint.clear()
+    deadline = time.monotonic() + 1.0
+    while not assoc._is_paused and time.monotonic() < deadline:
+        time.sleep(0.0001)
+
+
+def _still_open(assoc: Any) -> bool:
+    """Whether a kept association can take a request: its reactor is paused, so a release or
+    abort from the archive (or a closed connection) shows only in its DUL's state."""
+    return bool(
+        assoc.is_established
+        and assoc.dul.is_alive()
+        and assoc.dul.state_machine.current_state == "Sta6"
+    )
+
+
+def _end(assoc: Any) -> None:
+    """Release ``assoc`` (abort it when it no longer stands)."""
+    if assoc.is_established:
+        assoc.release()
+    else:
+        assoc.abort()
+
+
+def _dul_wait(dul: Any) -> None:
+    """One idle turn of ``dul``'s reactor: a fast poll while data flowed lately, else a wait in
+    select() on its socket and its wake-up socket (the DUL runs in its own thread, so its state
+    lives on it)."""
+    now = time.monotonic()
+    last = getattr(dul, "_voxl_active_at", None)
+    if last is None:
+        dul._voxl_active_at = last = now
+    if now - last < DUL_FAST_WINDOW_SECONDS:
+        time.sleep(DUL_POLL_SECONDS)
+        return
+    raw = getattr(getattr(dul, "socket", None), "socket", None)
+    wake = _wake_socket(dul)
+    dul._voxl_waiting = True
+    try:
+        # What was queued, or asked of it, before ``waiting`` was set woke no one: look first.
+        if dul._kill_thread or not dul.to_provider_queue.empty():
+            return
+        readable, _, _ = select.select(
+            [wake] if raw is None else [raw, wake], [], [], DUL_IDLE_WAIT_SECONDS
+        )
+    except (OSError, ValueError):  # closed meanwhile: the reactor finds out itself
+        time.sleep(DUL_POLL_SECONDS)
+        return
+    finally:
+        dul._voxl_waiting = False
+    if readable:
+        dul._voxl_active_at = time.monotonic()
+    if wake in readable:
+        with suppress(OSError):
+            wake.recv(4096)
+
+
+def _wake_socket(dul: Any) -> socket.socket:
+    """The receiving end of ``dul``'s wake-up pair (made on first use, closed with the DUL)."""
+    pair = getattr(dul, "_voxl_wake", None)
+    if pair is None:
+        pair = socket.socketpair()
+        for end in pair:
+            end.setblocking(False)
+        dul._voxl_wake = pair
+        weakref.finalize(dul, _close_pair, pair)
+    return pair[0]
+
+
+def _close_pair(pair: tuple[socket.socket, socket.socket]) -> None:
+    for end in pair:
+        end.close()
+
+
+def _wake(dul: Any) -> None:
+    """Wake ``dul``'s reactor if it waits in select()."""
+    pair = getattr(dul, "_voxl_wake", None)
+    if pair is not None and getattr(dul, "_voxl_waiting", False):
+        with suppress(OSError):  # full (a wake-up is pending anyway) or closed
+            pair[1].send(b"\0")
+
+
+def _mark_active(dul: Any) -> None:
+    dul._voxl_active_at = time.monotonic()
+
+
+class _DulClock:
+    """Stands in for the ``time`` module in pynetdicom's DUL (dul.py): its reactor's idle sleep,
+    at the fast poll VOXL sets, becomes ``_dul_wait``; every other use is ``time``'s own."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+    @staticmethod
+    def sleep(seconds: float) -> None:
+        if seconds != DUL_POLL_SECONDS:
+            time.sleep(seconds)
+            return
+        thread = threading.current_thread()
+        if isinstance(thread, DULServiceProvider):
+            _dul_wait(thread)
+        else:
+            time.sleep(seconds)
+
+
+def _track_dul_activity() -> None:
+    """Count a PDU read or a primitive sent as activity, so the DUL polls fast around it."""
+    if getattr(DULServiceProvider, "_voxl_tracked", False):
+        return
+    read_pdu, send = DULServiceProvider._read_pdu_data, DULServiceProvider.send_pdu
+    stop = DULServiceProvider.stop_dul
+
+    def read_pdu_data(self: DULServiceProvider) -> None:
+        _mark_active(self)
+        read_pdu(self)
+
+    def send_pdu(self: DULServiceProvider, primitive: Any) -> None:
+        _mark_active(self)
+        send(self, primitive)  # queued first, then woken: see _dul_wait
+        _wake(self)
+
+    def stop_dul(self: DULServiceProvider) -> bool:
+        stopped = stop(self)
+        _wake(self)
+        return stopped
+
+    DULServiceProvider._read_pdu_data = read_pdu_data  # type: ignore[method-assign]
+    DULServiceProvider.send_pdu = send_pdu  # type: ignore[method-assign]
+    DULServiceProvider.stop_dul = stop_dul  # type: ignore[method-assign]
+    DULServiceProvider._voxl_tracked = True  # type: ignore[attr-defined]
+
+
+_track_dul_activity()
+pynetdicom_dul.time = _DulClock()  # type: ignore[assignment]
 
 
 class _ReactorClock:
@@ -478,6 +636,12 @@ class DimseVna:
         self._receiver: MoveReceiver | None = None
         self._peer: MovePeer | None = None
         self._receiver_lock = threading.Lock()
+        # Associations kept open between the studies of a batch, per kind (find, get, move),
+        # and the AE of each kind with its presentation contexts, built once.
+        self._idle: dict[str, list[Any]] = {}
+        self._aes: dict[str, tuple[AE, list[Any]]] = {}
+        self._pool_lock = threading.Lock()
+        self.associations_opened = 0
 
     def _ae(self) -> AE:
         ae = AE(ae_title=self.settings.calling_ae_title)
@@ -487,8 +651,71 @@ class DimseVna:
         ae.maximum_pdu_size = 0
         return ae
 
+    def _kind_ae(self, kind: str) -> tuple[AE, list[Any]]:
+        """The AE that requests ``kind``'s contexts, and its role negotiation items."""
+        with self._pool_lock:
+            if kind not in self._aes:
+                ae = self._ae()
+                roles: list[Any] = []
+                if kind == "find":
+                    ae.add_requested_context(STUDY_ROOT_FIND)
+                elif kind == "move":
+                    ae.add_requested_context(STUDY_ROOT_MOVE)
+                else:
+                    ae.add_requested_context(STUDY_ROOT_GET)
+                    for sop_class in STORAGE_CLASSES[:127]:  # 128 contexts at most
+                        ae.add_requested_context(sop_class, ALL_TRANSFER_SYNTAXES)
+                        roles.append(build_role(sop_class, scp_role=True))
+                self._aes[kind] = (ae, roles)
+            return self._aes[kind]
+
+    @contextmanager
+    def _association(self, kind: str) -> Iterator[Any]:
+        """An established association for ``kind``: an idle one left by an earlier study when
+        there is one, else a new one. It goes back to the pool when the block ends normally and
+        the association still stands; on an error it is released (or aborted) instead.
+
+        Reusing associations spares each small study two negotiations (128 presentation contexts
+        for a C-GET) and a reactor thread each; ``release_associations`` ends them."""
+        self._bucket.acquire()  # the rate limit counts queries and retrievals, not associations
+        assoc = None
+        with self._pool_lock:
+            idle = self._idle.setdefault(kind, [])
+            stale = []
+            while idle and assoc is None:
+                candidate = idle.pop()
+                if _still_open(candidate):
+                    assoc = candidate
+                else:
+                    stale.append(candidate)
+        for candidate in stale:  # the archive ended it while it waited
+            candidate.abort()
+        if assoc is None:
+            ae, roles = self._kind_ae(kind)
+            handlers = [(evt.EVT_C_STORE, _store_to_current_writer)] if kind == "get" else []
+            assoc = self._associate(ae, ext_neg=roles or None, evt_handlers=handlers)
+        ended_normally = False
+        try:
+            yield assoc
+            ended_normally = True
+        finally:
+            assoc._voxl_writer = None
+            if ended_normally and assoc.is_established:
+                _pause_reactor(assoc)
+                with self._pool_lock:
+                    self._idle.setdefault(kind, []).append(assoc)
+            else:
+                _end(assoc)
+
+    def release_associations(self) -> None:
+        """Release the associations kept between studies (at the end of a batch)."""
+        with self._pool_lock:
+            idle = [assoc for kinds in self._idle.values() for assoc in kinds]
+            self._idle.clear()
+        for assoc in idle:
+            _end(assoc)
+
     def _associate(self, ae: AE, **kwargs: Any) -> Any:
-        self._bucket.acquire()
         s = self.settings
         try:
             assoc = ae.associate(s.host, s.port, ae_title=s.ae_title, **kwargs)
@@ -500,16 +727,15 @@ class DimseVna:
             reason = "rejected" if assoc.is_rejected else "aborted or unreachable"
             raise VnaUnavailable(f"association with the VNA {s.host}:{s.port} {reason}")
         _poll_fast(assoc)
+        with self._pool_lock:
+            self.associations_opened += 1
         return assoc
 
     # --- find ------------------------------------------------------------------------------
 
     def _c_find(self, identifier: Dataset) -> list[Dataset]:
-        ae = self._ae()
-        ae.add_requested_context(STUDY_ROOT_FIND)
-        assoc = self._associate(ae)
         answers: list[Dataset] = []
-        try:
+        with self._association("find") as assoc:
             for status, answer in assoc.send_c_find(identifier, STUDY_ROOT_FIND):
                 if status is None:
                     raise VnaUnavailable("the VNA stopped answering during C-FIND")
@@ -518,8 +744,6 @@ class DimseVna:
                     answers.append(answer)
                 elif code not in (0x0000,):
                     raise StudyFailure(f"the VNA refused the C-FIND (status 0x{code:04X})")
-        finally:
-            assoc.release()
         return answers
 
     def _find(
@@ -627,18 +851,9 @@ class DimseVna:
         return self._get(identifier, writer)
 
     def _get(self, identifier: Dataset, writer: InstanceWriter) -> int | None:
-        ae = self._ae()
-        ae.add_requested_context(STUDY_ROOT_GET)
-        roles = []
-        for sop_class in STORAGE_CLASSES[:127]:  # 128 contexts at most, one is C-GET's
-            ae.add_requested_context(sop_class, ALL_TRANSFER_SYNTAXES)
-            roles.append(build_role(sop_class, scp_role=True))
-        handlers = [(evt.EVT_C_STORE, writer.handle_store)]
-        assoc = self._associate(ae, ext_neg=roles, evt_handlers=handlers)
-        try:
+        with self._association("get") as assoc:
+            assoc._voxl_writer = writer  # where this retrieval's C-STOREs go
             return self._check_statuses(assoc.send_c_get(identifier, STUDY_ROOT_GET), "C-GET")
-        finally:
-            assoc.release()
 
     def _move_receiver(self) -> tuple[MoveReceiver, MovePeer]:
         """The Storage SCP, with this archive admitted as a sender."""
@@ -667,16 +882,13 @@ class DimseVna:
     def _move(self, identifier: Dataset, writer: InstanceWriter, study_uid: str) -> int | None:
         receiver, peer = self._move_receiver()
         receiver.expect(study_uid, writer, peer)
-        ae = self._ae()
-        ae.add_requested_context(STUDY_ROOT_MOVE)
-        assoc = self._associate(ae)
         try:
-            responses = assoc.send_c_move(
-                identifier, self.settings.move_destination_ae, STUDY_ROOT_MOVE
-            )
-            return self._check_statuses(responses, "C-MOVE")
+            with self._association("move") as assoc:
+                responses = assoc.send_c_move(
+                    identifier, self.settings.move_destination_ae, STUDY_ROOT_MOVE
+                )
+                return self._check_statuses(responses, "C-MOVE")
         finally:
-            assoc.release()
             receiver.forget(study_uid)
 
     @staticmethod
@@ -704,6 +916,7 @@ class DimseVna:
         return completed
 
     def close(self) -> None:
+        self.release_associations()
         with self._receiver_lock:
             if self._receiver is not None:
                 if self._peer is not None:
