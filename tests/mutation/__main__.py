@@ -348,6 +348,17 @@ class _Selector:
             config.hook.pytest_deselected(items=dropped)
 
 
+class _FirstFailure:
+    """A pytest plugin that writes the node id of the first failing test to a file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def pytest_runtest_logreport(self, report: Any) -> None:
+        if report.failed and not self.path.exists():
+            self.path.write_text(report.nodeid)
+
+
 def run_tests(
     copy_root: Path,
     tests: list[str],
@@ -355,6 +366,7 @@ def run_tests(
     *,
     chosen: list[str] | None = None,
     trace: tuple[list[str], Path] | None = None,
+    failure: Path | None = None,
 ) -> str:
     """``pytest -x`` on ``tests`` in a forked child whose imports come from ``copy_root``: only
     the ``chosen`` node ids if given; with ``trace`` (files to trace, JSON to write), the lines
@@ -380,6 +392,8 @@ def run_tests(
             recorder = None
             if chosen is not None:
                 plugins.append(_Selector(chosen))
+            if failure is not None:
+                plugins.append(_FirstFailure(failure))
             if trace is not None:
                 recorder = _LineRecorder(trace[0])
                 plugins.append(recorder)
@@ -424,15 +438,20 @@ class Coverage:
         outside = per_test.pop("", set())
         return cls(per_test, outside, data["durations"], data["files"])
 
-    def tests_for(self, first: int, last: int) -> list[str] | None:
-        """The tests that run any line in ``first..last``, fastest first; None when the lines
-        run outside tests (at import: module constants, defaults, decorators), where any test
-        may see the change; [] when no test runs them."""
+    def tests_for(self, first: int, last: int, killers: list[str]) -> list[str]:
+        """The tests that run any line in ``first..last``: first those that killed the module's
+        earlier mutants (most recent first), then the rest fastest first. Every test when the
+        lines run outside tests (at import: module constants, defaults, decorators), where any
+        test may see the change; [] when no test runs them."""
         lines = set(range(first, last + 1))
         chosen = [test for test, ran in self.by_test.items() if ran & lines]
         if not chosen and lines & self.outside:
-            return None
-        return sorted(chosen, key=lambda test: self.durations.get(test, 0.0))
+            chosen = list(self.by_test)
+        rank = {test: index for index, test in enumerate(killers)}
+        return sorted(
+            chosen,
+            key=lambda test: (rank.get(test, len(rank)), self.durations.get(test, 0.0)),
+        )
 
 
 def _forget_bytecode(path: Path) -> None:
@@ -443,15 +462,22 @@ def _forget_bytecode(path: Path) -> None:
 
 
 def traced_baselines(
-    copy_root: Path, work: Path, plan: dict[str, list[str]]
-) -> tuple[dict[str, Coverage], dict[str, float]]:
+    copy_root: Path, work: Path, plan: dict[str, list[str]], saved: Path | None = None
+) -> dict[str, Coverage]:
     """One traced run per distinct list of tests, covering every module that list guards: the
-    coverage of each module and how long its tests took. Raises when a baseline fails."""
+    coverage of each module. With ``saved``, coverage is read from that file when it has the
+    modules (a run over the same tests and sources), else written to it. Raises when a baseline
+    fails."""
+    if saved is not None and saved.exists():
+        data = json.loads(saved.read_text())
+        if all(module in data["lines"] for module in plan):
+            print(f"coverage read from {saved}", flush=True)
+            return {module: Coverage.of(data, module) for module in plan}
     groups: dict[tuple[str, ...], list[str]] = {}
     for module, tests in plan.items():
         groups.setdefault(tuple(tests), []).append(module)
     coverage: dict[str, Coverage] = {}
-    seconds: dict[str, float] = {}
+    merged: dict[str, Any] = {"lines": {}, "durations": {}, "files": {}}
     for number, (test_list, modules) in enumerate(groups.items()):
         trace_file = work / f"coverage-{number}.json"
         filenames = [str(copy_root / module) for module in modules]
@@ -463,9 +489,31 @@ def traced_baselines(
         took = time.monotonic() - began
         print(f"baseline of {', '.join(modules)}: {took:.0f} s", flush=True)
         for module, filename in zip(modules, filenames, strict=True):
-            coverage[module] = Coverage.of(data, filename)
-            seconds[module] = took
-    return coverage, seconds
+            merged["lines"][module] = data["lines"][filename]
+        merged["durations"] |= data["durations"]
+        merged["files"] |= data["files"]
+    for module in plan:
+        coverage[module] = Coverage.of(merged, module)
+    if saved is not None:
+        saved.write_text(json.dumps(merged))
+    return coverage
+
+
+FIRST_STAGE = 25
+
+
+def _run_stage(
+    copy_root: Path, work: Path, coverage: Coverage, chosen: list[str]
+) -> tuple[str, str | None]:
+    """(outcome, the first failing test) of running ``chosen`` in the copy."""
+    budget = sum(coverage.durations.get(test, 1.0) for test in chosen)
+    files = sorted({coverage.files[test] for test in chosen})
+    failure = work / "first-failure"
+    failure.unlink(missing_ok=True)
+    outcome = run_tests(
+        copy_root, files, max(60.0, 20 + 3 * budget), chosen=chosen, failure=failure
+    )
+    return outcome, failure.read_text() if failure.exists() else None
 
 
 def _previous_report() -> dict[str, dict[str, Any]]:
@@ -520,6 +568,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="run every mapped test for each mutant (default: only the tests that run its lines)",
     )
+    parser.add_argument(
+        "--coverage",
+        type=Path,
+        metavar="FILE",
+        help="reuse the traced baseline saved in FILE (written there when absent): only while "
+        "neither the tests nor the modules have changed",
+    )
     args = parser.parse_args(argv)
     modules = [
         name
@@ -555,7 +610,7 @@ def main(argv: list[str] | None = None) -> int:
                     raise SystemExit(f"{module}: the tests fail on the unmutated code")
                 baseline_seconds[module] = time.monotonic() - began
         else:
-            coverage, baseline_seconds = traced_baselines(copy_root, work, plan)
+            coverage = traced_baselines(copy_root, work, plan, args.coverage)
         for module, tests in plan.items():
             mutants = mutants_of(module)
             if args.only:
@@ -568,30 +623,35 @@ def main(argv: list[str] | None = None) -> int:
             original = target.read_text()
             module_coverage = coverage.get(module)
             whole = baseline_seconds.get(module, 0.0)
+            killers: list[str] = []  # tests that killed this module's mutants, latest first
             for number, mutant in enumerate(mutants, 1):
                 if mutant.key in equivalent:
                     mutant.outcome = "equivalent"
                 else:
-                    chosen = (
-                        module_coverage.tests_for(mutant.line, mutant.end_line)
-                        if module_coverage
-                        else None
-                    )
                     target.write_text(mutant.source)
                     _forget_bytecode(target)
                     began = time.monotonic()
-                    if chosen == []:  # no test runs the changed lines: nothing can notice it
-                        mutant.outcome = "survived"
-                    elif chosen is None or module_coverage is None:
+                    if module_coverage is None:
                         mutant.tests_run = -1
                         mutant.outcome = run_tests(copy_root, tests, max(60.0, 3 * whole))
                     else:
+                        chosen = module_coverage.tests_for(mutant.line, mutant.end_line, killers)
                         mutant.tests_run = len(chosen)
-                        budget = sum(module_coverage.durations.get(test, 1.0) for test in chosen)
-                        files = sorted({module_coverage.files[test] for test in chosen})
-                        mutant.outcome = run_tests(
-                            copy_root, files, max(60.0, 20 + 3 * budget), chosen=chosen
-                        )
+                        if not chosen:  # no test runs the changed lines: nothing can notice it
+                            mutant.outcome = "survived"
+                        else:
+                            # The likeliest killers first, alone: collecting every test
+                            # file a line is run by costs seconds per mutant.
+                            for stage in (chosen[:FIRST_STAGE], chosen[FIRST_STAGE:]):
+                                if not stage:
+                                    continue
+                                mutant.outcome, killer = _run_stage(
+                                    copy_root, work, module_coverage, stage
+                                )
+                                if killer:
+                                    killers = [killer, *(k for k in killers if k != killer)]
+                                if mutant.outcome != "survived":
+                                    break
                     mutant.seconds = round(time.monotonic() - began, 1)
                     target.write_text(original)
                     _forget_bytecode(target)
