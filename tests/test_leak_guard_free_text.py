@@ -269,3 +269,16 @@ def test_columns_after_a_flag_a_date_or_an_empty_column_are_still_scanned(tmp_pa
         ("note_after", [0]),
         ("note_before", [1]),
     ]
+
+
+def test_the_summary_names_five_hits(tmp_path: Path) -> None:
+    private = _write_private(tmp_path)
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    columns = {f"note_{n}": ["clear", "MRN 47000022"] for n in range(6)}
+    pq.write_table(pa.table(columns), bundle / "NOTE.parquet")
+    report = scan_bundle(bundle, private_identifiers(private, PUBLIC_KEYS))
+    assert len(report.hits) == 6
+    summary = report.summary()
+    assert summary.startswith("6 leaks: NOTE.parquet: column note_0: rows 1;")
+    assert summary.count("NOTE.parquet") == 5 and "note_5" not in summary
