@@ -40,6 +40,7 @@ HERE = Path(__file__).resolve().parent
 # tests/test_extract_identity.py and tests/test_participant_ids.py (about 160 s of CLI
 # subprocesses and a whole pipeline run, which line coverage cannot see into).
 DEID_TESTS = [
+    "tests/test_deid_checks.py",
     "tests/test_deid_engine.py",
     "tests/test_deid_guarantees.py",
     "tests/test_deid_encoding.py",
