@@ -207,3 +207,11 @@ def test_integrity_needs_the_sop_instance_uid_of_the_file_meta(tmp_path: Path) -
     (tmp_path / "z.dcm").write_bytes(b"not dicom")
     unreadable = check_integrity([tmp_path / "z.dcm"])
     assert [f.tag_path for f in unreadable.findings] == ["file"]
+
+
+def test_the_tags_the_engine_writes_are_allowed_whatever_the_allow_list() -> None:
+    from voxl_assets.deid.checks import disallowed_tags
+    from voxl_assets.deid.operations import TagOperations
+
+    ds = _dataset(PatientIdentityRemoved="YES", DeidentificationMethod="VOXL", PatientSex="F")
+    assert disallowed_tags(ds, TagOperations()) == ["(0010,0040)"]
