@@ -90,6 +90,7 @@ DEFAULT_TESTS = {
     "voxl_assets/imaging/batches.py": ["tests/test_study_batches.py", "tests/test_sensor_cases.py"],
     "sensors/export_sensor.py": ["tests/test_sensor_cases.py"],
     "sensors/window_sensor.py": ["tests/test_sensor_cases.py"],
+    "sensors/study_sensor.py": ["tests/test_sensor_cases.py", "tests/test_sensors_study.py"],
     "voxl_assets/vna/cache.py": ["tests/test_raw_cache.py", "tests/test_raw_cache_processes.py"],
     **{module: DEID_TESTS for module in DEID_MODULES},
 }
