@@ -143,15 +143,18 @@ def test_study_identifiers_sort_values_and_never_print_them() -> None:
     identifiers.add("  ")
     identifiers.add("AB", min_length=3)  # too short to be looked for
     identifiers.add("ABC", min_length=3)
+    identifiers.add("Q")  # any length by default
     identifiers.add_uid("1.2.3.4")
     identifiers.add_name("DOE^JANE")
     identifiers.add_birth_date("19610314")
-    assert identifiers.ids == {"47000022", "ABC"}
+    assert identifiers.ids == {"47000022", "ABC", "Q"}
     assert identifiers.uids == {"1.2.826.0.1.3680043.9.7433.1.77", "1.2.3.4"}
     assert identifiers.names == {"DOE^JANE"}
     assert identifiers.birth_dates == {"19610314"}
-    assert len(identifiers) == 6
-    assert repr(identifiers) == str(identifiers) == "StudyIdentifiers(6 values)"
+    identifiers.add_name(" ")  # nothing
+    assert identifiers.names == {"DOE^JANE"}
+    assert len(identifiers) == 7
+    assert repr(identifiers) == str(identifiers) == "StudyIdentifiers(7 values)"
 
 
 def test_a_value_added_after_matching_began_is_matched_too() -> None:
