@@ -524,7 +524,8 @@ def _previous_report() -> dict[str, dict[str, Any]]:
 
 
 def _save_report(report: dict[str, Any]) -> None:
-    """Merged with earlier runs' modules, after each module so a stopped run keeps its results."""
+    """Merged with earlier runs' modules, after each module so a stopped run keeps its results
+    (only the module just done: another run may have written the others since)."""
     path = HERE / "report.json"
     path.write_text(json.dumps(_previous_report() | report, indent=2, sort_keys=True) + "\n")
 
@@ -667,7 +668,7 @@ def main(argv: list[str] | None = None) -> int:
                 if previous:
                     report[module] = _recheck(previous, mutants)
                     print(f"{module}: re-checked; score {report[module]['score']}", flush=True)
-                    _save_report(report)
+                    _save_report({module: report[module]})
                     continue
             counts = {
                 outcome: sum(m.outcome == outcome for m in mutants)
@@ -686,7 +687,7 @@ def main(argv: list[str] | None = None) -> int:
                 ],
             }
             print(f"{module}: {counts} score {report[module]['score']}", flush=True)
-            _save_report(report)
+            _save_report({module: report[module]})
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0
