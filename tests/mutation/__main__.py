@@ -447,8 +447,8 @@ class Coverage:
         test may see the change; [] when no test runs them."""
         lines = set(range(first, last + 1))
         chosen = [test for test, ran in self.by_test.items() if ran & lines]
-        if not chosen and lines & self.outside:
-            chosen = list(self.by_test)
+        if not chosen and lines & self.outside:  # every test, also those that never run a line
+            chosen = list(self.durations)
         rank = {test: index for index, test in enumerate(killers)}
         return sorted(
             chosen,
