@@ -184,3 +184,30 @@ def test_study_batches_carry_their_projects_priority(
     assert by_start == {low[0]: "-2", high[0]: "7"}
     nothing = _tick(study_batch_sensor, instance, result.cursor, database_url)
     assert list(nothing.run_requests or []) == []
+
+
+def test_an_extract_exported_in_its_state_by_another_run_is_not_exported_again(
+    instance: DagsterInstance, database_url: str
+) -> None:
+    """A lost cursor (or an export run by hand) does not send an extract twice: the end state the
+    last delivered bundle recorded is compared with the extract's."""
+    from dagster import AssetMaterialization
+
+    from voxl_assets.progress import END_STATE
+
+    database = VoxlDatabase(database_url)
+    _studies(database, "p", ["uploaded", "filtered"])
+    requests = list(_tick(extract_export_sensor, instance, None, database_url).run_requests or [])
+    assert [r.partition_key for r in requests] == [EXTRACT_KEY]
+    signature = requests[0].run_key.rpartition(":")[2]  # type: ignore[union-attr]
+
+    def delivered(state: str) -> None:
+        instance.report_runless_asset_event(
+            AssetMaterialization("ehr_bundle", partition=EXTRACT_KEY, metadata={END_STATE: state})
+        )
+
+    delivered("another state")
+    again = _tick(extract_export_sensor, instance, None, database_url)
+    assert [r.partition_key for r in again.run_requests or []] == [EXTRACT_KEY]
+    delivered(signature)
+    assert list(_tick(extract_export_sensor, instance, None, database_url).run_requests or []) == []
