@@ -6,6 +6,7 @@ carry their project's priority."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -211,3 +212,14 @@ def test_an_extract_exported_in_its_state_by_another_run_is_not_exported_again(
     assert [r.partition_key for r in again.run_requests or []] == [EXTRACT_KEY]
     delivered(signature)
     assert list(_tick(extract_export_sensor, instance, None, database_url).run_requests or []) == []
+
+
+@pytest.mark.parametrize("cursor", ["not json", "[1, 2]", "7"])
+def test_a_cursor_not_understood_starts_over(
+    instance: DagsterInstance, database_url: str, cursor: str
+) -> None:
+    database = VoxlDatabase(database_url)
+    _studies(database, "p", ["uploaded"])
+    result = _tick(extract_export_sensor, instance, cursor, database_url)
+    assert [r.partition_key for r in result.run_requests or []] == [EXTRACT_KEY]
+    assert EXTRACT_KEY in json.loads(result.cursor or "{}")
