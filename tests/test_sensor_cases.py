@@ -191,15 +191,18 @@ def test_an_extract_exported_in_its_state_by_another_run_is_not_exported_again(
     instance: DagsterInstance, database_url: str
 ) -> None:
     """A lost cursor (or an export run by hand) does not send an extract twice: the end state the
-    last delivered bundle recorded is compared with the extract's."""
+    last delivered bundle recorded is compared with the extract's; the extracts after it are
+    still judged."""
     from dagster import AssetMaterialization
 
     from voxl_assets.progress import END_STATE
 
     database = VoxlDatabase(database_url)
     _studies(database, "p", ["uploaded", "filtered"])
+    _studies(database, "q", ["uploaded"])
+    other = "q/2026-11-01T12-00-00"
     requests = list(_tick(extract_export_sensor, instance, None, database_url).run_requests or [])
-    assert [r.partition_key for r in requests] == [EXTRACT_KEY]
+    assert [r.partition_key for r in requests] == [EXTRACT_KEY, other]
     signature = requests[0].run_key.rpartition(":")[2]  # type: ignore[union-attr]
 
     def delivered(state: str) -> None:
@@ -209,9 +212,10 @@ def test_an_extract_exported_in_its_state_by_another_run_is_not_exported_again(
 
     delivered("another state")
     again = _tick(extract_export_sensor, instance, None, database_url)
-    assert [r.partition_key for r in again.run_requests or []] == [EXTRACT_KEY]
+    assert [r.partition_key for r in again.run_requests or []] == [EXTRACT_KEY, other]
     delivered(signature)
-    assert list(_tick(extract_export_sensor, instance, None, database_url).run_requests or []) == []
+    last = _tick(extract_export_sensor, instance, None, database_url)
+    assert [r.partition_key for r in last.run_requests or []] == [other]
 
 
 @pytest.mark.parametrize("cursor", ["not json", "[1, 2]", "7"])
@@ -223,3 +227,14 @@ def test_a_cursor_not_understood_starts_over(
     result = _tick(extract_export_sensor, instance, cursor, database_url)
     assert [r.partition_key for r in result.run_requests or []] == [EXTRACT_KEY]
     assert EXTRACT_KEY in json.loads(result.cursor or "{}")
+
+
+@pytest.mark.parametrize("value", ["0", "1", "-3"])
+def test_batch_size_and_runs_per_tick_are_at_least_one(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    from sensors.study_sensor import batch_size, max_runs_per_tick
+
+    monkeypatch.setenv("VOXL_STUDY_BATCH_SIZE", value)
+    monkeypatch.setenv("VOXL_STUDY_MAX_RUNS_PER_TICK", value)
+    assert batch_size() == max_runs_per_tick() == 1
