@@ -98,6 +98,7 @@ def test_uids_that_may_leave_and_those_that_may_not() -> None:
     source = _dataset(SOPInstanceUID="1.2.826.0.1.3680043.9.7433.5")
     assert identifier_hits(source, identifiers, uids=True) == ["(0008,0018)"]
     assert identifier_hits(source, identifiers, uids=False) == []
+    assert identifier_hits(source, identifiers) == []  # the engine's prefilter: values only
     second = _dataset(FailedSOPInstanceUIDList=["2.25.1", "1.2.3.4"])
     assert identifier_hits(second, identifiers, uids=True) == ["(0008,0058)"]
 
@@ -215,3 +216,36 @@ def test_the_tags_the_engine_writes_are_allowed_whatever_the_allow_list() -> Non
 
     ds = _dataset(PatientIdentityRemoved="YES", DeidentificationMethod="VOXL", PatientSex="F")
     assert disallowed_tags(ds, TagOperations()) == ["(0010,0040)"]
+
+
+UID_TAGS = ("(0008,0016)", "(0008,0018)")
+
+
+def test_check_output_reads_every_file_its_preamble_and_file_meta(tmp_path: Path) -> None:
+    from voxl_assets.deid.checks import check_output
+    from voxl_assets.deid.operations import TagOperations, TagPolicy
+
+    identifiers = StudyIdentifiers()
+    identifiers.add("47000022")
+    policy = TagPolicy(TagOperations())
+    clean = _write(tmp_path / "clean.dcm", _dataset(), sop="2.25.7")
+    preamble = dcmread(_write(tmp_path / "preamble.dcm", _dataset(), sop="2.25.8"))
+    preamble.preamble = b"MRN 47000022".ljust(128, b"\0")
+    preamble.save_as(tmp_path / "preamble.dcm")
+    meta = dcmread(_write(tmp_path / "meta.dcm", _dataset(), sop="2.25.9"))
+    meta.file_meta.SourceApplicationEntityTitle = "PACS47000022"
+    meta.save_as(tmp_path / "meta.dcm")
+    (tmp_path / "broken.dcm").write_bytes(b"not dicom")
+    files = [clean, tmp_path / "preamble.dcm", tmp_path / "meta.dcm", tmp_path / "broken.dcm"]
+    allow, leaks = check_output(files, policy, identifiers)
+    assert allow.files_checked == leaks.files_checked == 4
+    assert [str(f) for f in leaks.findings] == [
+        "preamble.dcm: preamble: holds an identifier",
+        "meta.dcm: file meta (0002,0016): holds an identifier of the study",
+        "broken.dcm: file: not readable (InvalidDicomError)",
+    ]
+    names = ("clean.dcm", "preamble.dcm", "meta.dcm")  # an empty allow-list keeps no UID
+    assert [str(f) for f in allow.findings] == [
+        *(f"{name}: {tag}: not in the allow-list" for name in names for tag in UID_TAGS),
+        "broken.dcm: file: not readable (InvalidDicomError)",
+    ]
