@@ -238,3 +238,19 @@ def test_batch_size_and_runs_per_tick_are_at_least_one(
     monkeypatch.setenv("VOXL_STUDY_BATCH_SIZE", value)
     monkeypatch.setenv("VOXL_STUDY_MAX_RUNS_PER_TICK", value)
     assert batch_size() == max_runs_per_tick() == 1
+
+
+def test_a_registry_that_does_not_load_gives_default_priorities(
+    instance: DagsterInstance, database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A broken project definition under review does not stall every project's studies."""
+    write_project(tmp_path / "projects", "p", name="p")
+    (tmp_path / "projects" / "broken.yaml").write_text("project: [unclosed\n")
+    monkeypatch.setenv("VOXL_PROJECTS_DIR", str(tmp_path / "projects"))
+    database = VoxlDatabase(database_url)
+    keys = [study_partition_key("p", i) for i in _studies(database, "p", ["queued"] * 2)]
+    instance.add_dynamic_partitions(STUDIES, keys)
+    result = _tick(study_batch_sensor, instance, None, database_url)
+    assert [(r.tags[RANGE_START], r.tags[PRIORITY]) for r in result.run_requests or []] == [
+        (keys[0], "0")
+    ]
