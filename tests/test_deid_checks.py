@@ -249,3 +249,18 @@ def test_check_output_reads_every_file_its_preamble_and_file_meta(tmp_path: Path
         *(f"{name}: {tag}: not in the allow-list" for name in names for tag in UID_TAGS),
         "broken.dcm: file: not readable (InvalidDicomError)",
     ]
+
+
+def test_pixel_data_is_not_read_as_text_or_numbers_but_other_binary_values_are() -> None:
+    """Pixel values are images, not text: any 8 bytes of an image may spell an MRN. The same
+    bytes in another binary value (an encapsulated document) are a leak."""
+    identifiers = StudyIdentifiers()
+    identifiers.add("47000022")
+    spelled = b"MRN 47000022" + struct.pack("<I", 47_000_022)
+    for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+        ds = Dataset()
+        setattr(ds, keyword, spelled)
+        assert identifier_hits(ds, identifiers) == [], keyword
+    document = Dataset()
+    document.EncapsulatedDocument = spelled
+    assert identifier_hits(document, identifiers) == ["(0042,0011)"]
