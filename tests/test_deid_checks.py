@@ -264,3 +264,30 @@ def test_pixel_data_is_not_read_as_text_or_numbers_but_other_binary_values_are()
     document = Dataset()
     document.EncapsulatedDocument = spelled
     assert identifier_hits(document, identifiers) == ["(0042,0011)"]
+
+
+@pytest.mark.filterwarnings("ignore:Unknown encoding")
+def test_converted_values_are_encoded_as_written_and_unknown_charsets_still_read() -> None:
+    identifiers = StudyIdentifiers()
+    identifiers.add("47000022")
+    number = Dataset()
+    number.NumberOfWaveformSamples = 47_000_022  # UL, converted by pydicom: little-endian bytes
+    assert identifier_hits(number, identifiers) == ["(003A,0010)"]
+    unknown = _dataset(SpecificCharacterSet="ISO_IR 999", PatientComments="MRN 47000022")
+    assert identifier_hits(unknown, identifiers) == ["(0010,4000)"]
+
+
+def test_a_cached_allow_list_of_another_object_is_not_used() -> None:
+    """The allow-list cache is keyed by object id; an id can be reused once an object is gone."""
+    from voxl_assets.deid.checks import _ALLOWED_CACHE, _allowed_sets, disallowed_tags
+    from voxl_assets.deid.operations import Op, Operation, TagOperations
+
+    keeps = TagOperations({0x00100040: Operation(Op.KEEP, "PatientSex")})
+    deletes = TagOperations({0x00100040: Operation(Op.DELETE, "PatientSex")})
+    _allowed_sets(keeps)
+    _ALLOWED_CACHE[id(deletes)] = _ALLOWED_CACHE[id(keeps)]  # as if ``deletes`` reused its id
+    try:
+        assert disallowed_tags(_dataset(PatientSex="F"), deletes) == ["(0010,0040)"]
+        assert disallowed_tags(_dataset(PatientSex="F"), keeps) == []
+    finally:
+        _ALLOWED_CACHE.pop(id(deletes), None)
