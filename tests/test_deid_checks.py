@@ -12,6 +12,7 @@ import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
+    UID,
     CTImageStorage,
     ExplicitVRLittleEndian,
     JPEGBaseline8Bit,
@@ -109,7 +110,7 @@ def _write(
     ds.SOPClassUID = CTImageStorage
     ds.SOPInstanceUID = sop or generate_uid()
     ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = syntax
+    ds.file_meta.TransferSyntaxUID = UID(syntax)
     ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.save_as(path, enforce_file_format=True)
@@ -198,7 +199,7 @@ def test_integrity_needs_the_sop_instance_uid_of_the_file_meta(tmp_path: Path) -
     path = _write(tmp_path / "x.dcm", _dataset(Columns=4))
     assert check_integrity([path]).passed
     ds = dcmread(_write(tmp_path / "y.dcm", _dataset(Columns=4), sop="2.25.1"))
-    ds.file_meta.MediaStorageSOPInstanceUID = "2.25.2"
+    ds.file_meta.MediaStorageSOPInstanceUID = UID("2.25.2")
     ds.save_as(tmp_path / "y.dcm")
     result = check_integrity([tmp_path / "y.dcm", path])
     assert result.files_checked == 2
