@@ -331,6 +331,105 @@ def test_bad_tag_operation_files_name_the_file_and_entry(tmp_path: Path) -> None
         load_policy(tmp_path, [], ["override.yaml"])
 
 
+def test_tag_operation_entries_are_read_as_written(tmp_path: Path) -> None:
+    """Each form of entry lands on the tag it names, with its bounds and fixed value."""
+    from voxl_assets.deid.operations import Op, Operation
+
+    ops = tmp_path / "ops.yaml"
+    ops.write_text(
+        "operations:\n"
+        "  - {tag: '(0010, 0040)', op: keep}\n"
+        "  - {tag: '0008,1030', name: Description, op: replace, value: X}\n"
+        "  - {keyword: PatientAge, op: numeric_range, min: 18, max: 89}\n"
+        "  - {keyword: PatientWeight, op: numeric_range, max: 200.5}\n"
+        "  - {group: 0x0019, private_creator: ACME 1.1, element: 0x10, op: keep}\n"
+        "  - {group: 0x0029, private_creator: ACME, element: 0xFF, name: Dose, op: delete}\n"
+        "  - {group: 0x0029, private_creator: ACME, element: 0, op: keep}\n"
+    )
+    loaded = load_operations_file(ops)
+    assert loaded.public == {
+        0x00100040: Operation(Op.KEEP, "(0010, 0040)"),
+        0x00081030: Operation(Op.REPLACE, "Description", value="X"),
+        0x00101010: Operation(Op.NUMERIC_RANGE, "PatientAge", 18.0, 89.0),
+        0x00101030: Operation(Op.NUMERIC_RANGE, "PatientWeight", None, 200.5),
+    }
+    assert loaded.private == {
+        (0x0019, "ACME 1.1", 0x10): Operation(Op.KEEP, "(0019,xx10)"),
+        (0x0029, "ACME", 0xFF): Operation(Op.DELETE, "Dose"),
+        (0x0029, "ACME", 0x00): Operation(Op.KEEP, "(0029,xx00)"),
+    }
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ("[keep]", "expected a mapping, got list"),
+        ("{keyword: PatientName, op: keep, colour: red}", r"unknown field\(s\) \['colour'\]"),
+        ("{keyword: PatientAge, op: numeric_range}", "numeric_range needs min and/or max"),
+        ("{keyword: PatientAge, op: numeric_range, min: ten}", "min must be a number"),
+        ("{keyword: PatientAge, op: numeric_range, max: [1]}", "max must be a number"),
+        ("{tag: '0010', op: keep}", "tag must look like 'gggg,eeee'"),
+        ("{tag: 'zz10,0010', op: keep}", "tag must look like 'gggg,eeee'"),
+        ("{op: keep}", "needs keyword, tag, or group"),
+        ("{tag: '0019,0010', op: keep}", "private tags need group, private_creator"),
+        (
+            "{group: 0x0019, private_creator: X, element: 256, op: keep}",
+            "element must be the offset 0x00-0xFF",
+        ),
+        (
+            "{group: 0x0019, private_creator: X, element: -1, op: keep}",
+            "element must be the offset 0x00-0xFF",
+        ),
+        (
+            "{group: 0x0019, private_creator: X, element: '1', op: keep}",
+            "element must be the offset 0x00-0xFF",
+        ),
+        ("{group: '0x0019', private_creator: X, element: 1, op: keep}", "group must be an odd"),
+    ],
+)
+def test_each_bad_entry_is_refused_naming_what_is_wrong(
+    tmp_path: Path, entry: str, message: str
+) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"operations:\n  - {{keyword: PatientID, op: keep}}\n  - {entry}\n")
+    with pytest.raises(TagOperationsError, match=r"bad.yaml: operations\[1\]: " + message):
+        load_operations_file(bad)
+    bad.write_text("operations: {keyword: PatientID, op: keep}\n")
+    with pytest.raises(TagOperationsError, match="expected a mapping with an 'operations' list"):
+        load_operations_file(bad)
+
+
+def test_later_files_and_matching_overrides_win(tmp_path: Path) -> None:
+    """Base files merge in order (later wins); an override applies to the manufacturers its
+    regex matches, on top of the base, and to no other."""
+    from voxl_assets.deid.operations import Op
+
+    identity = [{"keyword": k, "op": op} for k, op in IDENTITY.items()]
+    first = [
+        *identity,
+        {"keyword": "PatientSex", "op": "keep"},
+        {"keyword": "Modality", "op": "keep"},
+    ]
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump({"operations": first}))
+    second = [{"keyword": "PatientSex", "op": "delete"}]
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump({"operations": second}))
+    vendor = [
+        {"keyword": "Modality", "op": "delete"},
+        {"keyword": "BodyPartExamined", "op": "keep"},
+    ]
+    (tmp_path / "v.yaml").write_text(
+        yaml.safe_dump({"manufacturer": "(?i)^acme", "operations": vendor})
+    )
+    policy = load_policy(tmp_path, ["a.yaml", "b.yaml"], ["v.yaml"])
+    assert policy.base.public[0x00100040].op is Op.DELETE  # b.yaml after a.yaml
+    other = policy.for_manufacturer("Other Corp")
+    assert other.public[0x00080060].op is Op.KEEP and 0x00180015 not in other.public
+    acme = policy.for_manufacturer("ACME Medical")
+    assert acme.public[0x00080060].op is Op.DELETE and acme.public[0x00180015].op is Op.KEEP
+    assert policy.for_manufacturer("ACME Medical") is acme  # once per manufacturer
+    assert policy.for_manufacturer("Other Corp") is other
+
+
 IDENTITY = {
     "SOPClassUID": "keep",
     "SOPInstanceUID": "replace_uid",

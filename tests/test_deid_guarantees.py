@@ -133,3 +133,49 @@ def test_the_date_shift_differs_between_patients_and_holds_within_one(tmp_path: 
     distinct = {next(iter(dates)) for dates in shifted.values()}
     assert "20240301" not in distinct  # every date moved
     assert len(distinct) >= 5  # eight patients, shifts of 1..60 days: not one shift for all
+
+
+def test_study_identifiers_sort_values_and_never_print_them() -> None:
+    identifiers = StudyIdentifiers()
+    identifiers.add(" 47000022 ")
+    identifiers.add("47000022")  # the same value once
+    identifiers.add("1.2.826.0.1.3680043.9.7433.1.77")
+    identifiers.add("  ")
+    identifiers.add("AB", min_length=3)  # too short to be looked for
+    identifiers.add("ABC", min_length=3)
+    identifiers.add("Q")  # any length by default
+    identifiers.add_uid("1.2.3.4")
+    identifiers.add_name("DOE^JANE")
+    identifiers.add_birth_date("19610314")
+    assert identifiers.ids == {"47000022", "ABC", "Q"}
+    assert identifiers.uids == {"1.2.826.0.1.3680043.9.7433.1.77", "1.2.3.4"}
+    assert identifiers.names == {"DOE^JANE"}
+    assert identifiers.birth_dates == {"19610314"}
+    identifiers.add_name(" ")  # nothing
+    assert identifiers.names == {"DOE^JANE"}
+    assert len(identifiers) == 7
+    assert repr(identifiers) == str(identifiers) == "StudyIdentifiers(7 values)"
+
+
+def test_a_value_added_after_matching_began_is_matched_too() -> None:
+    """The compiled matcher is rebuilt when a value is added (the engine adds each instance's
+    identifiers as it reads them), and kept when nothing was."""
+    identifiers = StudyIdentifiers()
+    identifiers.add("47000022")
+    first = identifiers.matcher()
+    assert first.find("MRN 47000022") and not first.find("seen by Jane Doe on 14/03/1961")
+    assert identifiers.matcher() is first
+    identifiers.add("47000022")  # nothing new: the same matcher
+    assert identifiers.matcher() is first
+    for add, value, text in [
+        (identifiers.add_name, "DOE^JANE", "seen by Jane Doe"),
+        (identifiers.add_birth_date, "19610314", "born 14/03/1961"),
+        (
+            identifiers.add_uid,
+            "1.2.826.0.1.3680043.9.7433.1.78",
+            "ref 1.2.826.0.1.3680043.9.7433.1.78",
+        ),
+        (identifiers.add, "ACC5566778", "acc 5566778"),
+    ]:
+        add(value)
+        assert identifiers.matcher().find(text), value

@@ -258,3 +258,91 @@ def test_typed_birth_dates_in_public_files_are_caught(
     )
     report = scan_bundle(bundle, private_identifiers(private, PUBLIC_KEYS))
     assert [(h.column, h.rows) for h in report.hits] == [(column, [1])]
+
+
+def test_the_report_counts_every_file_and_row_it_scanned(tmp_path: Path) -> None:
+    """What the export records as scanned is what was: a count off by a batch or a file would
+    hide a file or rows the guard never read."""
+    private = _write_private(tmp_path)
+    bundle = tmp_path / "bundle"
+    (bundle / "omop").mkdir(parents=True)
+    notes = ["clear"] * 70_000  # two batches
+    pq.write_table(pa.table({"note_text": notes}), bundle / "omop" / "NOTE.parquet")
+    (bundle / "log.txt").write_text("started\nfinished\n")
+    report = scan_bundle(bundle, private_identifiers(private, PUBLIC_KEYS))
+    assert (report.files_scanned, report.rows_scanned) == (2, 70_002)
+    assert report.clean
+    assert report.summary() == "2 files, 70002 rows scanned: no private value found"
+
+
+def test_a_missing_value_and_a_typed_birth_date_in_the_private_files(tmp_path: Path) -> None:
+    """A null cell in a private column does not end the identifiers read after it, and a birth
+    date stored as a date (not text) is looked for as the dates people write."""
+    from datetime import date
+
+    private = tmp_path / "private"
+    private.mkdir()
+    persons = pa.table(
+        {
+            "person_id": pa.array([1, 2], pa.int64()),
+            "PrimaryMrn": pa.array([None, "47000022"], pa.string()),
+            "birth_date": pa.array([date(1961, 3, 14), None], pa.date32()),
+        }
+    )
+    pq.write_table(persons, private / "PERSON_LINKS.parquet")
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    notes = ["seen today", "MRN 47000022 reviewed", "born 14/03/1961, stable", "clear"]
+    pq.write_table(pa.table({"note_text": notes}), bundle / "NOTE.parquet")
+    report = scan_bundle(bundle, private_identifiers(sorted(private.glob("*")), PUBLIC_KEYS))
+    assert [(h.column, h.rows) for h in report.hits] == [("note_text", [1, 2])]
+
+
+def test_a_hit_names_at_most_ten_rows_and_counts_the_rest() -> None:
+    from voxl_assets.export.leak_guard import LeakHit
+
+    assert str(LeakHit("NOTE.parquet", "note_text", list(range(10)))) == (
+        "NOTE.parquet: column note_text: rows 0, 1, 2, 3, 4, 5, 6, 7, 8, 9"
+    )
+    for rows, more in ((11, 1), (12, 2)):
+        assert str(LeakHit("NOTE.parquet", "note_text", list(range(rows)))).endswith(
+            f"rows 0, 1, 2, 3, 4, 5, 6, 7, 8, 9 (+{more} more)"
+        )
+
+
+def test_columns_after_a_flag_a_date_or_an_empty_column_are_still_scanned(tmp_path: Path) -> None:
+    """Flags, typed dates and all-null columns are skipped, and only they: the text columns
+    beside them, before or after, are scanned."""
+    from datetime import date
+
+    private = _write_private(tmp_path)
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    table = pa.table(
+        {
+            "flag": [True, False],
+            "note_before": ["clear", "MRN 47000022"],
+            "seen": pa.array([date(2024, 1, 2), None], pa.date32()),
+            "nothing": pa.nulls(2),
+            "note_after": ["pt_ACC5566778", "clear"],
+        }
+    )
+    pq.write_table(table, bundle / "NOTE.parquet")
+    report = scan_bundle(bundle, private_identifiers(private, PUBLIC_KEYS))
+    assert sorted((h.column, h.rows) for h in report.hits) == [
+        ("note_after", [0]),
+        ("note_before", [1]),
+    ]
+
+
+def test_the_summary_names_five_hits(tmp_path: Path) -> None:
+    private = _write_private(tmp_path)
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    columns = {f"note_{n}": ["clear", "MRN 47000022"] for n in range(6)}
+    pq.write_table(pa.table(columns), bundle / "NOTE.parquet")
+    report = scan_bundle(bundle, private_identifiers(private, PUBLIC_KEYS))
+    assert len(report.hits) == 6
+    summary = report.summary()
+    assert summary.startswith("6 leaks: NOTE.parquet: column note_0: rows 1;")
+    assert summary.count("NOTE.parquet") == 5 and "note_5" not in summary

@@ -6,6 +6,7 @@ carry their project's priority."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -184,3 +185,72 @@ def test_study_batches_carry_their_projects_priority(
     assert by_start == {low[0]: "-2", high[0]: "7"}
     nothing = _tick(study_batch_sensor, instance, result.cursor, database_url)
     assert list(nothing.run_requests or []) == []
+
+
+def test_an_extract_exported_in_its_state_by_another_run_is_not_exported_again(
+    instance: DagsterInstance, database_url: str
+) -> None:
+    """A lost cursor (or an export run by hand) does not send an extract twice: the end state the
+    last delivered bundle recorded is compared with the extract's; the extracts after it are
+    still judged."""
+    from dagster import AssetMaterialization
+
+    from voxl_assets.progress import END_STATE
+
+    database = VoxlDatabase(database_url)
+    _studies(database, "p", ["uploaded", "filtered"])
+    _studies(database, "q", ["uploaded"])
+    other = "q/2026-11-01T12-00-00"
+    requests = list(_tick(extract_export_sensor, instance, None, database_url).run_requests or [])
+    assert [r.partition_key for r in requests] == [EXTRACT_KEY, other]
+    signature = requests[0].run_key.rpartition(":")[2]  # type: ignore[union-attr]
+
+    def delivered(state: str) -> None:
+        instance.report_runless_asset_event(
+            AssetMaterialization("ehr_bundle", partition=EXTRACT_KEY, metadata={END_STATE: state})
+        )
+
+    delivered("another state")
+    again = _tick(extract_export_sensor, instance, None, database_url)
+    assert [r.partition_key for r in again.run_requests or []] == [EXTRACT_KEY, other]
+    delivered(signature)
+    last = _tick(extract_export_sensor, instance, None, database_url)
+    assert [r.partition_key for r in last.run_requests or []] == [other]
+
+
+@pytest.mark.parametrize("cursor", ["not json", "[1, 2]", "7"])
+def test_a_cursor_not_understood_starts_over(
+    instance: DagsterInstance, database_url: str, cursor: str
+) -> None:
+    database = VoxlDatabase(database_url)
+    _studies(database, "p", ["uploaded"])
+    result = _tick(extract_export_sensor, instance, cursor, database_url)
+    assert [r.partition_key for r in result.run_requests or []] == [EXTRACT_KEY]
+    assert EXTRACT_KEY in json.loads(result.cursor or "{}")
+
+
+@pytest.mark.parametrize("value", ["0", "1", "-3"])
+def test_batch_size_and_runs_per_tick_are_at_least_one(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    from sensors.study_sensor import batch_size, max_runs_per_tick
+
+    monkeypatch.setenv("VOXL_STUDY_BATCH_SIZE", value)
+    monkeypatch.setenv("VOXL_STUDY_MAX_RUNS_PER_TICK", value)
+    assert batch_size() == max_runs_per_tick() == 1
+
+
+def test_a_registry_that_does_not_load_gives_default_priorities(
+    instance: DagsterInstance, database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A broken project definition under review does not stall every project's studies."""
+    write_project(tmp_path / "projects", "p", name="p")
+    (tmp_path / "projects" / "broken.yaml").write_text("project: [unclosed\n")
+    monkeypatch.setenv("VOXL_PROJECTS_DIR", str(tmp_path / "projects"))
+    database = VoxlDatabase(database_url)
+    keys = [study_partition_key("p", i) for i in _studies(database, "p", ["queued"] * 2)]
+    instance.add_dynamic_partitions(STUDIES, keys)
+    result = _tick(study_batch_sensor, instance, None, database_url)
+    assert [(r.tags[RANGE_START], r.tags[PRIORITY]) for r in result.run_requests or []] == [
+        (keys[0], "0")
+    ]

@@ -103,6 +103,8 @@ def test_the_positional_cursor_of_earlier_versions_is_understood() -> None:
     requests, _ = queued_batch_requests(keys, _queued(keys), cursor, 10, 10)
     assert _ranges(requests) == [("p/5", "p/5", "0")]
     assert QueuedCursor.load(cursor.dump(), lambda: []) == cursor
+    # a positional cursor of 0 requested nothing: study 1 is still to be requested
+    assert QueuedCursor.load("0", lambda: ["p/1", "p/2"]) == QueuedCursor(0)
 
 
 def test_waiting_runs_cover_only_due_studies_and_key_on_the_opening() -> None:

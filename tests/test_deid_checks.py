@@ -1,0 +1,294 @@
+"""The independent output checks at their edges: what a finding says, where a number stops being
+an everyday count, how numbers hide in binary values, which UIDs may leave, and what makes a
+written file unsound. The engine relies on these to refuse a study; a check that passes what it
+should catch lets an identifier or a broken file out."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import (
+    UID,
+    CTImageStorage,
+    ExplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+    generate_uid,
+)
+
+from voxl_assets.deid.checks import (
+    CheckFinding,
+    CheckResult,
+    binary_number_hits,
+    check_integrity,
+    identifier_hits,
+    number_patterns,
+    number_string_hits,
+)
+from voxl_assets.deid.identifiers import StudyIdentifiers
+
+
+def test_a_summary_counts_files_and_shows_the_first_findings() -> None:
+    assert CheckResult(files_checked=3).summary() == "3 files checked, no findings"
+    assert CheckResult().passed and CheckResult().files_checked == 0
+    findings = [CheckFinding(f"f{n}.dcm", "(0010,0020)", "holds an identifier") for n in range(7)]
+    result = CheckResult(files_checked=7, findings=findings)
+    assert not result.passed
+    summary = result.summary()
+    assert summary.startswith("7 findings in 7 files: f0.dcm: (0010,0020): holds an identifier;")
+    assert summary.endswith("f4.dcm: (0010,0020): holds an identifier (+2 more)")
+    assert "f5.dcm" not in summary
+    exact = CheckResult(files_checked=5, findings=findings[:5]).summary()
+    assert "more" not in exact and "f4.dcm" in exact
+
+
+@pytest.mark.parametrize(
+    ("numbers", "value", "found"),
+    [
+        (frozenset({100_000}), b"1.0E5", True),  # the smallest number looked for
+        (frozenset({100_000}), b"100000.0 ", True),
+        (frozenset({99_999}), b"9.9999E4", False),  # an everyday count
+        (frozenset({99_999, 47_000_022}), b"99999", False),
+        (frozenset({47_000_022}), b"1\\4.7000022E7", True),
+        (frozenset({47_000_022}), b"4.70000225E7", False),  # not a whole number
+        (frozenset({47_000_022}), b"abc\\4.7000022E7", True),  # after a part that is no number
+        (frozenset(), b"4.7000022E7", False),
+    ],
+)
+def test_number_strings_hold_identifiers_from_the_smallest_looked_for(
+    numbers: frozenset[int], value: bytes, found: bool
+) -> None:
+    assert number_string_hits(value, numbers) is found
+
+
+def test_binary_numbers_are_found_at_any_offset_in_either_byte_order() -> None:
+    mrn = 47_000_022
+    for order, little in (("<", True), (">", False)):
+        for code in ("I", "Q", "f", "d"):
+            packed = struct.pack(order + code, mrn if code in "IQ" else float(mrn))
+            value = b"\x01\x02\x03" + packed + b"\x00"
+            assert binary_number_hits(value, frozenset({mrn}), little), (order, code)
+        other = struct.pack(order + "I", mrn)
+        assert not binary_number_hits(other, frozenset({mrn}), not little)
+    assert not binary_number_hits(struct.pack("<I", 99_999), frozenset({99_999}))
+    assert binary_number_hits(struct.pack("<I", 100_000), frozenset({100_000}))
+    # 2**32 and above fit only in 64 bits; 2**64 and above in neither integer
+    assert struct.pack("<I", 2**32 - 1) in number_patterns(frozenset({2**32 - 1}))
+    assert struct.pack("<Q", 2**32) in number_patterns(frozenset({2**32}))
+    assert len(number_patterns(frozenset({2**32}))) == 3
+    assert len(number_patterns(frozenset({2**64}))) == 2
+    assert struct.pack("<Q", 2**64 - 1) in number_patterns(frozenset({2**64 - 1}))
+
+
+def _dataset(**values: object) -> Dataset:
+    ds = Dataset()
+    for keyword, value in values.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+def test_uids_that_may_leave_and_those_that_may_not() -> None:
+    identifiers = StudyIdentifiers()
+    well_known = _dataset(SOPClassUID=CTImageStorage)
+    assert identifier_hits(well_known, identifiers, uids=True) == []
+    pseudonymous = _dataset(SOPInstanceUID="2.25.1234", ReferencedSOPInstanceUID="2.25.99")
+    assert identifier_hits(pseudonymous, identifiers, uids=True) == []
+    source = _dataset(SOPInstanceUID="1.2.826.0.1.3680043.9.7433.5")
+    assert identifier_hits(source, identifiers, uids=True) == ["(0008,0018)"]
+    assert identifier_hits(source, identifiers, uids=False) == []
+    assert identifier_hits(source, identifiers) == []  # the engine's prefilter: values only
+    second = _dataset(FailedSOPInstanceUIDList=["2.25.1", "1.2.3.4"])
+    assert identifier_hits(second, identifiers, uids=True) == ["(0008,0058)"]
+
+
+def _write(
+    path: Path, ds: Dataset, syntax: str = ExplicitVRLittleEndian, sop: str | None = None
+) -> Path:
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = sop or generate_uid()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = UID(syntax)
+    ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _image(rows: int = 4, columns: int = 4, bits: int = 16, **values: object) -> Dataset:
+    ds = _dataset(Rows=rows, Columns=columns, BitsAllocated=bits, **values)
+    return ds
+
+
+def _problems(path: Path) -> list[str]:
+    """The pixel data findings (the structure walk may refuse the same file too)."""
+    findings = check_integrity([path]).findings
+    return [f"{f.tag_path}: {f.problem}" for f in findings if f.tag_path != "file"]
+
+
+def test_integrity_of_native_pixel_data(tmp_path: Path) -> None:
+    whole = _image(SamplesPerPixel=1)
+    whole.PixelData = b"\0" * 32
+    assert _problems(_write(tmp_path / "whole.dcm", whole)) == []
+    short = _image()
+    short.PixelData = b"\0" * 30
+    assert _problems(_write(tmp_path / "short.dcm", short)) == [
+        "(7FE0,0010): pixel data shorter than the image needs"
+    ]
+    frames = _image(NumberOfFrames=2)
+    frames.PixelData = b"\0" * 32
+    assert _problems(_write(tmp_path / "frames.dcm", frames)) == [
+        "(7FE0,0010): pixel data shorter than the image needs"
+    ]
+    colour = _image(bits=8, SamplesPerPixel=3, PhotometricInterpretation="RGB")
+    colour.PixelData = b"\0" * 46
+    assert _problems(_write(tmp_path / "colour.dcm", colour)) == [
+        "(7FE0,0010): pixel data shorter than the image needs"
+    ]
+    subsampled = _image(bits=8, SamplesPerPixel=3, PhotometricInterpretation="YBR_FULL_422")
+    subsampled.PixelData = b"\0" * 32  # two samples a pixel
+    assert _problems(_write(tmp_path / "ybr.dcm", subsampled)) == []
+    bits = _image(rows=1, columns=3, bits=1)
+    bits.PixelData = b"\0\0"  # 3 bits need one byte
+    assert _problems(_write(tmp_path / "bits.dcm", bits)) == []
+    missing = _image()
+    assert _problems(_write(tmp_path / "missing.dcm", missing)) == [
+        "(7FE0,0010): an image without pixel data"
+    ]
+    no_rows = _dataset(Columns=4, BitsAllocated=16)
+    no_rows.PixelData = b"\0" * 32
+    assert _problems(_write(tmp_path / "no_rows.dcm", no_rows)) == [
+        "(7FE0,0010): pixel data without Rows, Columns or BitsAllocated"
+    ]
+    assert _problems(_write(tmp_path / "header.dcm", _dataset(Columns=4))) == []
+
+
+def _items(*fragments: bytes, end: bool = True) -> bytes:
+    data = b"".join(struct.pack("<II", 0xE000FFFE, len(f)) + f for f in fragments)
+    return data + (struct.pack("<II", 0xE0DDFFFE, 0) if end else b"")
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        (_items(b"", b"\xff\xd8\xff\xd9"), None),
+        (_items(b"", b"\xff\xd8", b"\xff\xd9"), None),
+        (_items(b"", b"\xff\xd8\xff\xd9", end=False), None),
+        (_items(b""), "encapsulated pixel data without fragments"),
+        (_items(b"", b"\xff\xd8\xff\xd9")[:-12], "encapsulated pixel data broken"),
+        (
+            _items(b"", b"\xff\xd8\xff\xd9")[:12] + struct.pack("<II", 0x12345678, 4) + b"abcd",
+            "encapsulated pixel data broken",
+        ),
+    ],
+)
+def test_integrity_of_encapsulated_pixel_data(
+    tmp_path: Path, data: bytes, problem: str | None
+) -> None:
+    ds = _image(bits=8)
+    ds.PixelData = data
+    ds["PixelData"].is_undefined_length = True
+    path = _write(tmp_path / "jpeg.dcm", ds, JPEGBaseline8Bit)
+    found = [f.problem for f in check_integrity([path]).findings if f.tag_path == "(7FE0,0010)"]
+    assert found == ([problem] if problem else [])
+
+
+def test_integrity_needs_the_sop_instance_uid_of_the_file_meta(tmp_path: Path) -> None:
+    path = _write(tmp_path / "x.dcm", _dataset(Columns=4))
+    assert check_integrity([path]).passed
+    ds = dcmread(_write(tmp_path / "y.dcm", _dataset(Columns=4), sop="2.25.1"))
+    ds.file_meta.MediaStorageSOPInstanceUID = UID("2.25.2")
+    ds.save_as(tmp_path / "y.dcm")
+    result = check_integrity([tmp_path / "y.dcm", path])
+    assert result.files_checked == 2
+    assert [str(f) for f in result.findings] == [
+        "y.dcm: (0008,0018): SOP Instance UID missing or unlike the file meta's"
+    ]
+    (tmp_path / "z.dcm").write_bytes(b"not dicom")
+    unreadable = check_integrity([tmp_path / "z.dcm"])
+    assert [f.tag_path for f in unreadable.findings] == ["file"]
+
+
+def test_the_tags_the_engine_writes_are_allowed_whatever_the_allow_list() -> None:
+    from voxl_assets.deid.checks import disallowed_tags
+    from voxl_assets.deid.operations import TagOperations
+
+    ds = _dataset(PatientIdentityRemoved="YES", DeidentificationMethod="VOXL", PatientSex="F")
+    assert disallowed_tags(ds, TagOperations()) == ["(0010,0040)"]
+
+
+UID_TAGS = ("(0008,0016)", "(0008,0018)")
+
+
+def test_check_output_reads_every_file_its_preamble_and_file_meta(tmp_path: Path) -> None:
+    from voxl_assets.deid.checks import check_output
+    from voxl_assets.deid.operations import TagOperations, TagPolicy
+
+    identifiers = StudyIdentifiers()
+    identifiers.add("47000022")
+    policy = TagPolicy(TagOperations())
+    clean = _write(tmp_path / "clean.dcm", _dataset(), sop="2.25.7")
+    preamble = dcmread(_write(tmp_path / "preamble.dcm", _dataset(), sop="2.25.8"))
+    preamble.preamble = b"MRN 47000022".ljust(128, b"\0")
+    preamble.save_as(tmp_path / "preamble.dcm")
+    meta = dcmread(_write(tmp_path / "meta.dcm", _dataset(), sop="2.25.9"))
+    meta.file_meta.SourceApplicationEntityTitle = "PACS47000022"
+    meta.save_as(tmp_path / "meta.dcm")
+    (tmp_path / "broken.dcm").write_bytes(b"not dicom")
+    files = [clean, tmp_path / "preamble.dcm", tmp_path / "meta.dcm", tmp_path / "broken.dcm"]
+    allow, leaks = check_output(files, policy, identifiers)
+    assert allow.files_checked == leaks.files_checked == 4
+    assert [str(f) for f in leaks.findings] == [
+        "preamble.dcm: preamble: holds an identifier",
+        "meta.dcm: file meta (0002,0016): holds an identifier of the study",
+        "broken.dcm: file: not readable (InvalidDicomError)",
+    ]
+    names = ("clean.dcm", "preamble.dcm", "meta.dcm")  # an empty allow-list keeps no UID
+    assert [str(f) for f in allow.findings] == [
+        *(f"{name}: {tag}: not in the allow-list" for name in names for tag in UID_TAGS),
+        "broken.dcm: file: not readable (InvalidDicomError)",
+    ]
+
+
+def test_pixel_data_is_not_read_as_text_or_numbers_but_other_binary_values_are() -> None:
+    """Pixel values are images, not text: any 8 bytes of an image may spell an MRN. The same
+    bytes in another binary value (an encapsulated document) are a leak."""
+    identifiers = StudyIdentifiers()
+    identifiers.add("47000022")
+    spelled = b"MRN 47000022" + struct.pack("<I", 47_000_022)
+    for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+        ds = Dataset()
+        setattr(ds, keyword, spelled)
+        assert identifier_hits(ds, identifiers) == [], keyword
+    document = Dataset()
+    document.EncapsulatedDocument = spelled
+    assert identifier_hits(document, identifiers) == ["(0042,0011)"]
+
+
+@pytest.mark.filterwarnings("ignore:Unknown encoding")
+def test_converted_values_are_encoded_as_written_and_unknown_charsets_still_read() -> None:
+    identifiers = StudyIdentifiers()
+    identifiers.add("47000022")
+    number = Dataset()
+    number.NumberOfWaveformSamples = 47_000_022  # UL, converted by pydicom: little-endian bytes
+    assert identifier_hits(number, identifiers) == ["(003A,0010)"]
+    unknown = _dataset(SpecificCharacterSet="ISO_IR 999", PatientComments="MRN 47000022")
+    assert identifier_hits(unknown, identifiers) == ["(0010,4000)"]
+
+
+def test_a_cached_allow_list_of_another_object_is_not_used() -> None:
+    """The allow-list cache is keyed by object id; an id can be reused once an object is gone."""
+    from voxl_assets.deid.checks import _ALLOWED_CACHE, _allowed_sets, disallowed_tags
+    from voxl_assets.deid.operations import Op, Operation, TagOperations
+
+    keeps = TagOperations({0x00100040: Operation(Op.KEEP, "PatientSex")})
+    deletes = TagOperations({0x00100040: Operation(Op.DELETE, "PatientSex")})
+    _allowed_sets(keeps)
+    _ALLOWED_CACHE[id(deletes)] = _ALLOWED_CACHE[id(keeps)]  # as if ``deletes`` reused its id
+    try:
+        assert disallowed_tags(_dataset(PatientSex="F"), deletes) == ["(0010,0040)"]
+        assert disallowed_tags(_dataset(PatientSex="F"), keeps) == []
+    finally:
+        _ALLOWED_CACHE.pop(id(deletes), None)
