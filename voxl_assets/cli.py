@@ -286,6 +286,28 @@ def _study_keys(
     return keys, extract_keys
 
 
+def _registered_project(slug: str) -> tuple[ProjectRegistry, ProjectDefinition] | None:
+    """The validated registry and its project ``slug``; None after a one-line error when it is
+    not registered (refused from plain YAML first, before pydantic and pydicom load) or the
+    registry does not validate."""
+    declared = _declared_slugs()
+    if declared is not None and slug not in declared:
+        _error(f"project '{slug}' is not registered (see `voxl check-config`)")
+        return None
+    from voxl_assets.project_config import ProjectConfigError, ProjectRegistry
+
+    try:
+        registry = ProjectRegistry.load()
+    except ProjectConfigError as exc:
+        _error(str(exc))
+        return None
+    project = registry.get(slug)
+    if project is None:
+        _error(f"project '{slug}' is not registered (see `voxl check-config`)")
+        return None
+    return registry, project
+
+
 def _declared_slugs() -> set[str] | None:
     """The ``project.slug`` of every definition, read as plain YAML: an unknown project is refused
     at once, before the registry is validated (which loads pydantic and pydicom). None when a file
@@ -306,20 +328,10 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     import time
     import uuid
 
-    declared = _declared_slugs()
-    if declared is not None and args.project not in declared:
-        _error(f"project '{args.project}' is not registered (see `voxl check-config`)")
+    registered = _registered_project(args.project)
+    if registered is None:
         return EXIT_BAD_INPUT
-    from voxl_assets.project_config import ProjectConfigError, ProjectRegistry
-
-    try:
-        registry = ProjectRegistry.load()
-    except ProjectConfigError as exc:
-        _error(str(exc))
-        return EXIT_BAD_INPUT
-    if args.project not in registry:
-        _error(f"project '{args.project}' is not registered (see `voxl check-config`)")
-        return EXIT_BAD_INPUT
+    registry = registered[0]
     keys, extract_keys = _study_keys(args.project, args.extract, args.failed_only)
     if not extract_keys:
         _error(
@@ -417,21 +429,10 @@ def cmd_deid_preview(args: argparse.Namespace) -> int:
     if not folder.is_dir():
         _error(f"{folder}: not a folder (give a folder of DICOM files, or of study folders)")
         return EXIT_BAD_INPUT
-    declared = _declared_slugs()
-    if declared is not None and args.project not in declared:
-        _error(f"project '{args.project}' is not registered (see `voxl check-config`)")
+    registered = _registered_project(args.project)
+    if registered is None:
         return EXIT_BAD_INPUT
-    from voxl_assets.project_config import ProjectConfigError, ProjectRegistry
-
-    try:
-        registry = ProjectRegistry.load()
-    except ProjectConfigError as exc:
-        _error(str(exc))
-        return EXIT_BAD_INPUT
-    project = registry.get(args.project)
-    if project is None:
-        _error(f"project '{args.project}' is not registered (see `voxl check-config`)")
-        return EXIT_BAD_INPUT
+    registry, project = registered
     from voxl_assets.export.deid_preview import preview_report, sample_studies
 
     if not sample_studies(folder):
