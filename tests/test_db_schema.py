@@ -53,23 +53,29 @@ def test_migrations_match_the_models(database_url: str) -> None:
     assert differences == []
 
 
-def test_0002_registers_existing_extracts_as_ingested(database_url: str) -> None:
+def _rows_at_revision_then_head(database_url: str, revision: str, *inserts: str) -> None:
+    """Migrate to ``revision``, write rows as that schema held them, then migrate to the head."""
     engine = create_engine(database_url)
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     with engine.begin() as connection:
         config.attributes["connection"] = connection
-        command.upgrade(config, "0001")
-        connection.execute(
-            text(
-                "INSERT INTO extracts (project, extract_datetime, source_path, registered_at) "
-                "VALUES ('p', '2026-11-01 12:00:00', '/data/e1', '2026-11-02 08:00:00')"
-            )
-        )
+        command.upgrade(config, revision)
+        for insert in inserts:
+            connection.execute(text(insert))
     with engine.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
     engine.dispose()
+
+
+def test_0002_registers_existing_extracts_as_ingested(database_url: str) -> None:
+    _rows_at_revision_then_head(
+        database_url,
+        "0001",
+        "INSERT INTO extracts (project, extract_datetime, source_path, registered_at) "
+        "VALUES ('p', '2026-11-01 12:00:00', '/data/e1', '2026-11-02 08:00:00')",
+    )
     database = VoxlDatabase(database_url)
     try:
         with database.session() as session:
@@ -87,29 +93,15 @@ def test_0002_registers_existing_extracts_as_ingested(database_url: str) -> None
 def test_0007_keeps_existing_exports_as_first_deliveries(database_url: str) -> None:
     """Exports recorded before 0007 become revision 1 with no instances listed (their list is
     completed on the study's next run: ``tests/test_redeliver_topped_up.py``)."""
-    engine = create_engine(database_url)
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.upgrade(config, "0003")
-        connection.execute(
-            text(
-                "INSERT INTO studies (id, project, mrn, accession_number, study_uid, series_uid,"
-                " status, status_updated_at, attempts, created_at) VALUES (1, 'p', 'm', 'a',"
-                " '', '', 'uploaded', '2026-11-02 08:00:00', 1, '2026-11-02 08:00:00')"
-            )
-        )
-        connection.execute(
-            text(
-                "INSERT INTO study_exports (study_id, destination, instances, bytes, exported_at)"
-                " VALUES (1, 'ftps://h:21/', 3, 99, '2026-11-02 08:00:00')"
-            )
-        )
-    with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.upgrade(config, "head")
-    engine.dispose()
+    _rows_at_revision_then_head(
+        database_url,
+        "0003",
+        "INSERT INTO studies (id, project, mrn, accession_number, study_uid, series_uid,"
+        " status, status_updated_at, attempts, created_at) VALUES (1, 'p', 'm', 'a',"
+        " '', '', 'uploaded', '2026-11-02 08:00:00', 1, '2026-11-02 08:00:00')",
+        "INSERT INTO study_exports (study_id, destination, instances, bytes, exported_at)"
+        " VALUES (1, 'ftps://h:21/', 3, 99, '2026-11-02 08:00:00')",
+    )
     database = VoxlDatabase(database_url)
     try:
         with database.session() as session:
