@@ -14,7 +14,7 @@ VOXL's and Dagster's modules were imported, as in a running worker. Reported: mi
 study, the ratio, peak memory and CPU of each side, and Dagster's storage size per study.
 Targets (issue 17): at most 30 ms per study on the Dagster path, at most 1.5x the floor.
 
-    uv run python -m benchmarks.orchestration [--studies 1000] [--backends sqlite,postgres]
+    uv run --extra dev --extra bench python -m benchmarks.orchestration [--studies 1000] [--backends sqlite,postgres]
         [--batch 200] [--workers 4]
 """
 
