@@ -62,8 +62,11 @@ def test_two_processes_sharing_one_bucket_stay_under_the_rate(postgres_url: str)
     assert _most_in_any_second(together) <= RATE + 1
     gaps = [later - earlier for earlier, later in itertools.pairwise(together)]
     assert min(gaps) >= 1 / RATE - 1e-3
-    # The two took turns, they did not each run at the full rate.
-    assert min(first) < max(second) and min(second) < max(first)
+    # The two took turns (slots go out in the order the row lock is taken): neither process
+    # starved while the other ran at the full rate.
+    owners = [0 if stamp in first else 1 for stamp in together]
+    longest_streak = max(len(list(run)) for _, run in itertools.groupby(owners))
+    assert longest_streak <= 2, owners
 
 
 @pytest.mark.integration

@@ -245,14 +245,15 @@ class ProjectSalt(Base):
 
 
 class ArchiveRateLimit(Base):
-    """The query rate of one archive, shared by every VOXL process and host: a token bucket
-    whose state lives in this row (taken under a row lock on PostgreSQL). ``override_qps``, set by
-    `voxl archives rate`, wins over the configured rate while it is set."""
+    """The query rate of one archive, shared by every VOXL process and host: on PostgreSQL
+    ``updated_at`` is the last query slot granted (reserved under a row lock, see
+    ``vna/rate.py``). ``override_qps``, set by `voxl archives rate`, wins over the configured rate
+    while it is set."""
 
     __tablename__ = "archive_rate_limits"
 
     archive: Mapped[str] = mapped_column(String(64), primary_key=True)
     configured_qps: Mapped[float] = mapped_column(Float)
     override_qps: Mapped[float | None] = mapped_column(Float, nullable=True)
-    tokens: Mapped[float] = mapped_column(Float, default=1.0)
+    tokens: Mapped[float] = mapped_column(Float, default=1.0)  # unused since slots replaced it
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

@@ -7,8 +7,9 @@ under a row lock (``SELECT ... FOR UPDATE``), so workers on several hosts share 
 its rate from the row, every few seconds.
 
 The rate is the configured one (``queries_per_second``) unless an operator set another with
-`voxl archives rate NAME QPS`, which running workers pick up at their next query. The shared bucket
-holds at most one token: across hosts the archive gets an even stream, never a burst.
+`voxl archives rate NAME QPS`, which running workers pick up at their next query. The shared limiter
+hands out evenly spaced slots in the order workers ask: across hosts the archive gets an even
+stream, never a burst, and no worker starves.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, text
@@ -92,20 +93,23 @@ def archive_rates(database: VoxlDatabase) -> list[ArchiveRate]:
 
 
 class SharedTokenBucket:
-    """One archive's bucket in the PostgreSQL row, taken under a row lock by every process.
+    """One archive's rate in the PostgreSQL row, shared by every process under a row lock.
 
-    Time is the database's clock (``clock_timestamp()`` in UTC), so hosts whose clocks differ still
-    share one rate.
+    Each query reserves the next free slot (``updated_at``, the last slot granted, plus 1/rate;
+    now if that has passed) in one short transaction, then sleeps until its slot: the generic cell
+    rate algorithm. Slots go out in the order the row lock is taken, so no worker starves (a
+    bucket polled until a token appears favours whoever wakes first, and one process can take
+    every token while another waits), and a burst is at most one query. Time is the database's
+    clock (``clock_timestamp()`` in UTC), so hosts whose clocks differ still share one rate.
     """
 
     _TAKE = text(
-        "SELECT tokens, COALESCE(override_qps, configured_qps) AS rate, updated_at, "
+        "SELECT COALESCE(override_qps, configured_qps) AS rate, updated_at AS last_slot, "
         "CAST(clock_timestamp() AT TIME ZONE 'UTC' AS timestamp) AS now "
         "FROM archive_rate_limits WHERE archive = :archive FOR UPDATE"
     )
     _PUT = text(
-        "UPDATE archive_rate_limits SET tokens = :tokens, updated_at = :now "
-        "WHERE archive = :archive"
+        "UPDATE archive_rate_limits SET tokens = 0, updated_at = :slot WHERE archive = :archive"
     )
 
     def __init__(
@@ -120,32 +124,26 @@ class SharedTokenBucket:
         self.archive = archive
         self.configured_qps = configured_qps
         self._sleep = sleep
-        self.last_grant: datetime | None = None  # the database's time of the last token taken
+        self.last_grant: datetime | None = None  # the database's time of the last slot granted
         register_archive_rate(database, archive, configured_qps)
 
     def acquire(self) -> float:
-        waited = 0.0
+        """Reserve the next slot and wait for it; returns the seconds waited."""
         while True:
             with self.database.engine.begin() as connection:
                 row = connection.execute(self._TAKE, {"archive": self.archive}).one_or_none()
-                if row is None:  # the row was removed by hand: record it again
-                    register_archive_rate(self.database, self.archive, self.configured_qps)
-                    continue
-                rate = float(row.rate)
-                elapsed = max(0.0, (row.now - row.updated_at).total_seconds())
-                tokens = min(1.0, float(row.tokens) + elapsed * rate)
-                taken = tokens >= 1.0
-                if taken:
-                    tokens -= 1.0
-                connection.execute(
-                    self._PUT, {"tokens": tokens, "now": row.now, "archive": self.archive}
-                )
-            if taken:
-                self.last_grant = row.now
-                return waited
-            needed = (1.0 - tokens) / rate
-            self._sleep(needed)
-            waited += needed
+                if row is not None:
+                    spacing = timedelta(seconds=1.0 / float(row.rate))
+                    slot = max(row.now, row.last_slot + spacing)
+                    connection.execute(self._PUT, {"slot": slot, "archive": self.archive})
+            if row is None:  # the row was removed by hand: record it again
+                register_archive_rate(self.database, self.archive, self.configured_qps)
+                continue
+            self.last_grant = slot
+            wait = (slot - row.now).total_seconds()
+            if wait > 0:
+                self._sleep(wait)
+            return wait
 
 
 class LocalTokenBucket:
