@@ -6,7 +6,14 @@ sides with TCP_NODELAY (dcmtk reads the TCP_NODELAY environment variable). Each 
 process; medians of several runs, the throughput ratio and VOXL's peak memory are reported.
 Target (issue 3): VOXL at least 0.9x movescu's throughput, peak under 300 MB.
 
-    .venv/bin/python -m benchmarks.retrieval [--instances 500] [--runs 3]
+Then small studies (issue 17): ``--small-studies`` studies of one 64x64 instance, each found
+(C-FIND) and retrieved (C-GET) in turn on kept associations, from an Orthanc left as Debian
+starts it (Nagle's algorithm on, as in most DCMTK-based archives) side by side with the same
+Orthanc started with TCP_NODELAY=1: milliseconds per study, medians of the runs, and the ratio.
+VOXL acknowledges at once (TCP_QUICKACK), so an archive's Nagle's algorithm should cost it
+nothing; without that, every response waited on a 40 ms delayed acknowledgement.
+
+    .venv/bin/python -m benchmarks.retrieval [--instances 500] [--runs 3] [--small-studies 100]
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -83,10 +91,71 @@ def movescu_retrieve(
     assert len(list(out.iterdir())) > 0
 
 
+def small_studies_ms(settings: VnaSettings, study_uids: list[str], out: Path) -> float:
+    """Median milliseconds to find and retrieve each study in turn, on kept associations."""
+    client = make_vna_client(settings)
+    times: list[float] = []
+    try:
+        for uid in study_uids:
+            started = time.perf_counter()
+            location = client.find_study(StudyQuery(uid, "", ""))
+            folder = out / uid
+            folder.mkdir(parents=True)
+            client.retrieve(location, folder)
+            times.append(time.perf_counter() - started)
+    finally:
+        client.close()
+    return 1000 * median(times)
+
+
+def small_studies(root: Path, count: int, runs: int) -> dict[str, Any]:
+    """One-instance studies from an Orthanc with Nagle's algorithm on and one with it off."""
+    source = root / "small"
+    uids = []
+    for i in range(count):
+        spec = StudySpec(
+            patient_id=f"SMALL-{i}",
+            accession_number=f"SMALL-ACC-{i}",
+            rows=64,
+            columns=64,
+            series=[SeriesSpec(instances=1)],
+        )
+        write_study(spec, source / str(i))
+        uids.append(spec.study_uid)
+    archives = {
+        "nagle_on": OrthancServer(root / "orthanc-nagle"),
+        "nagle_off": OrthancServer(root / "orthanc-nodelay", env={"TCP_NODELAY": "1"}),
+    }
+    result: dict[str, Any] = {"studies": count}
+    for name, archive in archives.items():
+        archive.start()
+        try:
+            archive.upload_folder(source)
+            settings = VnaSettings(
+                host="127.0.0.1",
+                port=archive.dicom_port,
+                ae_title=archive.ae_title,
+                calling_ae_title=VOXL_AE,
+                queries_per_second=100000.0,
+            )
+            per_run = [
+                small_studies_ms(settings, uids, root / f"small-{name}-{run}")
+                for run in range(runs)
+            ]
+        finally:
+            archive.stop()
+        result[name] = {"ms_per_study": round(median(per_run), 2), "runs": per_run}
+    result["ratio_nagle_on_vs_off"] = round(
+        result["nagle_on"]["ms_per_study"] / result["nagle_off"]["ms_per_study"], 2
+    )
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--instances", type=int, default=500)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--small-studies", type=int, default=100)
     args = parser.parse_args()
     tools = resolve_tools_or_exit(REFERENCE_TOOLS)
     with tempfile.TemporaryDirectory(prefix="voxl-bench-retrieval-") as tmp:
@@ -132,6 +201,7 @@ def main() -> None:
                     shutil.rmtree(out)
         finally:
             orthanc.stop()
+        small = small_studies(root, args.small_studies, args.runs) if args.small_studies else None
     size_mb = loaded * (512 * 512 * 2) / 1e6
     summary: dict[str, Any] = {"instances": loaded}
     for name, runs in results.items():
@@ -157,6 +227,13 @@ def main() -> None:
             f"{row['median_seconds']:9} {row['peak_mib']:9} {row.get('ratio_vs_movescu', ''):>6}"
         )
     print("(movescu's peak is the benchmark's python wrapper, not dcmtk's)")
+    if small is not None:
+        summary["small_studies"] = small
+        print(
+            f"{small['studies']} one-instance studies, find + C-GET each (ms/study, median): "
+            f"archive with Nagle's algorithm on {small['nagle_on']['ms_per_study']}, "
+            f"off {small['nagle_off']['ms_per_study']}, ratio {small['ratio_nagle_on_vs_off']}"
+        )
     print(f"written {write_result('retrieval', summary)}")
 
 

@@ -7,6 +7,7 @@ destination (STOW-RS). A session-wide instance is shared; tests clear it when th
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -36,8 +37,10 @@ class OrthancServer:
         extra_config: dict[str, Any] | None = None,
         count_deliveries: bool = False,
         count_queries: bool = False,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.extra_config = extra_config or {}
+        self.env = env  # added to Orthanc's environment (TCP_NODELAY=1: Nagle's algorithm off)
         self.count_deliveries = count_deliveries
         self.count_queries = count_queries
         self.root = root
@@ -142,7 +145,10 @@ class OrthancServer:
         config.write_text(json.dumps(self._config()))
         log = (self.root / "orthanc.log").open("wb")
         self._process = subprocess.Popen(
-            [ORTHANC, str(config)], stdout=log, stderr=subprocess.STDOUT
+            [ORTHANC, str(config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **self.env} if self.env else None,
         )
         if not wait_for_port(self.http_port, 30) or not wait_for_port(self.dicom_port, 30):
             self.stop()

@@ -23,7 +23,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
@@ -77,6 +77,43 @@ def _enable_tcp_nodelay() -> None:
 
 
 _enable_tcp_nodelay()
+
+_TCP_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux only
+
+
+def _acknowledge_promptly() -> None:
+    """Acknowledge what the archive sends at once (TCP_QUICKACK, set again after every send and
+    receive: the kernel drops it whenever it sees a request-response exchange).
+
+    An archive that leaves Nagle's algorithm on (DCMTK-based ones unless started with
+    TCP_NODELAY=1, Orthanc among them) holds the second PDU of a response until the first is
+    acknowledged, and Linux delays that acknowledgement up to 40 ms: measured against such an
+    Orthanc, a C-FIND took 44 ms instead of 2.7 and a three-instance C-GET 89 instead of 5.
+    """
+    if _TCP_QUICKACK is None or getattr(AssociationSocket, "_voxl_quickack", False):
+        return
+    send, recv = AssociationSocket.send, AssociationSocket.recv
+
+    def quickack(sock: socket.socket | None) -> None:
+        if sock is not None:
+            with suppress(OSError):  # closed meanwhile: the reactor finds out itself
+                sock.setsockopt(socket.IPPROTO_TCP, cast(int, _TCP_QUICKACK), 1)
+
+    def send_then_ack(self: AssociationSocket, bytestream: bytes) -> None:
+        send(self, bytestream)
+        quickack(self.socket)
+
+    def recv_then_ack(self: AssociationSocket, nr_bytes: int) -> bytearray:
+        data = recv(self, nr_bytes)
+        quickack(self.socket)
+        return data
+
+    AssociationSocket.send = send_then_ack  # type: ignore[method-assign]
+    AssociationSocket.recv = recv_then_ack  # type: ignore[method-assign]
+    AssociationSocket._voxl_quickack = True  # type: ignore[attr-defined]
+
+
+_acknowledge_promptly()
 
 # pynetdicom's DUL thread sleeps this long whenever the socket has nothing to read; at its default
 # (1 ms) every instance of a retrieval waits about a millisecond before its C-STORE response goes
