@@ -129,7 +129,7 @@ def test_the_ui_is_sent_each_settings_source_and_no_secret(
         name: {field: _shown(value) for field, value in values.items()}
         for name, values in _snapshot(defs).items()
     }
-    assert shown["hashing"]["key"] == "$VOXL_HASHING_KEY"
+    assert shown["hashing"]["key"] == ""  # a hashing service holds the key: none is read
     assert shown["hashing"]["remote_url"] == "$VOXL_HASHING_URL"
     assert shown["hashing"]["remote_token"] == "$VOXL_HASHING_TOKEN"
     assert shown["vna"]["host"] == "$VOXL_VNA_HOST"
@@ -141,6 +141,24 @@ def test_the_ui_is_sent_each_settings_source_and_no_secret(
     assert shown["destinations"]["local_root"] == str(home)
     assert shown["voxl_db"]["url"] == f"sqlite:///{home / 'voxl.db'}"
     assert serialize_value(RepositorySnap.from_def(defs.get_repository_def())).count(SECRET) == 0
+
+
+def test_the_hashing_key_comes_from_the_environment_unless_a_service_holds_it(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from resources.hashing import HashingResource
+    from voxl_assets.deid.hashing import RemoteHashing
+
+    monkeypatch.delenv("VOXL_HASHING_KEY", raising=False)
+    monkeypatch.delenv("VOXL_HASHING_URL", raising=False)
+    assert _shown(_snapshot(build_definitions())["hashing"]["key"]) == "$VOXL_HASHING_KEY"
+    monkeypatch.setenv("VOXL_HASHING_URL", "https://hashing.hospital.example")
+    resources = build_definitions().resources or {}
+    resource = resources["hashing"]
+    assert isinstance(resource, HashingResource)
+    with build_resources({"hashing": resource}) as built:  # no VOXL_HASHING_KEY: still starts
+        backend = built.hashing.backend(None)
+    assert isinstance(backend, RemoteHashing)
 
 
 def test_production_guesses_nothing(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:

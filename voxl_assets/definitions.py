@@ -69,11 +69,12 @@ def _shared_resources(home: Path | None) -> dict[str, Any]:
             **_given(directory=folder("extracts")),
         ),
         # The hashing key is a secret: only ever from the environment, required at launch. A
-        # hashing service (VOXL_HASHING_URL) holds the key and salts itself; its token is secret.
+        # hashing service (VOXL_HASHING_URL) holds the key and salts itself (its token is
+        # secret): a deployment that uses one has no key to set.
         "hashing": configured(
             HashingResource,
             {"remote_url": "VOXL_HASHING_URL", "remote_token": "VOXL_HASHING_TOKEN"},
-            key=EnvVar("VOXL_HASHING_KEY"),
+            **({} if os.environ.get("VOXL_HASHING_URL") else {"key": EnvVar("VOXL_HASHING_KEY")}),
         ),
         "vna": configured(
             VnaResource,
