@@ -205,7 +205,14 @@ def check_counts(counts: dict[str, int], studies: int) -> None:
 
 
 def import_modules() -> None:
-    """VOXL's and Dagster's modules, imported before the timed processes are forked."""
+    """VOXL's and Dagster's modules, imported before the timed processes are forked (Dagster's
+    storage modules too: an instance imports them when first made, 4 s on this machine, which is
+    a process's start, not a study's cost)."""
+    import dagster._core.storage.event_log.sqlite
+    import dagster._core.storage.runs.sqlite
+    import dagster._core.storage.schedules.sqlite  # noqa: F401
+    import dagster_postgres  # noqa: F401
+
     import voxl_assets.definitions
     import voxl_assets.orchestration  # noqa: F401
     from voxl_assets.imaging import batch_run, stages  # noqa: F401
