@@ -5,8 +5,8 @@ will actually leave the hospital; ``identifier_hits`` is also how the engine con
 fast in-memory prefilter flags. Every element is checked whatever its VR, whole (no length
 cut-off), at any depth, decoded in each of the instance's character sets (and as UTF-8 and
 Latin-1), under the shared matching rules of ``voxl_assets/identifier_rules.py``; number strings
-and binary numbers are compared with numeric identifiers; UI values must be well-known or
-pseudonymous. Findings name the file and the tag path, never the offending value.
+and binary numbers are compared with numeric identifiers; text hidden as base64, hex or UTF-16
+is decoded and looked in (``hidden_text.py``); UI values must be well-known or pseudonymous. Findings name the file and the tag path, never the offending value.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from pydicom.tag import BaseTag
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID_dictionary
 
 from voxl_assets.deid.embedded_text import marker_segments, segment_texts
+from voxl_assets.deid.hidden_text import hidden_hits
 from voxl_assets.deid.identifiers import ENGINE_TAGS, StudyIdentifiers
 from voxl_assets.deid.operations import Op, TagOperations, TagPolicy
 from voxl_assets.identifier_rules import IdentifierMatcher
@@ -284,6 +285,7 @@ def identifier_hits(
                 and number_string_hits(raw, matcher.numbers)
             )
             or binary_number_hits(raw, matcher.numbers, little)
+            or hidden_hits(raw, matcher, binary=vr in BINARY_VRS or dictionary in BINARY_VRS)
             or (uids and vr == "UI" and _foreign_uid(raw))
         ):
             hits.append(path)

@@ -38,6 +38,7 @@ from voxl_assets.deid.checks import (
     value_texts,
 )
 from voxl_assets.deid.encoding import element_header, encode_element, encode_file_meta
+from voxl_assets.deid.hidden_text import may_hide_identifiers, may_hide_text
 from voxl_assets.identifier_rules import IdentifierMatcher, fold, fold_ascii_bytes
 
 BIG_ENDIAN = "1.2.840.10008.1.2.2"
@@ -55,11 +56,15 @@ class EncodedHeader:
     pixel_range: tuple[int, int] | None = None  # pixel data inside ``data`` (slow path)
     texts: list[tuple[str, bytes]] = field(default_factory=list)  # (VR, value): not plain ASCII
     exponents: list[bytes] = field(default_factory=list)  # number strings with an exponent
+    hidden: list[tuple[bool, bytes]] = field(default_factory=list)  # (binary VR, value): see below
 
 
 def _triage(header: EncodedHeader, tag: int, vr: str, value: bytes) -> None:
     if tag in PIXEL_TAGS:
         return
+    binary = vr in checks.BINARY_VRS
+    if may_hide_text(value, binary=binary):  # base64, hex or UTF-16 to decode
+        header.hidden.append((binary, value))
     if not value.isascii() or 0x1B in value:
         header.texts.append((vr, value))
     elif vr in _NUMBER_STRINGS and (0x45 in value or 0x65 in value):
@@ -183,6 +188,8 @@ def may_hold_identifiers(
     if matcher.candidates_in_folded_bytes(fold_ascii_bytes(data)):
         return True
     if matcher.numbers and binary_number_hits(data, matcher.numbers, header.little_endian):
+        return True
+    if any(may_hide_identifiers(value, matcher, binary=binary) for binary, value in header.hidden):
         return True
     for vr, value in header.texts:
         for text in value_texts(value, vr, encodings):
