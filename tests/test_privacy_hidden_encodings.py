@@ -165,7 +165,9 @@ def test_a_short_name_is_found_when_the_whole_run_decodes_to_text(encoding: str)
     matcher = identifiers.matcher()
     hidden = ENCODINGS[encoding]("DOE^JANE")
     assert hidden_hits(b"ref " + hidden + b" ok", matcher, binary=False)
-    assert not hidden_hits(b"ref " + ENCODINGS[encoding]("DOEY JANET") + b" ok", matcher, binary=False)
+    assert not hidden_hits(
+        b"ref " + ENCODINGS[encoding]("DOEY JANET") + b" ok", matcher, binary=False
+    )
 
 
 @settings(max_examples=300, deadline=None)
