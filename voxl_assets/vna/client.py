@@ -774,7 +774,7 @@ class DimseVna:
         answers: list[Dataset] = []
         with self._association("find") as assoc:
             for status, answer in assoc.send_c_find(identifier, STUDY_ROOT_FIND):
-                if status is None:
+                if status is None or "Status" not in status:  # empty: the association broke
                     raise VnaUnavailable("the VNA stopped answering during C-FIND")
                 code = int(status.Status)
                 if code in (0xFF00, 0xFF01) and answer is not None:
@@ -936,7 +936,7 @@ class DimseVna:
         completed: int | None = None
         failed = 0
         for status, _ in responses:
-            if status is None:
+            if status is None or "Status" not in status:  # empty: the association broke
                 raise VnaUnavailable(f"the VNA stopped answering during {what}")
             code = int(status.Status)
             completed = _suboperations(status, "Completed", completed)
