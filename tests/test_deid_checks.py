@@ -292,3 +292,146 @@ def test_a_cached_allow_list_of_another_object_is_not_used() -> None:
         assert disallowed_tags(_dataset(PatientSex="F"), keeps) == []
     finally:
         _ALLOWED_CACHE.pop(id(deletes), None)
+
+
+def _private(ds: Dataset, group: int, block: int, creator: str, offset: int, value: str) -> None:
+    ds.add_new((group << 16) | block, "LO", creator)
+    ds.add_new((group << 16) | (block << 8) | offset, "LO", value)
+
+
+def test_private_elements_need_their_creator_and_offset_kept() -> None:
+    """A private element is allowed by (group, creator, offset), whatever its block, including
+    the last block (creator at xxxx,00FF); any other private element is reported."""
+    from voxl_assets.deid.checks import disallowed_tags
+    from voxl_assets.deid.operations import Op, Operation, TagOperations
+
+    keep = Operation(Op.KEEP, "kept")
+    operations = TagOperations(private={(0x0029, "ACME 1", 0x01): keep})
+    kept = Dataset()
+    _private(kept, 0x0029, 0xFF, "ACME 1", 0x01, "fine")
+    _private(kept, 0x0029, 0x10, "ACME 1", 0x01, "fine too")
+    assert disallowed_tags(kept, operations) == []
+    other = Dataset()
+    _private(other, 0x0029, 0x10, "ACME 1", 0x02, "MRN 47000022")  # offset not kept
+    _private(other, 0x0031, 0x11, "OTHER", 0x01, "x")  # creator not kept
+    assert disallowed_tags(other, operations) == [
+        "(0029,1002)",
+        "(0031,0011)",
+        "(0031,1101)",
+    ]
+    nested = Dataset()
+    nested.ReferencedImageSequence = [other]
+    assert disallowed_tags(nested, operations) == [
+        "(0008,1140)",
+        "(0008,1140)[0].(0029,1002)",
+        "(0008,1140)[0].(0031,0011)",
+        "(0008,1140)[0].(0031,1101)",
+    ]
+
+
+def test_elements_after_an_empty_one_are_still_checked() -> None:
+    """An element without a value (None) or with an empty value ends nothing: the elements after
+    it are read too."""
+    from voxl_assets.deid.checks import leaf_values
+
+    identifiers = StudyIdentifiers()
+    identifiers.add("47000022")
+    ds = _dataset(AccessionNumber="", PatientAge=None, PatientComments="MRN 47000022")
+    assert identifier_hits(ds, identifiers) == ["(0010,4000)"]
+    assert [path for path, *_ in leaf_values(ds, "", ["iso8859"])] == [
+        "(0008,0050)",
+        "(0010,4000)",
+    ]
+
+
+def test_a_converted_long_value_is_read_without_its_length_bytes() -> None:
+    """pydicom's converted values are encoded without their element header: for a VR with a
+    4-byte length (UT) the length bytes are not part of the value (a length that equals a
+    numeric identifier would read as one)."""
+    from voxl_assets.deid.checks import leaf_values
+
+    ds = _dataset(TextValue="47000022 at the start")
+    assert list(leaf_values(ds, "", ["iso8859"])) == [
+        ("(0040,A160)", 0x0040A160, "UT", b"47000022 at the start ")
+    ]
+    identifiers = StudyIdentifiers()
+    identifiers.add("100002")
+    long_text = _dataset(TextValue="x" * 100_002)
+    assert identifier_hits(long_text, identifiers) == []
+
+
+def test_dates_of_birth_are_not_looked_for_in_date_attributes_whatever_the_label() -> None:
+    """A newborn's study date may equal the birth date: an element is a date attribute when its
+    VR label or its dictionary VR says so (a private DA element, a date labelled UN)."""
+    identifiers = StudyIdentifiers()
+    identifiers.add_birth_date("20260101")
+    private = Dataset()
+    private.add_new(0x00290010, "LO", "ACME 1")
+    private.add_new(0x00291001, "DA", "20260101")
+    assert identifier_hits(private, identifiers) == []
+    unlabelled = Dataset()
+    unlabelled.add_new(0x00080020, "UN", b"20260101")  # StudyDate, VR label lost
+    assert identifier_hits(unlabelled, identifiers) == []
+    text = _dataset(PatientComments="born 20260101")
+    assert identifier_hits(text, identifiers) == ["(0010,4000)"]
+
+
+def test_a_preamble_without_an_identifier_is_no_finding(tmp_path: Path) -> None:
+    """A non-empty preamble (a TIFF header, an application's mark) is a finding only when it holds
+    an identifier."""
+    from voxl_assets.deid.checks import check_output
+    from voxl_assets.deid.operations import TagOperations, TagPolicy
+
+    identifiers = StudyIdentifiers()
+    identifiers.add("47000022")
+    ds = dcmread(_write(tmp_path / "tiff.dcm", _dataset(), sop="2.25.10"))
+    ds.preamble = b"II*\0 written by an application".ljust(128, b"\0")
+    ds.save_as(tmp_path / "tiff.dcm")
+    _allow, leaks = check_output([tmp_path / "tiff.dcm"], TagPolicy(TagOperations()), identifiers)
+    assert leaks.findings == []
+
+
+def test_integrity_reports_what_the_structure_walk_refuses(tmp_path: Path) -> None:
+    """A file pydicom reads without complaint although it ends inside its header."""
+    path = _write(tmp_path / "cut.dcm", _dataset(Columns=4, TextValue="x" * 40))
+    path.write_bytes(path.read_bytes()[:-10])
+    assert [str(f) for f in check_integrity([path]).findings] == [
+        "cut.dcm: file: file ends inside its header"
+    ]
+
+
+def test_encapsulated_pixel_data_that_does_not_start_with_an_item(tmp_path: Path) -> None:
+    ds = _image(bits=8)
+    ds.PixelData = _items(b"", b"\xff\xd8\xff\xd9")
+    ds["PixelData"].is_undefined_length = True
+    path = _write(tmp_path / "jpeg.dcm", ds, JPEGBaseline8Bit)
+    data = path.read_bytes()
+    first_item = data.index(b"\xfe\xff\x00\xe0")
+    path.write_bytes(data[:first_item] + b"\xfe\xff\x00\xe1" + data[first_item + 4 :])
+    found = [f.problem for f in check_integrity([path]).findings if f.tag_path == "(7FE0,0010)"]
+    assert found == ["encapsulated pixel data without items"]
+
+
+def test_numbers_are_looked_for_after_an_everyday_count_among_them() -> None:
+    numbers = frozenset({*range(1, 20), 47_000_022})
+    assert struct.pack("<I", 47_000_022) in number_patterns(numbers)
+    assert binary_number_hits(b"\x00" + struct.pack("<d", 47_000_022.0), numbers)
+
+
+def test_an_unknown_character_set_refused_by_strict_pydicom_still_reads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With pydicom validating strictly, an unknown SpecificCharacterSet raises instead of
+    warning: the value is still read, as ASCII-compatible bytes."""
+    from pydicom import config
+
+    from voxl_assets.deid.checks import instance_encodings
+
+    monkeypatch.setattr(config.settings, "reading_validation_mode", config.RAISE)
+    identifiers = StudyIdentifiers()
+    identifiers.add("47000022")
+    unknown = Dataset()
+    unknown.add_new(0x00080005, "CS", b"ISO_IR 999")
+    unknown.add_new(0x00104000, "LT", b"MRN 47000022")
+    assert instance_encodings(unknown) == ["iso8859"]
+    assert identifier_hits(unknown, identifiers) == ["(0010,4000)"]
