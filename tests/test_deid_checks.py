@@ -435,3 +435,91 @@ def test_an_unknown_character_set_refused_by_strict_pydicom_still_reads(
     unknown.add_new(0x00104000, "LT", b"MRN 47000022")
     assert instance_encodings(unknown) == ["iso8859"]
     assert identifier_hits(unknown, identifiers) == ["(0010,4000)"]
+
+
+def test_a_name_written_in_two_character_sets_is_read_as_one() -> None:
+    """マリ子 in ISO 2022 IR 13 and IR 87: half-width katakana from one set, the kanji from the
+    other. No single codec reads both halves; only decoding the escapes together does."""
+    identifiers = StudyIdentifiers()
+    identifiers.add_name("ﾏﾘ子^ﾀﾛｳ")
+    ds = Dataset()
+    ds.SpecificCharacterSet = ["ISO 2022 IR 13", "ISO 2022 IR 87"]
+    ds.PatientComments = "seen by ﾏﾘ子 today"
+    assert identifier_hits(ds, identifiers) == ["(0010,4000)"]
+
+
+def test_an_empty_samples_per_pixel_counts_as_one(tmp_path: Path) -> None:
+    ds = _image(SamplesPerPixel=None, NumberOfFrames=None)
+    ds.PixelData = b"\0" * 32
+    assert _problems(_write(tmp_path / "empty.dcm", ds)) == []
+
+
+def test_an_unreadable_file_does_not_end_the_checks(tmp_path: Path) -> None:
+    """Each file after an unreadable one is still read: by the integrity check and by both
+    output checks."""
+    from voxl_assets.deid.checks import check_output
+    from voxl_assets.deid.operations import TagOperations, TagPolicy
+
+    (tmp_path / "a-broken.dcm").write_bytes(b"not dicom")
+    leaking = _write(
+        tmp_path / "b-leak.dcm", _dataset(PatientComments="MRN 47000022"), sop="2.25.3"
+    )
+    short = _image()
+    short.PixelData = b"\0" * 30
+    _write(tmp_path / "c-short.dcm", short)
+    files = [tmp_path / "a-broken.dcm", leaking, tmp_path / "c-short.dcm"]
+    integrity = check_integrity(files)
+    assert [f"{f.file}: {f.tag_path}" for f in integrity.findings] == [
+        "a-broken.dcm: file",
+        "c-short.dcm: file",
+        "c-short.dcm: (7FE0,0010)",
+    ]
+    identifiers = StudyIdentifiers()
+    identifiers.add("47000022")
+    allow, leaks = check_output(files[:2], TagPolicy(TagOperations()), identifiers)
+    assert [f"{f.file}: {f.tag_path}" for f in leaks.findings] == [
+        "a-broken.dcm: file",
+        "b-leak.dcm: (0010,4000)",
+    ]
+    assert "b-leak.dcm: (0010,4000)" in [f"{f.file}: {f.tag_path}" for f in allow.findings]
+
+
+def test_the_allow_list_of_the_files_manufacturer_applies(tmp_path: Path) -> None:
+    from voxl_assets.deid.checks import check_output
+    from voxl_assets.deid.operations import (
+        ManufacturerOverride,
+        Op,
+        Operation,
+        TagOperations,
+        TagPolicy,
+    )
+    from voxl_assets.project_regex import ProjectRegex
+
+    keep = {
+        tag: Operation(Op.KEEP, name)
+        for tag, name in (
+            (0x00080016, "SOPClassUID"),
+            (0x00080018, "SOPInstanceUID"),
+            (0x00080070, "Manufacturer"),
+        )
+    }
+    sex = TagOperations({0x00100040: Operation(Op.KEEP, "PatientSex")})
+    policy = TagPolicy(TagOperations(keep), [ManufacturerOverride(ProjectRegex("ACME"), sex, "x")])
+    acme = _write(
+        tmp_path / "acme.dcm", _dataset(Manufacturer="ACME", PatientSex="F"), sop="2.25.4"
+    )
+    other = _write(
+        tmp_path / "other.dcm", _dataset(Manufacturer="Other", PatientSex="F"), sop="2.25.5"
+    )
+    allow, _leaks = check_output([acme, other], policy, StudyIdentifiers())
+    assert [str(f) for f in allow.findings] == ["other.dcm: (0010,0040): not in the allow-list"]
+
+
+def test_a_codec_python_does_not_know_skips_only_its_own_reading() -> None:
+    """The source's encodings come from outside the file; one Python cannot look up leaves the
+    UTF-8 and Latin-1 readings after it."""
+    identifiers = StudyIdentifiers()
+    identifiers.add_name("Müller^Jörg")
+    ds = Dataset()
+    ds.add_new(0x00104000, "LT", "Dr Müller".encode())
+    assert identifier_hits(ds, identifiers, encodings=["no-such-codec"]) == ["(0010,4000)"]
