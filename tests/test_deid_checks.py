@@ -523,3 +523,39 @@ def test_a_codec_python_does_not_know_skips_only_its_own_reading() -> None:
     ds = Dataset()
     ds.add_new(0x00104000, "LT", "Dr Müller".encode())
     assert identifier_hits(ds, identifiers, encodings=["no-such-codec"]) == ["(0010,4000)"]
+
+
+def test_private_elements_without_a_creator_or_outside_any_block_are_reported() -> None:
+    from voxl_assets.deid.checks import disallowed_tags
+    from voxl_assets.deid.operations import Op, Operation, TagOperations
+
+    operations = TagOperations(private={(0x0029, "ACME 1", 0x01): Operation(Op.KEEP, "kept")})
+    ds = Dataset()
+    _private(ds, 0x0029, 0x10, "ACME 1", 0x01, "fine")
+    ds.add_new(0x00291101, "LO", "no creator at (0029,0011)")
+    ds.add_new(0x00290100, "LO", "element 0100: no block")
+    assert disallowed_tags(ds, operations) == ["(0029,0100)", "(0029,1101)"]
+
+
+def test_bit_images_round_up_to_whole_bytes(tmp_path: Path) -> None:
+    ds = _image(rows=1, columns=17, bits=1)
+    ds.PixelData = b"\0\0"  # 17 bits need 3 bytes
+    assert _problems(_write(tmp_path / "bits.dcm", ds)) == [
+        "(7FE0,0010): pixel data shorter than the image needs"
+    ]
+
+
+def test_a_sequence_read_as_un_is_checked_item_by_item(tmp_path: Path) -> None:
+    """A private sequence in an implicit VR file has no VR the reader knows: an undefined-length
+    UN element is read as the sequence it is, so a finding names the item and the element."""
+    from pydicom.uid import ImplicitVRLittleEndian
+
+    item = _dataset(PatientComments="MRN 47000022")
+    ds = Dataset()
+    ds.add_new(0x00290010, "LO", "ACME 1")
+    ds.add_new(0x00291010, "SQ", [item])
+    ds[0x00291010].is_undefined_length = True
+    read = dcmread(_write(tmp_path / "un.dcm", ds, ImplicitVRLittleEndian))
+    identifiers = StudyIdentifiers()
+    identifiers.add("47000022")
+    assert identifier_hits(read, identifiers) == ["(0029,1010)[0].(0010,4000)"]
