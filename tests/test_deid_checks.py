@@ -559,3 +559,18 @@ def test_a_sequence_read_as_un_is_checked_item_by_item(tmp_path: Path) -> None:
     identifiers = StudyIdentifiers()
     identifiers.add("47000022")
     assert identifier_hits(read, identifiers) == ["(0029,1010)[0].(0010,4000)"]
+
+
+def test_a_source_uid_in_the_file_meta_is_a_finding(tmp_path: Path) -> None:
+    from voxl_assets.deid.checks import check_output
+    from voxl_assets.deid.operations import TagOperations, TagPolicy
+
+    ds = dcmread(_write(tmp_path / "meta.dcm", _dataset(), sop="2.25.11"))
+    ds.file_meta.MediaStorageSOPInstanceUID = UID("1.2.826.0.1.3680043.9.7433.5")
+    ds.save_as(tmp_path / "meta.dcm")
+    _allow, leaks = check_output(
+        [tmp_path / "meta.dcm"], TagPolicy(TagOperations()), StudyIdentifiers()
+    )
+    assert [str(f) for f in leaks.findings] == [
+        "meta.dcm: file meta (0002,0003): holds an identifier of the study"
+    ]
