@@ -43,6 +43,8 @@ def test_a_summary_counts_files_and_shows_the_first_findings() -> None:
     assert "f5.dcm" not in summary
     exact = CheckResult(files_checked=5, findings=findings[:5]).summary()
     assert "more" not in exact and "f4.dcm" in exact
+    one_more = CheckResult(files_checked=6, findings=findings[:6]).summary()
+    assert one_more.endswith("(+1 more)")
 
 
 @pytest.mark.parametrize(
@@ -448,10 +450,13 @@ def test_a_name_written_in_two_character_sets_is_read_as_one() -> None:
     assert identifier_hits(ds, identifiers) == ["(0010,4000)"]
 
 
-def test_an_empty_samples_per_pixel_counts_as_one(tmp_path: Path) -> None:
+def test_an_absent_or_empty_samples_per_pixel_counts_as_one(tmp_path: Path) -> None:
     ds = _image(SamplesPerPixel=None, NumberOfFrames=None)
     ds.PixelData = b"\0" * 32
     assert _problems(_write(tmp_path / "empty.dcm", ds)) == []
+    absent = _image()
+    absent.PixelData = b"\0" * 32
+    assert _problems(_write(tmp_path / "absent.dcm", absent)) == []
 
 
 def test_an_unreadable_file_does_not_end_the_checks(tmp_path: Path) -> None:
