@@ -373,6 +373,7 @@ def test_dates_of_birth_are_not_looked_for_in_date_attributes_whatever_the_label
     assert identifier_hits(private, identifiers) == []
     unlabelled = Dataset()
     unlabelled.add_new(0x00080020, "UN", b"20260101")  # StudyDate, VR label lost
+    unlabelled.add_new(0x00321000, "UN", b"20260101")  # ScheduledStudyStartDate: odd group bits
     assert identifier_hits(unlabelled, identifiers) == []
     text = _dataset(PatientComments="born 20260101")
     assert identifier_hits(text, identifiers) == ["(0010,4000)"]
