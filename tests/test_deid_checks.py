@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 from pydicom import dcmread
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.tag import BaseTag
 from pydicom.uid import (
     UID,
     CTImageStorage,
@@ -372,8 +374,8 @@ def test_dates_of_birth_are_not_looked_for_in_date_attributes_whatever_the_label
     private.add_new(0x00291001, "DA", "20260101")
     assert identifier_hits(private, identifiers) == []
     unlabelled = Dataset()
-    unlabelled.add_new(0x00080020, "UN", b"20260101")  # StudyDate, VR label lost
-    unlabelled.add_new(0x00321000, "UN", b"20260101")  # ScheduledStudyStartDate: odd group bits
+    unlabelled[0x00080020] = _unlabelled(0x00080020, b"20260101")  # StudyDate
+    unlabelled[0x00321000] = _unlabelled(0x00321000, b"20260101")  # ScheduledStudyStartDate
     assert identifier_hits(unlabelled, identifiers) == []
     text = _dataset(PatientComments="born 20260101")
     assert identifier_hits(text, identifiers) == ["(0010,4000)"]
@@ -551,20 +553,38 @@ def test_bit_images_round_up_to_whole_bytes(tmp_path: Path) -> None:
     ]
 
 
-def test_a_sequence_read_as_un_is_checked_item_by_item(tmp_path: Path) -> None:
-    """A private sequence in an implicit VR file has no VR the reader knows: an undefined-length
-    UN element is read as the sequence it is, so a finding names the item and the element."""
-    from pydicom.uid import ImplicitVRLittleEndian
+def _unlabelled(tag: int, value: bytes) -> RawDataElement:
+    """An element as read from an explicit VR file that labels it UN (the writer's dictionary did
+    not know it)."""
+    return RawDataElement(BaseTag(tag), "UN", len(value), value, 0, False, True)
 
-    item = _dataset(PatientComments="MRN 47000022")
+
+def test_a_sequence_labelled_un_is_checked_item_by_item() -> None:
+    """An undefined-length UN element is read as the sequence it is (its items in implicit VR),
+    so a finding names the item and the element."""
+    inner = struct.pack("<HHI", 0x0010, 0x4000, 12) + b"MRN 47000022"
+    item = struct.pack("<HHI", 0xFFFE, 0xE000, len(inner)) + inner
     ds = Dataset()
-    ds.add_new(0x00290010, "LO", "ACME 1")
-    ds.add_new(0x00291010, "SQ", [item])
-    ds[0x00291010].is_undefined_length = True
-    read = dcmread(_write(tmp_path / "un.dcm", ds, ImplicitVRLittleEndian))
+    ds[0x00081140] = RawDataElement(BaseTag(0x00081140), "UN", 0xFFFFFFFF, item, 0, False, True)
     identifiers = StudyIdentifiers()
     identifiers.add("47000022")
-    assert identifier_hits(read, identifiers) == ["(0029,1010)[0].(0010,4000)"]
+    assert identifier_hits(ds, identifiers) == ["(0008,1140)[0].(0010,4000)"]
+
+
+def test_number_strings_are_compared_as_numbers_by_label_or_dictionary() -> None:
+    """4.70000220E7 is the MRN as a number but not as text (another digit follows its digits)."""
+    identifiers = StudyIdentifiers()
+    identifiers.add("47000022")
+    private = Dataset()
+    private.add_new(0x00290010, "LO", "ACME 1")
+    private.add_new(0x00291001, "DS", "4.70000220E7")
+    assert identifier_hits(private, identifiers) == ["(0029,1001)"]
+    unlabelled = Dataset()
+    unlabelled[0x00180050] = _unlabelled(0x00180050, b"4.70000220E7")  # SliceThickness, DS
+    unlabelled[0x3002000E] = _unlabelled(0x3002000E, b"4.70000220E7")  # receptor angle, DS
+    assert identifier_hits(unlabelled, identifiers) == ["(0018,0050)", "(3002,000E)"]
+    text = _dataset(PatientComments="4.70000220E7")
+    assert identifier_hits(text, identifiers) == []
 
 
 def test_a_source_uid_in_the_file_meta_is_a_finding(tmp_path: Path) -> None:
