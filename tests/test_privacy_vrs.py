@@ -108,3 +108,63 @@ def test_checker_scans_every_vr_of_a_written_file(
     _allow, leaks = check_output([path], engine.policy, identifiers)
     assert not leaks.passed, vr
     assert "(0019,100E)" in leaks.summary()
+
+
+FIXED_SIZE_TAGS = {
+    "US": 0x00280010,  # Rows
+    "SS": 0x00189219,  # TagAngleSecondAxis
+    "OW": 0x00281201,  # RedPaletteColorLookupTableData
+    "UL": 0x003A0010,  # NumberOfWaveformSamples
+    "SL": 0x00186020,  # ReferencePixelX0
+    "FL": 0x00089459,  # RecommendedDisplayFrameRateInFloat
+    "OF": 0x00181638,  # VerticesOfThePolygonalOutline
+    "OL": 0x00660040,  # LongPrimitivePointIndexList
+    "AT": 0x00720060,  # SelectorATValue
+    "FD": 0x00081163,  # TimeRange
+    "OD": 0x003A032E,  # FilterLookupTableData
+    "UV": 0x0008040C,  # FileOffsetInContainer
+    "SV": 0x00720082,  # SelectorSVValue
+    "OV": 0x00720081,  # SelectorOVValue
+}
+SIZES = {"US": 2, "SS": 2, "OW": 2, "UL": 4, "SL": 4, "FL": 4, "OF": 4, "OL": 4, "AT": 4}
+
+
+@pytest.mark.parametrize("vr", list(FIXED_SIZE_TAGS))
+def test_untyped_bytes_take_a_binary_vr_when_they_are_whole_values(vr: str) -> None:
+    """UN bytes are relabelled with a binary dictionary VR when they hold whole values of it (one
+    value, two), and removed when a value would be cut."""
+    from pydicom.dataelem import RawDataElement
+    from pydicom.dataset import Dataset
+    from pydicom.tag import BaseTag
+
+    from voxl_assets.deid.kept_values import conform_vr
+
+    tag = BaseTag(FIXED_SIZE_TAGS[vr])
+    size = SIZES.get(vr, 8)
+    for count in (1, 2):
+        ds = Dataset()
+        value = bytes(range(1, size * count + 1))
+        ds[tag] = RawDataElement(tag, "UN", len(value), value, 0, False, True)
+        assert conform_vr(ds, tag, None) == f"{tag} UN relabelled {vr}"
+        relabelled = ds.get_item(tag)
+        assert (relabelled.VR, relabelled.value) == (vr, value)
+    cut = Dataset()
+    half = size + size // 2  # a value and a half
+    cut[tag] = RawDataElement(tag, "UN", half, bytes(half), 0, False, True)
+    assert conform_vr(cut, tag, None) == f"{tag} removed: a UN value cannot be {vr}"
+    assert tag not in cut
+
+
+def test_untyped_bytes_take_ob_where_the_dictionary_allows_it() -> None:
+    """EncapsulatedDocument is OB; a pixel-like element may be OB or OW: OB takes any bytes."""
+    from pydicom.dataelem import RawDataElement
+    from pydicom.dataset import Dataset
+    from pydicom.tag import BaseTag
+
+    from voxl_assets.deid.kept_values import conform_vr
+
+    for number in (0x00420011, 0x54001010):  # EncapsulatedDocument (OB); WaveformData (OB or OW)
+        tag = BaseTag(number)
+        ds = Dataset()
+        ds[tag] = RawDataElement(tag, "UN", 3, b"%PD", 0, False, True)
+        assert conform_vr(ds, tag, None) == f"{tag} UN relabelled OB", hex(number)
