@@ -274,3 +274,28 @@ def test_foreign_uids_are_replaced_in_place_and_well_known_ones_kept() -> None:
     single.add_new(tag, "UI", "1.2.3.4.5")
     replace_foreign_uids(single, tag, replace)
     assert single[tag].value == "2.25.9"
+
+
+def test_untyped_bytes_of_an_attribute_with_two_vrs_take_the_first_in_order() -> None:
+    """US or SS: the same choice in every process (SS), whatever order a set iterates in."""
+    from pydicom.dataset import Dataset
+
+    from voxl_assets.deid.kept_values import conform_vr
+
+    for number, vr in [(0x00280106, "SS"), (0x00283006, "OW")]:  # US or SS; US or OW
+        tag = BaseTag(number)
+        ds = Dataset()
+        ds[tag] = _raw(number, "UN", b"\x01\x00")
+        assert conform_vr(ds, tag, None) == f"{tag} UN relabelled {vr}"
+
+
+def test_empty_values_among_kept_uids_stay_empty() -> None:
+    from pydicom.dataset import Dataset
+
+    from voxl_assets.deid.kept_values import replace_foreign_uids
+
+    tag = BaseTag(0x00081150)
+    ds = Dataset()
+    ds.add_new(tag, "UI", ["", "1.2.3.4"])
+    replace_foreign_uids(ds, tag, lambda uid: "2.25." + str(len(uid)))
+    assert list(ds[tag].value) == ["", "2.25.7"]
