@@ -299,3 +299,7 @@ def test_empty_values_among_kept_uids_stay_empty() -> None:
     ds.add_new(tag, "UI", ["", "1.2.3.4"])
     replace_foreign_uids(ds, tag, lambda uid: "2.25." + str(len(uid)))
     assert list(ds[tag].value) == ["", "2.25.7"]
+    raw = Dataset()
+    raw[tag] = _raw(0x00081150, "UI", b"\\1.2.3.4\0")
+    replace_foreign_uids(raw, tag, lambda uid: "2.25." + str(len(uid)))
+    assert raw.get_item(tag).value == b"\\2.25.7\0"
