@@ -186,3 +186,16 @@ def test_a_malformed_digest_from_the_service_is_refused(digest: str) -> None:
             RemoteHashing(f"http://127.0.0.1:{server.server_port}").digest("p", "id", "v")
     finally:
         server.shutdown()
+
+
+def test_a_hasher_asks_the_service_once_per_value_and_domain() -> None:
+    server, calls = _service([])
+    try:
+        hasher = ProjectHasher(RemoteHashing(f"http://127.0.0.1:{server.server_port}"), "p")
+        for _ in range(3):
+            hasher.hash("40000001")
+            hasher.uid("1.2.3")
+        hasher.hash("40000001", domain="other")
+        assert len(calls) == 3
+    finally:
+        server.shutdown()
