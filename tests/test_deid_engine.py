@@ -173,8 +173,24 @@ def test_times_and_date_times_under_each_option() -> None:
     assert transform_datetime("202403171015", "truncate_to_year", 0) == "20240101100000"
 
 
+def test_a_hash_fills_what_its_vr_allows_up_to_64_characters() -> None:
+    """PS3.5 6.2's maximum lengths (pydicom's table; PN and UC, per component group and
+    unlimited, take Azure's 64), so a secure hash is as long as it may be and no longer."""
+    from pydicom.valuerep import MAX_VALUE_LEN
+
+    from voxl_assets.deid.hashing import MAX_HASH_LENGTH
+    from voxl_assets.deid.values import MAX_LENGTH_BY_VR
+
+    assert set(MAX_LENGTH_BY_VR) == {"AE", "CS", "SH", "LO", "PN", "UC", "UI"}
+    for vr, length in MAX_LENGTH_BY_VR.items():
+        assert length == min(MAX_VALUE_LEN.get(vr, MAX_HASH_LENGTH), MAX_HASH_LENGTH), vr
+
+
 def test_numbers_and_ages_are_clamped_at_their_bounds() -> None:
-    from voxl_assets.deid.values import clamp_number, dummy_value
+    from pydicom.config import RAISE
+    from pydicom.valuerep import validate_value
+
+    from voxl_assets.deid.values import DUMMY_BY_VR, clamp_number, dummy_value
 
     assert clamp_number(5, 10, 20) == 10 and clamp_number(25, 10, 20) == 20
     assert clamp_number(15, 10, 20) == 15 and clamp_number(-3, None, None) == -3
@@ -186,7 +202,9 @@ def test_numbers_and_ages_are_clamped_at_their_bounds() -> None:
     assert clamp_age("120D", 0, 89) == "120D" and clamp_age("052W", 0, 89) == "052W"
     assert clamp_age("09Y", 0, 89) == "000Y" and clamp_age("0090Y", 0, 89) == "000Y"
     assert clamp_age("0x9Y", 0, 89) == "000Y" and clamp_age("090A", 0, 89) == "000Y"
-    assert dummy_value("PN") == "ANONYMOUS" and dummy_value("US") == 0
+    for vr, dummy in DUMMY_BY_VR.items():  # valid for its VR (the README's promise)
+        assert dummy_value(vr) == dummy
+        validate_value(vr, dummy, RAISE)
     assert dummy_value("OB") == b"" and dummy_value("UN") == b"" and dummy_value("SQ") == ""
 
 
