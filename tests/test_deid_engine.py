@@ -145,6 +145,7 @@ def test_value_rules() -> None:
         ("   ", "truncate_to_year", 0, "   "),
         (" 20240317 ", "truncate_to_month", 0, "20240301"),
         ("20240317", "truncate_to_month", 0, "20240301"),
+        ("20241217", "truncate_to_month", 0, "20241201"),  # a two-digit month
         ("20240101", "shift", 1, "20231231"),  # across a year
         ("20240317", "shift", 0, "20240317"),
         ("2024031", "shift", 3, "19000101"),  # seven digits
@@ -166,6 +167,8 @@ def test_times_and_date_times_under_each_option() -> None:
     assert transform_datetime("20240317101530+0100", "keep", 5) == "20240317101530+0100"
     assert transform_datetime("  ", "shift", 5) == ""
     assert transform_datetime("20240317101530", "shift", 17) == "20240229101530"
+    # fractional seconds and an offset are dropped, whatever the option
+    assert transform_datetime("20240317101530.123456+0100", "shift", 17) == "20240229101530"
     assert transform_datetime("20240317", "truncate_to_year", 0) == "20240101"
     assert transform_datetime("2024", "truncate_to_month", 0) == "19000101"  # 20240000
     assert transform_datetime("2024", "shift", 1) == "19000101"  # 20240000: no such day
