@@ -59,6 +59,8 @@ def test_file_meta_bytes_match_pydicom() -> None:
         (0x00189306, "FD", 1.25),
         (0x00540081, "US", 7),
         (0x00081030, "UT", "x" * 70000),  # long length form
+        (0x00100020, "LO", None),  # empty: no pydicom needed
+        (0x00280010, "US", None),
     ],
 )
 def test_element_bytes_match_pydicom(tag: int, vr: str, value: Any, implicit: bool) -> None:
