@@ -72,6 +72,11 @@ def test_element_bytes_match_pydicom(tag: int, vr: str, value: Any, implicit: bo
     assert ours == buffer.getvalue()
 
 
+def test_a_file_meta_value_that_is_not_ascii_is_refused_by_its_tag() -> None:
+    with pytest.raises(ValueError, match=r"^file meta \(0002,0013\) is not ASCII$"):
+        encode_file_meta("1.2.3", "1.2.3.4", "1.2.840.10008.1.2.1", "1.2.5", "VÖXL")
+
+
 def test_values_pydicom_must_encode_are_left_to_it() -> None:
     assert encode_element(0x00100010, "PN", "Müller^Jörg", False) is None  # character set
     assert encode_element(0x00281050, "DS", "40.0", False) is None  # number string
