@@ -144,3 +144,32 @@ def test_marker_segments_finds_every_text_segment_before_the_image_data(
     # After the image data starts nothing is read, whatever follows.
     assert marker_segments(b"\xff\xd8" + IMAGE_DATA + text) == []
     assert marker_segments(bytes(16)) == []
+
+
+def _tile_part(index: int, header: bytes, data: bytes, *, last: bool = False) -> bytes:
+    """SOT (Psot: the tile-part's length from SOT on; 0 for a last one), header, SOD, data."""
+    length = 0 if last else 12 + len(header) + 2 + len(data)
+    return (
+        b"\xff\x90" + struct.pack(">HHIBB", 10, index, length, 0, 1) + header + b"\xff\x93" + data
+    )
+
+
+def test_a_comment_in_a_jpeg_2000_tile_part_header_is_read_and_tile_data_is_not(
+    tmp_path: Path,
+) -> None:
+    """ISO/IEC 15444-1 lets a COM segment sit in any tile-part header, after image data."""
+    comment = b"\xff\x64" + _segment(0xFE, b"\0\x01" + _payload(MRN, "ascii"))[2:]
+    pixels = MRN.encode() + bytes(8)  # tile data: pixels, never read as text
+    stream = (
+        b"\xff\x4f"
+        + SIZ
+        + _tile_part(0, b"", pixels)
+        + _tile_part(1, comment, pixels)
+        + _tile_part(2, b"", pixels, last=True)
+        + b"\xff\xd9"
+    )
+    assert marker_segments(stream) == [b"\0\x01" + _payload(MRN, "ascii")]
+    plain = b"\xff\x4f" + SIZ + _tile_part(0, b"", pixels) + _tile_part(1, b"", pixels)
+    assert marker_segments(plain + b"\xff\xd9") == []
+    outcome = deidentify(tmp_path, _study(tmp_path, "jpeg2000", [stream]))
+    assert isinstance(outcome, OutputCheckError) and PIXEL_TEXT in outcome.leaks
