@@ -159,7 +159,8 @@ def test_a_comment_in_a_jpeg_2000_tile_part_header_is_read_and_tile_data_is_not(
 ) -> None:
     """ISO/IEC 15444-1 lets a COM segment sit in any tile-part header, after image data."""
     comment = b"\xff\x64" + _segment(0xFE, b"\0\x01" + _payload(MRN, "ascii"))[2:]
-    pixels = MRN.encode() + bytes(8)  # tile data: pixels, never read as text
+    # Tile data: pixels, never read as text, even where its bytes look like a COM segment.
+    pixels = b"\xff\x64\x00\x0e\x00\x01" + MRN.encode() + bytes(8)
     stream = (
         b"\xff\x4f"
         + SIZ
