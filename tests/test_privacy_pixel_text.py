@@ -174,3 +174,20 @@ def test_a_comment_in_a_jpeg_2000_tile_part_header_is_read_and_tile_data_is_not(
     assert marker_segments(plain + b"\xff\xd9") == []
     outcome = deidentify(tmp_path, _study(tmp_path, "jpeg2000", [stream]))
     assert isinstance(outcome, OutputCheckError) and PIXEL_TEXT in outcome.leaks
+
+
+def test_a_jpeg_2000_main_header_without_a_tile_part_is_still_read() -> None:
+    comment = b"\xff\x64" + _segment(0xFE, b"\0\x01" + _payload(MRN, "ascii"))[2:]
+    assert marker_segments(b"\xff\x4f" + SIZ + comment) == [b"\0\x01" + _payload(MRN, "ascii")]
+    cut = b"\xff\x4f" + SIZ + comment + b"\xff\x90\x00\x0a\x00\x00"  # SOT cut short
+    assert marker_segments(cut) == [b"\0\x01" + _payload(MRN, "ascii")]
+
+
+def test_a_segment_in_utf8_is_read_as_utf8() -> None:
+    from voxl_assets.deid.checks import pixel_text_hits
+
+    identifiers = StudyIdentifiers()
+    identifiers.add_name("Müller^Jörg")
+    payloads = ["Operator: Jörg Müller".encode()]
+    assert pixel_text_hits(payloads, identifiers.matcher()) == [PIXEL_TEXT]
+    assert pixel_text_hits([b"Operator: none"], identifiers.matcher()) == []
