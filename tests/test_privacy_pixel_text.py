@@ -191,3 +191,15 @@ def test_a_segment_in_utf8_is_read_as_utf8() -> None:
     payloads = ["Operator: Jörg Müller".encode()]
     assert pixel_text_hits(payloads, identifiers.matcher()) == [PIXEL_TEXT]
     assert pixel_text_hits([b"Operator: none"], identifiers.matcher()) == []
+
+
+@pytest.mark.parametrize("codec", ["utf-16-le", "utf-16-be"])
+@pytest.mark.parametrize("offset", [0, 1])
+def test_a_segment_in_utf16_is_read_at_either_byte_offset(codec: str, offset: int) -> None:
+    """EXIF's XP fields: UTF-16 at any offset. A Cyrillic name has no Latin-1 reading."""
+    from voxl_assets.deid.checks import pixel_text_hits
+
+    identifiers = StudyIdentifiers()
+    identifiers.add_name("Иванов^Пётр")
+    payload = b"XP" + b"\0" * offset + "Автор: Иванов".encode(codec) + b"\0\0"
+    assert pixel_text_hits([payload], identifiers.matcher()) == [PIXEL_TEXT]
