@@ -203,3 +203,30 @@ def test_a_segment_in_utf16_is_read_at_either_byte_offset(codec: str, offset: in
     identifiers.add_name("Иванов^Пётр")
     payload = b"XP" + b"\0" * offset + "Автор: Иванов".encode(codec) + b"\0\0"
     assert pixel_text_hits([payload], identifiers.matcher()) == [PIXEL_TEXT]
+
+
+def test_the_marker_walk_at_its_edges() -> None:
+    text = b"MRN 47000022"
+    com = _segment(0xFE, text)
+    # markers without a length (TEM, RST0) and a fill byte before a comment
+    assert marker_segments(b"\xff\xd8\xff\x01\xff\xd0\xff" + com + IMAGE_DATA) == [text]
+    assert marker_segments(b"\xff\xd8\x00" + com) == []  # not a marker: the walk ends
+    assert marker_segments(b"\xff\xd8\xff\xfe\x00\x01" + com) == []  # a length below 2
+    # the fragment's end ends the walk: a segment ending there, a header or payload cut by it
+    assert marker_segments(b"\xff\xd8" + com) == [text]
+    assert marker_segments(b"\xff\xd8" + com + b"\xff\xfe\x00\x02") == [text, b""]
+    assert marker_segments(b"\xff\xd8" + com + b"\xff\xfe\x00") == [text]
+    assert marker_segments(b"\xff\xd8" + com[:-4]) == [b"MRN 4700"]
+    assert marker_segments(b"\xff\xd8" + com + com, 0, 2 + len(com)) == [text]
+    assert marker_segments(b"\0\0\xff\xd8" + com + com, 2, 4 + len(com)) == [text]
+
+
+def test_jpeg_2000_tile_parts_at_their_edges() -> None:
+    text = b"\0\x01" + _payload(MRN, "ascii")
+    comment = b"\xff\x64" + _segment(0xFE, text)[2:]
+    main = b"\xff\x4f" + SIZ
+    # an empty tile-part (SOT and SOD only: Psot 14) before one with a comment
+    assert marker_segments(main + _tile_part(0, b"", b"") + _tile_part(1, comment, b"")) == [text]
+    # nothing after the codestream's end (EOC) is read, even where a tile-part header would be
+    after = b"\xff\xd9" + bytes(10) + comment
+    assert marker_segments(main + _tile_part(0, b"", bytes(4)) + after) == []
