@@ -211,6 +211,9 @@ def test_the_marker_walk_at_its_edges() -> None:
     # markers without a length (TEM, RST0) and a fill byte before a comment
     assert marker_segments(b"\xff\xd8\xff\x01\xff\xd0\xff" + com + IMAGE_DATA) == [text]
     assert marker_segments(b"\xff\xd8\x00" + com) == []  # not a marker: the walk ends
+    # APP0-APP15 and COM only: not JPG0 (F0) or JPG13 (FD) beside them
+    others = _segment(0xF0, b"jpg0") + _segment(0xEF, b"app15") + _segment(0xFD, b"jpg13")
+    assert marker_segments(b"\xff\xd8" + others + IMAGE_DATA) == [b"app15"]
     assert marker_segments(b"\xff\xd8\xff\xfe\x00\x01" + com) == []  # a length below 2
     # the fragment's end ends the walk: a segment ending there, a header or payload cut by it
     assert marker_segments(b"\xff\xd8" + com) == [text]
