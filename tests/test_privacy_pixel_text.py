@@ -159,8 +159,9 @@ def test_a_comment_in_a_jpeg_2000_tile_part_header_is_read_and_tile_data_is_not(
 ) -> None:
     """ISO/IEC 15444-1 lets a COM segment sit in any tile-part header, after image data."""
     comment = b"\xff\x64" + _segment(0xFE, b"\0\x01" + _payload(MRN, "ascii"))[2:]
-    # Tile data: pixels, never read as text, even where its bytes look like a COM segment.
-    pixels = b"\xff\x64\x00\x0e\x00\x01" + MRN.encode() + bytes(8)
+    # Tile data: pixels, never read as text, even where its bytes would make SOD a segment
+    # (length 2) followed by a COM.
+    pixels = b"\x00\x02\xff\x64\x00\x0e\x00\x01" + MRN.encode() + bytes(8)
     stream = (
         b"\xff\x4f"
         + SIZ
@@ -203,6 +204,8 @@ def test_a_segment_in_utf16_is_read_at_either_byte_offset(codec: str, offset: in
     identifiers.add_name("Иванов^Пётр")
     payload = b"XP" + b"\0" * offset + "Автор: Иванов".encode(codec) + b"\0\0"
     assert pixel_text_hits([payload], identifiers.matcher()) == [PIXEL_TEXT]
+    at_the_end = b"XP" + b"\0" * offset + "Автор: Иванов".encode(codec)  # the last byte too
+    assert pixel_text_hits([at_the_end], identifiers.matcher()) == [PIXEL_TEXT]
 
 
 def test_the_marker_walk_at_its_edges() -> None:
