@@ -130,3 +130,26 @@ def test_the_resource_passes_retention_and_bound(tmp_path: Path) -> None:
         ).anonymised_retention_hours
         == 0
     )
+
+
+def test_a_removed_study_leaves_the_disk_and_the_index(tmp_path: Path) -> None:
+    store = AnonymisedStore(tmp_path / "anon")
+    _write(store, 1)
+    _write(store, 2)
+    store.remove("p", 1)
+    assert store.files("p", 1) is None and _held(store) == [2]
+    assert store.used_bytes() == 1000
+    assert list((store.root / ".trash").iterdir()) == []  # deleted, not only moved aside
+    store.remove("p", 7)  # never written: nothing to do
+    assert _held(store) == [2]
+
+
+def test_staging_left_by_a_killed_run_is_cleaned(tmp_path: Path) -> None:
+    store = AnonymisedStore(tmp_path / "anon")
+    assert store.clean_staging() == 0  # no staging folder yet
+    for name in ("p-1-aaaaaaaa", "p-2-bbbbbbbb"):
+        (store.root / ".staging" / name / "series").mkdir(parents=True)
+        (store.root / ".staging" / name / "series" / "1.dcm").write_bytes(b"x")
+    assert store.clean_staging() == 2
+    assert list((store.root / ".staging").iterdir()) == []
+    assert store.clean_staging() == 0

@@ -59,6 +59,8 @@ def test_file_meta_bytes_match_pydicom() -> None:
         (0x00189306, "FD", 1.25),
         (0x00540081, "US", 7),
         (0x00081030, "UT", "x" * 70000),  # long length form
+        (0x00100020, "LO", None),  # empty: no pydicom needed
+        (0x00280010, "US", None),
     ],
 )
 def test_element_bytes_match_pydicom(tag: int, vr: str, value: Any, implicit: bool) -> None:
@@ -68,6 +70,11 @@ def test_element_bytes_match_pydicom(tag: int, vr: str, value: Any, implicit: bo
     buffer.is_implicit_VR = implicit
     write_data_element(buffer, DataElement(tag, vr, value))
     assert ours == buffer.getvalue()
+
+
+def test_a_file_meta_value_that_is_not_ascii_is_refused_by_its_tag() -> None:
+    with pytest.raises(ValueError, match=r"^file meta \(0002,0013\) is not ASCII$"):
+        encode_file_meta("1.2.3", "1.2.3.4", "1.2.840.10008.1.2.1", "1.2.5", "VÖXL")
 
 
 def test_values_pydicom_must_encode_are_left_to_it() -> None:

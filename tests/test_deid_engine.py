@@ -137,6 +137,80 @@ def test_value_rules() -> None:
     assert clamp_age("bad", 0, 89) == "000Y"
 
 
+@pytest.mark.parametrize(
+    ("text", "option", "shift", "expected"),
+    [
+        ("20240317", "keep", 20, "20240317"),
+        ("", "shift", 20, ""),
+        ("   ", "truncate_to_year", 0, "   "),
+        (" 20240317 ", "truncate_to_month", 0, "20240301"),
+        ("20240317", "truncate_to_month", 0, "20240301"),
+        ("20241217", "truncate_to_month", 0, "20241201"),  # a two-digit month
+        ("20240101", "shift", 1, "20231231"),  # across a year
+        ("20240317", "shift", 0, "20240317"),
+        ("2024031", "shift", 3, "19000101"),  # seven digits
+        ("202403171", "shift", 3, "19000101"),  # nine
+        ("2024-3-17", "truncate_to_year", 0, "19000101"),  # not all digits
+        ("20240230", "truncate_to_year", 0, "19000101"),  # no such day
+    ],
+)
+def test_dates_under_each_option(text: str, option: str, shift: int, expected: str) -> None:
+    assert transform_date(text, option, shift) == expected  # type: ignore[arg-type]
+
+
+def test_times_and_date_times_under_each_option() -> None:
+    assert transform_time("101530", "keep") == "101530"
+    assert transform_time("101530", "shift") == "101530"  # a shift moves days, not hours
+    assert transform_time("", "truncate_to_year") == ""
+    assert transform_time("1015", "truncate_to_year") == "100000"
+    assert transform_time("xx15", "truncate_to_year") == "000000"
+    assert transform_datetime("20240317101530+0100", "keep", 5) == "20240317101530+0100"
+    assert transform_datetime("  ", "shift", 5) == ""
+    assert transform_datetime("20240317101530", "shift", 17) == "20240229101530"
+    # fractional seconds and an offset are dropped, whatever the option
+    assert transform_datetime("20240317101530.123456+0100", "shift", 17) == "20240229101530"
+    assert transform_datetime("20240317", "truncate_to_year", 0) == "20240101"
+    assert transform_datetime("2024", "truncate_to_month", 0) == "19000101"  # 20240000
+    assert transform_datetime("2024", "shift", 1) == "19000101"  # 20240000: no such day
+    assert transform_datetime("202", "shift", 1) == "19000101"
+    assert transform_datetime("202403171015", "truncate_to_year", 0) == "20240101100000"
+
+
+def test_a_hash_fills_what_its_vr_allows_up_to_64_characters() -> None:
+    """PS3.5 6.2's maximum lengths (pydicom's table; PN and UC, per component group and
+    unlimited, take Azure's 64), so a secure hash is as long as it may be and no longer."""
+    from pydicom.valuerep import MAX_VALUE_LEN
+
+    from voxl_assets.deid.hashing import MAX_HASH_LENGTH
+    from voxl_assets.deid.values import MAX_LENGTH_BY_VR
+
+    assert set(MAX_LENGTH_BY_VR) == {"AE", "CS", "SH", "LO", "PN", "UC", "UI"}
+    for vr, length in MAX_LENGTH_BY_VR.items():
+        assert length == min(MAX_VALUE_LEN.get(vr, MAX_HASH_LENGTH), MAX_HASH_LENGTH), vr
+
+
+def test_numbers_and_ages_are_clamped_at_their_bounds() -> None:
+    from pydicom.config import RAISE
+    from pydicom.valuerep import validate_value
+
+    from voxl_assets.deid.values import DUMMY_BY_VR, clamp_number, dummy_value
+
+    assert clamp_number(5, 10, 20) == 10 and clamp_number(25, 10, 20) == 20
+    assert clamp_number(15, 10, 20) == 15 and clamp_number(-3, None, None) == -3
+    assert clamp_number(25, None, 20) == 20 and clamp_number(5, 10, None) == 10
+    assert clamp_age("", 0, 89) == ""
+    assert clamp_age(" 090Y ", 0, 89) == "089Y"
+    assert clamp_age("089Y", 0, 89) == "089Y"
+    assert clamp_age("010Y", 18, 89) == "018Y"
+    assert clamp_age("120D", 0, 89) == "120D" and clamp_age("052W", 0, 89) == "052W"
+    assert clamp_age("09Y", 0, 89) == "000Y" and clamp_age("0090Y", 0, 89) == "000Y"
+    assert clamp_age("0x9Y", 0, 89) == "000Y" and clamp_age("090A", 0, 89) == "000Y"
+    for vr, dummy in DUMMY_BY_VR.items():  # valid for its VR (the README's promise)
+        assert dummy_value(vr) == dummy
+        validate_value(vr, dummy, RAISE)
+    assert dummy_value("OB") == b"" and dummy_value("UN") == b"" and dummy_value("SQ") == ""
+
+
 def test_numeric_range_caps_age_and_weight(tmp_path: Path) -> None:
     engine = make_engine(tmp_path)
     ds = make_instance(_spec(), SeriesSpec(), 1)

@@ -330,3 +330,21 @@ def test_de_identifying_a_study_again_replaces_its_tally(tmp_path: Path) -> None
     anonymise_study(request, files, engine, store, database)
     assert _tally(database).to_json() == first
     assert DeidTally.from_json(first).attributes[(0x00100020, "", "secure_hash")] == 2
+
+
+def test_a_studys_own_identifiers_are_looked_for_whatever_its_headers_hold() -> None:
+    """The extract's MRN, accession number and UIDs join what the first pass reads from the
+    headers; an absent one ('') adds nothing."""
+    from voxl_assets.db import StudyStatus
+    from voxl_assets.deid.study import request_identifiers
+    from voxl_assets.study_state import StudyRequest
+
+    request = StudyRequest(
+        1, "p", "47000022", "ACC7001", "1.2.826.0.1.3680043.9.7433.5", "", None,
+        StudyStatus.RETRIEVED, None,
+    )  # fmt: skip
+    identifiers = request_identifiers(request)
+    assert len(identifiers) == 3
+    matcher = identifiers.matcher()
+    for value in ("MRN 47000022", "acc 7001", "uid 1.2.826.0.1.3680043.9.7433.5"):
+        assert matcher.find(value), value

@@ -93,3 +93,23 @@ def test_unrelated_text_in_any_character_set_passes(
     outcome = deidentify(tmp_path, [save(ds, tmp_path / "raw" / "1.dcm")])
     assert not isinstance(outcome, OutputCheckError), str(outcome)
     assert outcome.instances_out == 1
+
+
+@pytest.mark.parametrize(("charset", "name", "written"), CHARSETS, ids=IDS)
+def test_engine_refuses_a_name_in_kept_text_inside_a_sequence_item(
+    tmp_path: Path, charset: str, name: str, written: str
+) -> None:
+    """Sequence items are read by the in-memory check's prefilter as well as the header."""
+    from pydicom import dcmread
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    ds = dcmread(_study(tmp_path, charset, name, written)[0])
+    del ds.SeriesDescription
+    item = Dataset()
+    item.ReferencedSOPClassUID = ds.SOPClassUID
+    item.SeriesDescription = f"follow up {written}"
+    ds.ReferencedImageSequence = Sequence([item])
+    outcome = deidentify(tmp_path, [save(ds, tmp_path / "raw" / "1.dcm")])
+    assert isinstance(outcome, OutputCheckError), "the name in a sequence item was let through"
+    assert "(0008,1140)[0].(0008,103E)" in str(outcome)

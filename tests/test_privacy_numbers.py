@@ -29,6 +29,7 @@ NUMBER_STRINGS = [
     ("DS", f"{MRN}.0"),
     ("DS", "4.7000022E7"),
     ("DS", "4.7000022e+07"),
+    ("DS", "4.70000220E7"),  # as text, another digit follows the MRN's: only its value tells
     ("DS", f"0.5\\{MRN}"),
 ]
 # Kept public number attributes (ct.yaml, base.yaml) and where their VR puts the value.

@@ -144,3 +144,95 @@ def test_marker_segments_finds_every_text_segment_before_the_image_data(
     # After the image data starts nothing is read, whatever follows.
     assert marker_segments(b"\xff\xd8" + IMAGE_DATA + text) == []
     assert marker_segments(bytes(16)) == []
+
+
+def _tile_part(index: int, header: bytes, data: bytes, *, last: bool = False) -> bytes:
+    """SOT (Psot: the tile-part's length from SOT on; 0 for a last one), header, SOD, data."""
+    length = 0 if last else 12 + len(header) + 2 + len(data)
+    return (
+        b"\xff\x90" + struct.pack(">HHIBB", 10, index, length, 0, 1) + header + b"\xff\x93" + data
+    )
+
+
+def test_a_comment_in_a_jpeg_2000_tile_part_header_is_read_and_tile_data_is_not(
+    tmp_path: Path,
+) -> None:
+    """ISO/IEC 15444-1 lets a COM segment sit in any tile-part header, after image data."""
+    comment = b"\xff\x64" + _segment(0xFE, b"\0\x01" + _payload(MRN, "ascii"))[2:]
+    # Tile data: pixels, never read as text, even where its bytes would make SOD a segment
+    # (length 2) followed by a COM.
+    pixels = b"\x00\x02\xff\x64\x00\x0e\x00\x01" + MRN.encode() + bytes(8)
+    stream = (
+        b"\xff\x4f"
+        + SIZ
+        + _tile_part(0, b"", pixels)
+        + _tile_part(1, comment, pixels)
+        + _tile_part(2, b"", pixels, last=True)
+        + b"\xff\xd9"
+    )
+    assert marker_segments(stream) == [b"\0\x01" + _payload(MRN, "ascii")]
+    plain = b"\xff\x4f" + SIZ + _tile_part(0, b"", pixels) + _tile_part(1, b"", pixels)
+    assert marker_segments(plain + b"\xff\xd9") == []
+    outcome = deidentify(tmp_path, _study(tmp_path, "jpeg2000", [stream]))
+    assert isinstance(outcome, OutputCheckError) and PIXEL_TEXT in outcome.leaks
+
+
+def test_a_jpeg_2000_main_header_without_a_tile_part_is_still_read() -> None:
+    comment = b"\xff\x64" + _segment(0xFE, b"\0\x01" + _payload(MRN, "ascii"))[2:]
+    assert marker_segments(b"\xff\x4f" + SIZ + comment) == [b"\0\x01" + _payload(MRN, "ascii")]
+    cut = b"\xff\x4f" + SIZ + comment + b"\xff\x90\x00\x0a\x00\x00"  # SOT cut short
+    assert marker_segments(cut) == [b"\0\x01" + _payload(MRN, "ascii")]
+
+
+def test_a_segment_in_utf8_is_read_as_utf8() -> None:
+    from voxl_assets.deid.checks import pixel_text_hits
+
+    identifiers = StudyIdentifiers()
+    identifiers.add_name("Müller^Jörg")
+    payloads = ["Operator: Jörg Müller".encode()]
+    assert pixel_text_hits(payloads, identifiers.matcher()) == [PIXEL_TEXT]
+    assert pixel_text_hits([b"Operator: none"], identifiers.matcher()) == []
+
+
+@pytest.mark.parametrize("codec", ["utf-16-le", "utf-16-be"])
+@pytest.mark.parametrize("offset", [0, 1])
+def test_a_segment_in_utf16_is_read_at_either_byte_offset(codec: str, offset: int) -> None:
+    """EXIF's XP fields: UTF-16 at any offset. A Cyrillic name has no Latin-1 reading."""
+    from voxl_assets.deid.checks import pixel_text_hits
+
+    identifiers = StudyIdentifiers()
+    identifiers.add_name("Иванов^Пётр")
+    payload = b"XP" + b"\0" * offset + "Автор: Иванов".encode(codec) + b"\0\0"
+    assert pixel_text_hits([payload], identifiers.matcher()) == [PIXEL_TEXT]
+    at_the_end = b"XP" + b"\0" * offset + "Автор: Иванов".encode(codec)  # the last byte too
+    assert pixel_text_hits([at_the_end], identifiers.matcher()) == [PIXEL_TEXT]
+
+
+def test_the_marker_walk_at_its_edges() -> None:
+    text = b"MRN 47000022"
+    com = _segment(0xFE, text)
+    # markers without a length (TEM, RST0) and a fill byte before a comment
+    assert marker_segments(b"\xff\xd8\xff\x01\xff\xd0\xff" + com + IMAGE_DATA) == [text]
+    assert marker_segments(b"\xff\xd8\x00" + com) == []  # not a marker: the walk ends
+    # APP0-APP15 and COM only: not JPG0 (F0) or JPG13 (FD) beside them
+    others = _segment(0xF0, b"jpg0") + _segment(0xEF, b"app15") + _segment(0xFD, b"jpg13")
+    assert marker_segments(b"\xff\xd8" + others + IMAGE_DATA) == [b"app15"]
+    assert marker_segments(b"\xff\xd8\xff\xfe\x00\x01" + com) == []  # a length below 2
+    # the fragment's end ends the walk: a segment ending there, a header or payload cut by it
+    assert marker_segments(b"\xff\xd8" + com) == [text]
+    assert marker_segments(b"\xff\xd8" + com + b"\xff\xfe\x00\x02") == [text, b""]
+    assert marker_segments(b"\xff\xd8" + com + b"\xff\xfe\x00") == [text]
+    assert marker_segments(b"\xff\xd8" + com[:-4]) == [b"MRN 4700"]
+    assert marker_segments(b"\xff\xd8" + com + com, 0, 2 + len(com)) == [text]
+    assert marker_segments(b"\0\0\xff\xd8" + com + com, 2, 4 + len(com)) == [text]
+
+
+def test_jpeg_2000_tile_parts_at_their_edges() -> None:
+    text = b"\0\x01" + _payload(MRN, "ascii")
+    comment = b"\xff\x64" + _segment(0xFE, text)[2:]
+    main = b"\xff\x4f" + SIZ
+    # an empty tile-part (SOT and SOD only: Psot 14) before one with a comment
+    assert marker_segments(main + _tile_part(0, b"", b"") + _tile_part(1, comment, b"")) == [text]
+    # nothing after the codestream's end (EOC) is read, even where a tile-part header would be
+    after = b"\xff\xd9" + bytes(10) + comment
+    assert marker_segments(main + _tile_part(0, b"", bytes(4)) + after) == []

@@ -64,6 +64,7 @@ DEID_TESTS = [
     "tests/test_privacy_uids.py",
     "tests/test_privacy_vrs.py",
 ]
+STUDY_TESTS = ["tests/test_anonymised_store.py", "tests/test_deid_report.py"]
 # Smallest and most privacy-critical first: a run stopped early has done those.
 DEID_MODULES = [
     "voxl_assets/deid/checks.py",
@@ -93,6 +94,9 @@ DEFAULT_TESTS = {
     "sensors/study_sensor.py": ["tests/test_sensor_cases.py", "tests/test_sensors_study.py"],
     "voxl_assets/vna/cache.py": ["tests/test_raw_cache.py", "tests/test_raw_cache_processes.py"],
     **{module: DEID_TESTS for module in DEID_MODULES},
+    # The anonymised store and the study step are run by the store's and the report's tests.
+    "voxl_assets/deid/store.py": [*DEID_TESTS, *STUDY_TESTS],
+    "voxl_assets/deid/study.py": [*DEID_TESTS, *STUDY_TESTS],
 }
 
 COMPARE_SWAPS: dict[type, type] = {

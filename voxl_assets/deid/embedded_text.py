@@ -4,9 +4,11 @@ A JPEG, JPEG-LS or JPEG 2000 codestream may hold free text ahead of the image da
 segments (COM, written by some capture software with the patient's name or number) and
 application segments (APP0-APP15: JFIF, EXIF with its descriptions and owner names, ICC profiles,
 Adobe). The engine copies pixel data byte for byte, so this text would leave with the study unless
-it is read. This module finds those segments in a frame's first fragment by walking the marker
-structure up to the start of the image data, reading only the segment payloads (a few bytes
-to a few kilobytes per frame); the image data itself is never read.
+it is read. This module finds those segments in each fragment that starts a codestream by walking
+the marker structure up to the start of the image data, reading only the segment payloads (a few
+bytes to a few kilobytes per frame); the image data itself is never read. A JPEG 2000 codestream
+may also hold COM segments in each tile-part header (ISO/IEC 15444-1 A.4): those are read too,
+the tile data between them skipped by each tile-part's length.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ _JPEG_SOI = b"\xff\xd8"
 _J2K_SOC = b"\xff\x4f"
 _JPEG_SOS = 0xDA
 _J2K_SOT = 0x90
+_J2K_SOD = 0x93
 _J2K_COM = 0x64
 _TEXT_MARKERS = frozenset({0xFE, *range(0xE0, 0xF0)})  # COM, APP0-APP15
 _NO_LENGTH = frozenset({0x01, *range(0xD0, 0xD9)})  # TEM, RST0-7, SOI, EOI
@@ -28,23 +31,44 @@ MAX_HEADER_BYTES = 1 << 20
 
 def marker_segments(data: bytes | mmap.mmap, start: int = 0, end: int | None = None) -> list[bytes]:
     """The COM and APPn payloads of a JPEG/JPEG-LS frame, or the COM payloads of a JPEG 2000
-    codestream, that starts at ``start`` in ``data`` (a fragment ending at ``end``); [] for
-    anything else. Stops at the image data (SOS, SOT) or at the first byte that is not a marker.
-    Reads ``data`` in place (a memory-mapped file is not copied)."""
+    codestream (main and tile-part headers), that starts at ``start`` in ``data`` (a fragment
+    ending at ``end``); [] for anything else. A header's walk stops at the image data (SOS, SOT,
+    SOD) or at the first byte that is not a marker. Reads ``data`` in place (a memory-mapped
+    file is not copied)."""
     end = len(data) if end is None else end
     head = data[start : start + 2]
     if head == _JPEG_SOI:
-        return _segments(data, start, end, _TEXT_MARKERS, _JPEG_SOS)
+        return _walk(data, start + 2, end, _TEXT_MARKERS, _JPEG_SOS)[0]
     if head == _J2K_SOC:
-        return _segments(data, start, end, frozenset({_J2K_COM}), _J2K_SOT)
+        return _j2k_segments(data, start, end)
     return []
 
 
-def _segments(
-    data: bytes | mmap.mmap, start: int, end: int, wanted: frozenset[int], stop: int
-) -> list[bytes]:
+def _j2k_segments(data: bytes | mmap.mmap, start: int, end: int) -> list[bytes]:
+    """COM payloads of the main header and of every tile-part header. A tile-part starts with
+    SOT (12 bytes, with Psot: the tile-part's length from the SOT marker on, 0 for a last
+    tile-part that runs to the end of the codestream); its header ends at SOD, where its data
+    begins, which is skipped."""
+    comments = frozenset({_J2K_COM})
+    found, pos = _walk(data, start + 2, end, comments, _J2K_SOT)
+    while pos is not None and pos + 12 <= end:
+        (length,) = struct.unpack_from(">I", data, pos + 6)
+        found += _walk(data, pos + 12, end, comments, _J2K_SOD)[0]
+        if length < 14:  # 0: the last tile-part; shorter than SOT and SOD: malformed
+            break
+        pos += length
+        if data[pos : pos + 2] != b"\xff\x90":  # EOC, or the fragment ends
+            break
+    return found
+
+
+def _walk(
+    data: bytes | mmap.mmap, pos: int, end: int, wanted: frozenset[int], stop: int
+) -> tuple[list[bytes], int | None]:
+    """The ``wanted`` payloads of the marker segments from ``pos`` on, and where the ``stop``
+    marker is (None when the walk ended before one)."""
     found: list[bytes] = []
-    pos, end = start + 2, min(end, start + MAX_HEADER_BYTES)
+    end = min(end, pos + MAX_HEADER_BYTES)
     while pos + 2 <= end:
         if data[pos] != 0xFF:
             break
@@ -53,7 +77,7 @@ def _segments(
             pos += 1
             continue
         if marker == stop:
-            break
+            return found, pos
         if marker in _NO_LENGTH:
             pos += 2
             continue
@@ -65,7 +89,7 @@ def _segments(
         if marker in wanted:
             found.append(bytes(data[pos + 4 : min(pos + 2 + length, end)]))
         pos += 2 + length
-    return found
+    return found, None
 
 
 def segment_texts(payloads: Iterable[bytes]) -> list[str]:
