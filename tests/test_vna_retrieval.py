@@ -186,9 +186,12 @@ def test_a_batch_reuses_its_associations_and_replaces_one_that_ended(
         kept = [a for kind in client._idle.values() for a in kind]  # type: ignore[union-attr]
         assert len(kept) == 2
         deadline = time.monotonic() + 5
-        while not all(a.dul._voxl_waiting for a in kept) and time.monotonic() < deadline:
+        while (
+            not all(getattr(a.dul, "_voxl_waiting", False) for a in kept)
+            and time.monotonic() < deadline
+        ):
             time.sleep(0.01)
-        assert all(a._is_paused and a.dul._voxl_waiting for a in kept)
+        assert all(a._is_paused and getattr(a.dul, "_voxl_waiting", False) for a in kept)
         # An idle association the archive ended meanwhile is not used again.
         for kept in client._idle.values():  # type: ignore[union-attr]
             for assoc in kept:
