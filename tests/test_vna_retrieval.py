@@ -15,7 +15,13 @@ from voxl_assets.retry import TransientError
 from voxl_assets.study_state import StudyRequest
 from voxl_assets.synthetic import SeriesSpec, StudySpec, write_study
 from voxl_assets.vna.cache import RawCache
-from voxl_assets.vna.client import AmbiguousStudy, StudyNotFound, VnaSettings, make_vna_client
+from voxl_assets.vna.client import (
+    AmbiguousStudy,
+    StudyNotFound,
+    StudyQuery,
+    VnaSettings,
+    make_vna_client,
+)
 from voxl_assets.vna.raw import retrieve_raw_study
 
 
@@ -200,5 +206,35 @@ def test_a_batch_reuses_its_associations_and_replaces_one_that_ended(
         assert client.associations_opened == 4  # type: ignore[union-attr]
         client.release_associations()  # type: ignore[union-attr]
         assert all(not kept for kept in client._idle.values())  # type: ignore[union-attr]
+    finally:
+        client.close()
+
+
+def test_every_study_is_found_on_a_reused_association(
+    orthanc: OrthancServer, tmp_path: Path
+) -> None:
+    """Hundreds of C-FINDs on one kept association each see their answer (one in 70 went to the
+    association's own reactor before its pause was made reliable: tests/test_vna_reactor_pause.py)."""
+    specs = [
+        StudySpec(patient_id=f"MRN-KEPT-{n}", accession_number=f"ACC-KEPT-{n}", rows=8, columns=8)
+        for n in range(40)
+    ]
+    for n, spec in enumerate(specs):
+        write_study(spec, tmp_path / "src" / str(n))
+    orthanc.upload_folder(tmp_path / "src")
+    client = make_vna_client(_settings(orthanc, queries_per_second=100_000))
+    try:
+        missed = 0
+        for _ in range(8):
+            for spec in specs:
+                try:
+                    assert (
+                        client.find_study(StudyQuery(spec.study_uid, "", "")).study_uid
+                        == spec.study_uid
+                    )
+                except StudyNotFound:
+                    missed += 1
+        assert missed == 0
+        assert client.associations_opened == 1  # type: ignore[union-attr]
     finally:
         client.close()

@@ -143,6 +143,79 @@ def _store_to_current_writer(event: Any) -> int:
     return int(writer.handle_store(event))
 
 
+class _ReactorCheckpoint:
+    """pynetdicom's reactor checkpoint (a ``threading.Event`` there) that also knows whether the
+    reactor is parked at it.
+
+    pynetdicom pauses an association's reactor before each request with ``clear()`` and then waits
+    for ``_is_paused``, which its reactor sets just before ``wait()`` and resets only after the wait
+    returns. A reactor woken by the last ``set()`` but not yet run (the GIL decides when) still
+    reads as paused, so the request goes out while the reactor is about to take a message off the
+    DIMSE queue: the request's first answer, which its caller then never sees (a C-FIND that finds
+    nothing, one study in 70 on a reused association). Here the reactor is paused only while it
+    waits with the checkpoint closed, and a ``clear()`` made before it re-checks keeps it waiting."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition(threading.Lock())
+        self._open = True
+        self.parked = False
+
+    def is_set(self) -> bool:
+        return self._open
+
+    def set(self) -> None:
+        with self._changed:
+            self._open = True
+            self._changed.notify_all()
+
+    def clear(self) -> None:
+        with self._changed:
+            self._open = False
+
+    def wait(self, timeout: float | None = None) -> bool:
+        with self._changed:
+            if self._open:
+                return True
+            self.parked = True
+            try:
+                return self._changed.wait_for(lambda: self._open, timeout)
+            finally:
+                self.parked = False
+
+
+def _reactor_paused(assoc: Any) -> bool:
+    """``Association._is_paused`` as the requests read it: parked at the checkpoint, or not
+    running at all, or asked from the reactor's own thread (its network-timeout release)."""
+    checkpoint = assoc.__dict__.get("_reactor_checkpoint")
+    if not isinstance(checkpoint, _ReactorCheckpoint):
+        return bool(assoc.__dict__.get("_voxl_is_paused", False))
+    return checkpoint.parked or not assoc.is_alive() or threading.current_thread() is assoc
+
+
+def _set_reactor_paused(assoc: Any, value: bool) -> None:
+    assoc.__dict__["_voxl_is_paused"] = value  # what the reactor says; read only without ours
+
+
+def _park_reactors_reliably() -> None:
+    """Every association gets a ``_ReactorCheckpoint``, and ``_is_paused`` reads it."""
+    association_class = pynetdicom_association.Association
+    if getattr(association_class, "_voxl_checkpoint", False):
+        return
+    init = association_class.__init__
+
+    @functools.wraps(init)
+    def init_with_checkpoint(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        self._reactor_checkpoint = _ReactorCheckpoint()  # before its thread starts
+
+    association_class.__init__ = init_with_checkpoint  # type: ignore[method-assign]
+    association_class._is_paused = property(_reactor_paused, _set_reactor_paused)  # type: ignore[assignment]
+    association_class._voxl_checkpoint = True  # type: ignore[attr-defined]
+
+
+_park_reactors_reliably()
+
+
 def _pause_reactor(assoc: Any) -> None:
     """Hold an idle association's own reactor thread at its checkpoint, as pynetdicom's send_*
     methods do while they work, instead of letting it poll while the association waits for the
