@@ -199,9 +199,25 @@ def check_passes(counts: dict[str, int], studies: int) -> bool:
     return counts.get("uploaded") == studies - 1 and counts.get("filtered") == 1
 
 
+def failure_reasons() -> list[str]:
+    """Why the studies that failed did (VOXL's reasons name no identifier)."""
+    from sqlalchemy import select
+
+    from voxl_assets.db import Study, VoxlDatabase
+
+    database = VoxlDatabase()
+    with database.session() as session:
+        rows = session.execute(
+            select(Study.id, Study.failure_reason).where(Study.status == "failed")
+        ).all()
+    database.engine.dispose()
+    return [f"study {study_id}: {reason}" for study_id, reason in rows]
+
+
 def check_counts(counts: dict[str, int], studies: int) -> None:
     if not check_passes(counts, studies):
-        raise SystemExit(f"benchmark side did not deliver every study: {counts}")
+        reasons = "\n".join(failure_reasons()[:10])
+        raise SystemExit(f"benchmark side did not deliver every study: {counts}\n{reasons}")
 
 
 def import_modules() -> None:
