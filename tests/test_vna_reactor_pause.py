@@ -8,11 +8,16 @@ nothing, about one study in 70 on a reused association, marked failed as "not fo
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from pydicom.dataset import Dataset
+
 from tests.peers import free_port
 from voxl_assets.demo.vna import DemoVna
+from voxl_assets.dicom_constants import STUDY_ROOT_FIND, STUDY_ROOT_GET
 from voxl_assets.synthetic import StudySpec, write_study
 from voxl_assets.vna.client import DimseVna, VnaSettings, _pause_reactor
 
@@ -29,7 +34,7 @@ def test_a_paused_reactor_takes_nothing_off_the_queue_until_it_is_let_go(tmp_pat
     with DemoVna(tmp_path / "vna", port=port):
         client = _client(port)
         try:
-            with client._association("find") as assoc:
+            with client._association("get") as assoc:
                 taken_while_paused = 0
                 paused = threading.Event()
                 get_msg = assoc.dimse.get_msg
@@ -51,3 +56,44 @@ def test_a_paused_reactor_takes_nothing_off_the_queue_until_it_is_let_go(tmp_pat
                 assert taken_while_paused == 0
         finally:
             client.release_associations()
+
+
+class _Context:
+    def __init__(self, abstract_syntax: str) -> None:
+        self.abstract_syntax = abstract_syntax
+
+
+class _RefusesFindHere:
+    """An association on which the archive accepted the retrieval but not C-FIND."""
+
+    accepted_contexts = [_Context(STUDY_ROOT_GET)]
+
+
+class _AnswersFind:
+    accepted_contexts = [_Context(STUDY_ROOT_FIND)]
+
+    def send_c_find(self, _identifier: Any, _model: str) -> Any:
+        pending, answer, success = Dataset(), Dataset(), Dataset()
+        pending.Status, answer.StudyInstanceUID, success.Status = 0xFF00, "1.2.3", 0x0000
+        yield pending, answer
+        yield success, None
+
+
+def test_queries_go_on_their_own_association_when_the_archive_refuses_them_on_the_retrieval_one(
+    monkeypatch: Any,
+) -> None:
+    """A real archive that takes C-GET but not C-FIND on one association is not at hand: the
+    associations are stand-ins, the choice between them is the client's own."""
+    client = _client(1)
+    kinds: list[str] = []
+
+    @contextmanager
+    def association(kind: str) -> Iterator[Any]:
+        kinds.append(kind)
+        yield _AnswersFind() if kind == "find" else _RefusesFindHere()
+
+    monkeypatch.setattr(client, "_association", association)
+    assert [str(a.StudyInstanceUID) for a in client._c_find(Dataset())] == ["1.2.3"]
+    assert kinds == ["get", "find"]
+    assert len(client._c_find(Dataset())) == 1
+    assert kinds == ["get", "find", "find"]  # remembered: no second try on the retrieval's

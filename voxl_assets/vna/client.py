@@ -236,6 +236,10 @@ def _still_open(assoc: Any) -> bool:
     )
 
 
+def _accepted(assoc: Any, abstract_syntax: str) -> bool:
+    return any(cx.abstract_syntax == abstract_syntax for cx in assoc.accepted_contexts)
+
+
 def _end(assoc: Any) -> None:
     """Release ``assoc`` (abort it when it no longer stands)."""
     if assoc.is_established:
@@ -751,6 +755,7 @@ class DimseVna:
         self._idle: dict[str, list[Any]] = {}
         self._aes: dict[str, tuple[AE, list[Any]]] = {}
         self._pool_lock = threading.Lock()
+        self._find_apart = False
         self.associations_opened = 0
 
     def _ae(self) -> AE:
@@ -762,22 +767,32 @@ class DimseVna:
         return ae
 
     def _kind_ae(self, kind: str) -> tuple[AE, list[Any]]:
-        """The AE that requests ``kind``'s contexts, and its role negotiation items."""
+        """The AE that requests ``kind``'s contexts, and its role negotiation items. A retrieval
+        association ("get", "move") also carries C-FIND, so that a worker holds one association
+        at a time: an archive serves a fixed number of associations at once (Orthanc, like other
+        DCMTK-based archives, 4 threads by default, each waiting up to a second on an idle
+        association), and a second, idle association per worker made the others' requests wait."""
         with self._pool_lock:
             if kind not in self._aes:
                 ae = self._ae()
                 roles: list[Any] = []
-                if kind == "find":
-                    ae.add_requested_context(STUDY_ROOT_FIND)
-                elif kind == "move":
+                ae.add_requested_context(STUDY_ROOT_FIND)
+                if kind == "move":
                     ae.add_requested_context(STUDY_ROOT_MOVE)
-                else:
+                elif kind == "get":
                     ae.add_requested_context(STUDY_ROOT_GET)
-                    for sop_class in STORAGE_CLASSES[:127]:  # 128 contexts at most
+                    for sop_class in STORAGE_CLASSES[:126]:  # 128 contexts at most
                         ae.add_requested_context(sop_class, ALL_TRANSFER_SYNTAXES)
                         roles.append(build_role(sop_class, scp_role=True))
                 self._aes[kind] = (ae, roles)
             return self._aes[kind]
+
+    def _find_kind(self) -> str:
+        """The association C-FIND goes on: the retrieval's, unless the archive refused C-FIND
+        there (then one of its own)."""
+        if self._find_apart:
+            return "find"
+        return "move" if self.settings.retrieve == "c-move" else "get"
 
     @contextmanager
     def _association(self, kind: str) -> Iterator[Any]:
@@ -845,7 +860,11 @@ class DimseVna:
 
     def _c_find(self, identifier: Dataset) -> list[Dataset]:
         answers: list[Dataset] = []
-        with self._association("find") as assoc:
+        kind = self._find_kind()
+        with self._association(kind) as assoc:
+            if kind != "find" and not _accepted(assoc, STUDY_ROOT_FIND):
+                self._find_apart = True  # the next queries go on an association of their own
+                return self._c_find(identifier)
             for status, answer in assoc.send_c_find(identifier, STUDY_ROOT_FIND):
                 if status is None or "Status" not in status:  # empty: the association broke
                     raise VnaUnavailable("the VNA stopped answering during C-FIND")
