@@ -39,6 +39,7 @@ from voxl_assets.assets.cohort import cohort_messages
 from voxl_assets.assets.export import EXTRACT_TABLES, ehr_bundle, mapping_table
 from voxl_assets.assets.imaging import study_pipeline
 from voxl_assets.at_rest import restrict_umask
+from voxl_assets.dagster_storage import keep_event_log_engines
 from voxl_assets.distributed import executor_from_environment
 
 DEPLOYMENT_VARIABLE = "VOXL_DEPLOYMENT"
@@ -197,4 +198,6 @@ def build_definitions() -> Definitions:
 # Every Dagster process that runs VOXL code (code servers, run workers, step workers) loads this
 # module before it writes anything: what it writes is private (voxl_assets/at_rest.py).
 restrict_umask()
+# Run workers load these definitions: their event writes to a SQLite event log reuse engines.
+keep_event_log_engines()
 defs = build_definitions()

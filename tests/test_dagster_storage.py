@@ -1,0 +1,79 @@
+"""VOXL's processes keep an engine per shard of Dagster's SQLite event log, and store and read
+what Dagster's storage would."""
+
+from pathlib import Path
+
+import pytest
+from dagster import (
+    AssetKey,
+    AssetMaterialization,
+    DagsterInstance,
+    Output,
+    StaticPartitionsDefinition,
+    asset,
+    materialize,
+)
+from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
+
+import voxl_assets.definitions  # noqa: F401  (what every VOXL process imports)
+from voxl_assets import dagster_storage
+from voxl_assets.dagster_home import ensure_dagster_home
+
+PARTITIONS = StaticPartitionsDefinition([str(n) for n in range(12)])
+
+
+@asset(partitions_def=PARTITIONS)
+def studies_seen():  # a generator of Dagster events
+    for n in range(12):
+        yield AssetMaterialization(asset_key=AssetKey("study"), partition=str(n))
+    yield Output(None)
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
+    monkeypatch.setenv("VOXL_DAGSTER_LOGS_DIR", str(tmp_path / "logs"))
+    return ensure_dagster_home()
+
+
+def _engines(instance: DagsterInstance) -> dict[str, object]:
+    storage = instance.event_log_storage
+    assert isinstance(storage, SqliteEventLogStorage)
+    return dict(storage.__dict__.get("_voxl_engines", {}))
+
+
+def test_events_are_stored_and_read_as_dagster_s_own_storage_would(home: Path) -> None:
+    with DagsterInstance.get() as instance:
+        result = materialize([studies_seen], instance=instance, partition_key="0")
+        assert result.success
+        # One engine per shard written (the run's and the index), kept, not one per event.
+        assert set(_engines(instance)) == {result.run_id, "index"}
+    # Another process's view (a fresh instance: the UI, the daemon) sees every event.
+    with DagsterInstance.get() as reader:
+        assert reader.get_materialized_partitions(AssetKey("study")) == {str(n) for n in range(12)}
+        logged = reader.all_logs(result.run_id)
+        materialised = [
+            e for e in logged if e.dagster_event and e.dagster_event.is_step_materialization
+        ]
+        assert len(materialised) == 13  # the twelve studies and the asset's own partition
+
+
+def test_an_instance_opened_by_its_folder_writes_there(tmp_path: Path) -> None:
+    folder = tmp_path / "elsewhere"
+    folder.mkdir()
+    (folder / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    with DagsterInstance.from_config(str(folder)) as instance:
+        assert materialize([studies_seen], instance=instance, partition_key="2").success
+        assert set(_engines(instance)) >= {"index"}
+    assert (folder / "history" / "runs" / "index.db").exists()
+
+
+def test_kept_engines_are_bounded(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dagster_storage, "KEPT_ENGINES", 2)
+    with DagsterInstance.get() as instance:
+        runs = [materialize([studies_seen], instance=instance, partition_key="1") for _ in range(3)]
+        assert set(_engines(instance)) == {runs[-1].run_id, "index"}  # the older runs let go
+        assert len(instance.get_run_records()) == 3
+        assert instance.get_materialized_partitions(AssetKey("study")) == {
+            str(n) for n in range(12)
+        }
