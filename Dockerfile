@@ -17,7 +17,8 @@ ENV UV_PROJECT_ENVIRONMENT=/opt/voxl/.venv \
     PATH=/opt/voxl/.venv/bin:$PATH \
     VOXL_DEPLOYMENT=production \
     VOXL_HOME=/var/lib/voxl \
-    DAGSTER_HOME=/opt/dagster/dagster_home
+    DAGSTER_HOME=/opt/dagster/dagster_home \
+    UV_COMPILE_BYTECODE=1
 
 # Dependencies first (a layer that changes only with uv.lock), then the code.
 COPY pyproject.toml uv.lock README.md ./

@@ -7,5 +7,5 @@ cd "$(dirname "$0")/.."
 if ! command -v uv >/dev/null 2>&1; then
   python3 -m pip install --quiet uv
 fi
-uv sync --frozen --quiet
+uv sync --frozen --quiet --compile-bytecode  # every Dagster process starts seconds sooner
 exec uv run --frozen --no-sync voxl demo "$@"

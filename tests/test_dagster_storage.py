@@ -1,6 +1,7 @@
 """VOXL's processes keep an engine per shard of Dagster's SQLite event log, and store and read
 what Dagster's storage would."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -77,3 +78,29 @@ def test_kept_engines_are_bounded(home: Path, monkeypatch: pytest.MonkeyPatch) -
         assert instance.get_materialized_partitions(AssetKey("study")) == {
             str(n) for n in range(12)
         }
+
+
+def test_after_a_wipe_events_go_to_the_new_index(home: Path) -> None:
+    with DagsterInstance.get() as instance:
+        assert materialize([studies_seen], instance=instance, partition_key="3").success
+        instance.wipe()
+        assert materialize([studies_seen], instance=instance, partition_key="4").success
+    with DagsterInstance.get() as reader:  # what another process reads
+        assert len(reader.get_run_records()) == 1
+        assert reader.get_materialized_partitions(AssetKey("studies_seen")) == {"4"}
+
+
+def test_a_forked_child_opens_its_own_connections(home: Path) -> None:
+    with DagsterInstance.get() as instance:
+        assert materialize([studies_seen], instance=instance, partition_key="5").success
+        kept = _engines(instance)["index"]
+        child = os.fork()
+        if child == 0:  # the child writes through engines of its own, then leaves at once
+            ok = materialize([studies_seen], instance=instance, partition_key="6").success
+            os._exit(0 if ok and _engines(instance)["index"] is not kept else 1)
+        _, status = os.waitpid(child, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert _engines(instance)["index"] is kept  # the parent's, still in use
+        assert materialize([studies_seen], instance=instance, partition_key="7").success
+    with DagsterInstance.get() as reader:
+        assert reader.get_materialized_partitions(AssetKey("studies_seen")) == {"5", "6", "7"}

@@ -2,30 +2,34 @@
 
 Dagster's ``SqliteEventLogStorage`` makes a new engine for every event it writes (two for an
 asset materialisation: the run's shard and the cross-run index), so SQLAlchemy's compiled
-statement cache, which lives on the engine, is empty every time: each insert is compiled anew.
-That is most of the ~4.5 ms of CPU a materialisation cost; a study writes three.
-``keep_event_log_engines`` makes its ``_connect`` keep one engine per shard (the most recently
-used ones) and changes nothing else: connections are still opened per write and closed after it
-(``NullPool``), so a run's file is checkpointed and the UI's file watcher sees each event as
-before. It is a method patch, not a storage class in ``dagster.yaml``: a configured class is not
+statement cache, which lives on the engine, is empty every time: each insert is compiled anew,
+and the index's connection is opened, checkpointed and closed per event. That was most of the
+~4.5 ms of CPU a materialisation cost; a study writes three. ``keep_event_log_engines`` makes its
+``_connect`` keep one engine per shard (the most recently used ones): a run's shard still opens
+and closes a connection per write (``NullPool``), so its file is checkpointed and the UI's file
+watcher (which watches run files, not the index) sees each event as before; the index keeps a
+pooled connection. Engines are dropped in a forked child: a SQLite connection must not cross a
+fork. It is a method patch, not a storage class in ``dagster.yaml``: a configured class is not
 told the instance's folder, and VOXL opens instances by folder as well as by ``DAGSTER_HOME``.
 PostgreSQL storage keeps its engine already.
 """
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
+    INDEX_SHARD_NAME,
     SQLITE_BUSY_TIMEOUT_SECONDS,
     SqliteEventLogStorage,
 )
 from dagster._core.storage.sql import create_engine
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import NullPool, QueuePool
 
 # Shards whose engines a storage keeps: the index, and the runs its process writes (one at a time
 # in a run worker; a few in a process that runs several in-process runs).
@@ -34,13 +38,23 @@ KEPT_ENGINES = 8
 
 def _kept_engine(storage: Any, shard: str) -> Engine:
     """``storage``'s engine for ``shard`` (called under its ``_db_lock``)."""
-    engines: OrderedDict[str, Engine] = storage.__dict__.setdefault("_voxl_engines", OrderedDict())
+    if (
+        storage.__dict__.get("_voxl_engines_pid") != os.getpid()
+        or "_voxl_engines" not in storage.__dict__
+    ):
+        for engine in storage.__dict__.get("_voxl_engines", {}).values():
+            engine.dispose(close=False)  # the parent's connections stay the parent's
+        storage._voxl_engines = OrderedDict()
+        storage._voxl_engines_pid = os.getpid()
+    engines: OrderedDict[str, Engine] = storage._voxl_engines
     engine = engines.get(shard)
     if engine is None:
         engine = create_engine(
             storage.conn_string_for_shard(shard),
-            poolclass=NullPool,
-            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS},
+            # The index is read by query only; a run's file is watched for changes, which a
+            # connection kept open would hold back in its write-ahead log.
+            poolclass=QueuePool if shard == INDEX_SHARD_NAME else NullPool,
+            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS, "check_same_thread": False},
         )
         engines[shard] = engine
         while len(engines) > KEPT_ENGINES:
@@ -61,9 +75,25 @@ def _connect_keeping_engines(self: Any, shard: str) -> Iterator[Connection]:
             yield conn
 
 
+def _let_engines_go(storage: Any) -> None:
+    """When the storage is disposed: no connection kept to its files."""
+    engines = storage.__dict__.get("_voxl_engines", {})
+    if storage.__dict__.get("_voxl_engines_pid") == os.getpid():
+        for engine in engines.values():
+            engine.dispose()
+    storage.__dict__.pop("_voxl_engines", None)
+
+
 def keep_event_log_engines() -> None:
     """Patch ``SqliteEventLogStorage`` in this process (once)."""
     if getattr(SqliteEventLogStorage, "_voxl_keeps_engines", False):
         return
+    dispose = SqliteEventLogStorage.dispose
+
+    def dispose_letting_engines_go(self: Any) -> None:
+        _let_engines_go(self)
+        dispose(self)
+
     SqliteEventLogStorage._connect = _connect_keeping_engines  # type: ignore[method-assign]
+    SqliteEventLogStorage.dispose = dispose_letting_engines_go  # type: ignore[method-assign]
     SqliteEventLogStorage._voxl_keeps_engines = True  # type: ignore[attr-defined]
