@@ -239,7 +239,7 @@ def test_utf16_to_its_last_character_and_not_inside_another_number() -> None:
     matcher = _matcher()
     assert hidden_hits("MRN: 47000022".encode("utf-16-le"), matcher, binary=True)
     assert hidden_hits("47000022 MRN".encode("utf-16-be"), matcher, binary=True)
-    # "１47000022" (a fullwidth digit first) is another number: the MRN's digits inside it are
+    # "\uff1147000022" (a fullwidth 1 first) is another number: the MRN's digits inside it are
     # not the MRN. (With an ASCII "1" first they are found: the other byte order read from the
     # second byte spells the text from its second character, "47000022", a false finding
     # accepted for now; see the README's mutation notes.)

@@ -44,6 +44,7 @@ DEID_TESTS = [
     "tests/test_deid_engine.py",
     "tests/test_deid_guarantees.py",
     "tests/test_deid_encoding.py",
+    "tests/test_deid_output.py",
     "tests/test_deid_properties.py",
     "tests/test_hashing.py",
     "tests/test_identifier_rules.py",

@@ -1,0 +1,231 @@
+"""The engine's in-memory check (``voxl_assets/deid/output.py``): the header it encodes is the one
+pydicom would write (elements copied byte for byte where they can be, re-encoded where they must),
+and its prefilter, which lets the exact check be skipped only when no identifier can be in the
+header, looks at every form an identifier may take there: ASCII bytes, other character sets and
+ISO 2022 escapes, numbers as binary and in exponent notation, and text hidden as base64."""
+
+from __future__ import annotations
+
+import base64
+import io
+import struct
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from tests.helpers.privacy import hostile_spec, instance
+from voxl_assets.deid.checks import instance_encodings
+from voxl_assets.deid.identifiers import StudyIdentifiers
+from voxl_assets.deid.output import EncodedHeader, encode_instance_header, output_identifier_hits
+from voxl_assets.identifier_rules import IdentifierMatcher
+
+MRN = "47000020"  # ends in a zero: 4.700002E7 holds none of its digit runs
+
+
+def _matcher(*names: str) -> IdentifierMatcher:
+    identifiers = StudyIdentifiers()
+    identifiers.add(MRN)
+    for name in names:
+        identifiers.add_name(name)
+    return identifiers.matcher()
+
+
+def _clean(charset: str | None = None) -> Dataset:
+    """An instance without identifiers (those the test plants are the only ones)."""
+    ds = instance(hostile_spec(patient_id="PSEUDO1", patient_name="ANON^X", accession_number="A1"))
+    for keyword in ("PatientBirthDate", "InstitutionName", "ReferringPhysicianName"):
+        if keyword in ds:
+            del ds[keyword]
+    if charset:
+        ds.SpecificCharacterSet = charset
+    return ds
+
+
+def _rich(ds: Dataset) -> Dataset:
+    """Elements of most kinds: numbers, number strings, text, tags, long VRs, a private block,
+    and a sequence with items holding numbers and a nested sequence."""
+    ds.Rows, ds.Columns = 2, 2
+    ds.add_new(0x00181020, "LO", ["V1", "V2"])  # SoftwareVersions, multi-valued
+    ds.SliceThickness = "1.25"
+    ds.SeriesNumber = "7"
+    ds.add_new(0x00280106, "US", 3)  # SmallestImagePixelValue
+    ds.add_new(0x00189087, "FD", 1000.5)  # DiffusionBValue
+    ds.add_new(0x00209165, "AT", [0x00100020, 0x00080050])  # DimensionIndexPointer
+    ds.add_new(0x00204000, "LT", "line one\r\nline two")  # ImageComments
+    ds.add_new(0x00291010, "OB", bytes(range(40)))  # a private block's binary value
+    ds.add_new(0x00290010, "LO", "ACME 1.0")
+    inner = Dataset()
+    inner.add_new(0x00081150, "UI", "1.2.3.4")  # ReferencedSOPClassUID
+    inner.add_new(0x00281050, "DS", ["40", "400"])  # WindowCenter
+    item = Dataset()
+    item.add_new(0x00081160, "IS", [1, 2])  # ReferencedFrameNumber
+    item.add_new(0x00189004, "CS", "RESEARCH")  # ContentQualification
+    item.add_new(0x00081199, "SQ", Sequence([inner]))  # ReferencedSOPSequence
+    item.add_new(0x00280010, "US", 512)
+    ds.add_new(0x00081140, "SQ", Sequence([item, Dataset()]))  # ReferencedImageSequence
+    return ds
+
+
+def _saved(ds: Dataset, path: Path, syntax: str) -> Dataset:
+    """``ds`` written in ``syntax`` and read back as the engine reads it (raw elements)."""
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.save_as(
+        path,
+        enforce_file_format=True,
+        implicit_vr=syntax == ImplicitVRLittleEndian,
+        little_endian=syntax != ExplicitVRBigEndian,
+    )
+    return dcmread(path)
+
+
+def _elements(ds: Dataset) -> list[tuple[int, str, object]]:
+    found = []
+    for elem in ds.iterall():
+        value = elem.value
+        if elem.VR == "SQ":
+            value = len(value)
+        elif isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+            value = [str(v) for v in value]
+        else:
+            value = value if isinstance(value, (bytes, int, float)) else str(value)
+        found.append((int(elem.tag), elem.VR, value))
+    return found
+
+
+@pytest.mark.parametrize(
+    "syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian]
+)
+@pytest.mark.parametrize("charset", [None, "ISO_IR 192"])
+def test_the_encoded_header_is_the_dataset_as_pydicom_writes_it(
+    tmp_path: Path, syntax: str, charset: str | None
+) -> None:
+    """Raw elements copied, changed ones encoded directly, the rest (sequences, non-ASCII text)
+    by pydicom in the instance's character set: read back, every element is the same."""
+    source = _saved(_rich(_clean(charset)), tmp_path / "in.dcm", syntax)
+    source.PatientName = "ANON^Ÿvonne" if charset else "ANON^Y"  # changed: no longer raw
+    source.InstitutionName = "Hôpital Ñ" if charset else "Hospital"
+    source.StudyDescription = "CT"
+    source.add_new(0x00280107, "US", 4095)  # a new number
+    pixels = source.PixelData  # read (converted), as for ultrasound blanking
+    encodings = instance_encodings(source)
+    header = encode_instance_header(source, encodings)
+    assert header.little_endian is (syntax != ExplicitVRBigEndian)
+    ours = dcmread(io.BytesIO(header.data))
+    expected = io.BytesIO()
+    source.save_as(expected, enforce_file_format=True)
+    theirs = dcmread(io.BytesIO(expected.getvalue()))
+    assert ours.file_meta.TransferSyntaxUID == syntax
+    assert ours.file_meta.MediaStorageSOPInstanceUID == source.SOPInstanceUID
+    assert _elements(ours.file_meta) == _elements(theirs.file_meta)
+    assert _elements(ours) == _elements(theirs)
+    assert str(ours.PatientName) == str(source.PatientName)
+    assert ours.InstitutionName == source.InstitutionName
+    if syntax != ExplicitVRBigEndian:
+        assert header.pixel_range is not None
+        start, end = header.pixel_range
+        assert header.data[end - len(pixels) : end] == pixels
+        assert header.data[start : start + 4] == b"\xe0\x7f\x10\x00"
+        assert end == len(header.data)
+
+
+def _hits(ds: Dataset, *names: str) -> list[str]:
+    encodings = instance_encodings(ds)
+    return output_identifier_hits(
+        encode_instance_header(ds, encodings), _matcher(*names), encodings
+    )
+
+
+def _raw(ds: Dataset, tmp_path: Path, syntax: str = ExplicitVRLittleEndian) -> Dataset:
+    return _saved(ds, tmp_path / "planted.dcm", syntax)
+
+
+def test_a_clean_header_has_no_hits(tmp_path: Path) -> None:
+    assert _hits(_raw(_rich(_clean()), tmp_path), "Иванов^Пётр") == []
+
+
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+@pytest.mark.parametrize("raw", [True, False])
+def test_a_name_in_another_character_set_is_found(tmp_path: Path, syntax: str, raw: bool) -> None:
+    """Cyrillic in ISO 8859-5: no ASCII byte of it spells the name (nor its romanisation)."""
+    ds = _clean("ISO_IR 144")
+    if raw:  # copied byte for byte
+        ds.add_new(0x00324000, "LT", "Пациент Иванов, повторно")  # StudyComments
+        ds = _raw(ds, tmp_path, syntax)
+    else:  # set by the engine: encoded by pydicom
+        ds = _raw(ds, tmp_path, syntax)
+        ds.add_new(0x00324000, "LT", "Пациент Иванов, повторно")
+    assert _hits(ds, "Иванов^Пётр") == ["(0032,4000)"]
+
+
+def test_a_name_in_iso_2022_escapes_is_found(tmp_path: Path) -> None:
+    """JIS X 0208 after ESC $ B is 7-bit: every byte is ASCII, but it spells no ASCII name."""
+    ds = _clean("\\ISO 2022 IR 87")
+    ds.add_new(0x00324000, "LT", "患者 山田")
+    ds = _raw(ds, tmp_path)
+    value = ds.get_item(0x00324000).value
+    assert value.isascii() and b"\x1b$B" in value
+    assert _hits(ds, "山田^太郎") == ["(0032,4000)"]
+
+
+def test_a_name_in_a_sequence_item_in_another_character_set_is_found(tmp_path: Path) -> None:
+    ds = _clean("ISO_IR 144")
+    item = Dataset()
+    item.add_new(0x00324000, "LT", "Иванов")
+    ds.add_new(0x00081140, "SQ", Sequence([Dataset(), item]))
+    hits = _hits(_raw(ds, tmp_path), "Иванов^Пётр")
+    assert len(hits) == 1 and "(0032,4000)" in hits[0]
+
+
+@pytest.mark.parametrize("value", ["4.700002E7", "4.700002e7", "1\\4.700002E+07"])
+@pytest.mark.parametrize("raw", [True, False])
+def test_an_mrn_in_exponent_notation_is_found(tmp_path: Path, value: str, raw: bool) -> None:
+    """A DS as 4.700002E7 is 47000020: its digits (4700002) do not hold the MRN's."""
+    ds = _clean()
+    if raw:
+        ds.add_new(0x00180050, "DS", value)  # SliceThickness
+        ds = _raw(ds, tmp_path)
+    else:
+        ds = _raw(ds, tmp_path)
+        ds.add_new(0x00180050, "DS", value)
+    assert _hits(ds) == ["(0018,0050)"]
+
+
+def test_an_mrn_as_a_binary_number_is_found_in_either_byte_order(tmp_path: Path) -> None:
+    for syntax, order in ((ExplicitVRLittleEndian, "<"), (ExplicitVRBigEndian, ">")):
+        ds = _clean()
+        ds.add_new(0x00291010, "OB", b"\x01\x02" + struct.pack(f"{order}I", int(MRN)) + b"\0\0")
+        ds.add_new(0x00290010, "LO", "ACME 1.0")
+        assert _hits(_raw(ds, tmp_path, syntax)) == ["(0029,1010)"], syntax
+
+
+@pytest.mark.parametrize(
+    ("vr", "value"),
+    [
+        ("LO", b"ref " + base64.b64encode(f"MRN {MRN}".encode()) + b" "),
+        ("OB", f"MRN {MRN} ".encode("utf-16-le")),
+    ],
+)
+def test_an_mrn_hidden_as_base64_or_utf16_is_found(tmp_path: Path, vr: str, value: bytes) -> None:
+    ds = _clean()
+    ds.add_new(0x00290010, "LO", "ACME 1.0")
+    ds.add_new(0x00291010, vr, value)
+    assert _hits(_raw(ds, tmp_path)) == ["(0029,1010)"]
+
+
+def test_an_identifier_after_the_pixel_data_is_found(tmp_path: Path) -> None:
+    """Read whole (the slow path), the pixel data is in the header; only it is left out of the
+    prefilter's bytes, not the elements after it."""
+    ds = _clean()
+    ds.add_new(0x7FE10010, "LO", "ACME 1.0")
+    ds.add_new(0x7FE11010, "LO", f"MRN {MRN}")
+    hits = _hits(_raw(ds, tmp_path))
+    assert len(hits) == 1 and "(7FE1,1010)" in hits[0]
+
+
+def test_the_prefilter_needs_identifiers() -> None:
+    header = EncodedHeader(b"\0" * 132 + b"DICM")
+    assert output_identifier_hits(header, StudyIdentifiers().matcher(), []) == []
