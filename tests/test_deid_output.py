@@ -17,10 +17,10 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from tests.helpers.privacy import hostile_spec, instance
+from tests.helpers.privacy import hostile_spec, instance, put
 from voxl_assets.deid.checks import instance_encodings
 from voxl_assets.deid.identifiers import StudyIdentifiers
-from voxl_assets.deid.output import EncodedHeader, encode_instance_header, output_identifier_hits
+from voxl_assets.deid.output import encode_instance_header, output_identifier_hits
 from voxl_assets.identifier_rules import IdentifierMatcher
 
 MRN = "47000020"  # ends in a zero: 4.700002E7 holds none of its digit runs
@@ -147,7 +147,9 @@ def test_a_clean_header_has_no_hits(tmp_path: Path) -> None:
     assert _hits(_raw(_rich(_clean()), tmp_path), "Иванов^Пётр") == []
 
 
-@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+@pytest.mark.parametrize(
+    "syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian]
+)
 @pytest.mark.parametrize("raw", [True, False])
 def test_a_name_in_another_character_set_is_found(tmp_path: Path, syntax: str, raw: bool) -> None:
     """Cyrillic in ISO 8859-5: no ASCII byte of it spells the name (nor its romanisation)."""
@@ -181,13 +183,14 @@ def test_a_name_in_a_sequence_item_in_another_character_set_is_found(tmp_path: P
 
 
 @pytest.mark.parametrize("value", ["4.700002E7", "4.700002e7", "1\\4.700002E+07"])
-@pytest.mark.parametrize("raw", [True, False])
-def test_an_mrn_in_exponent_notation_is_found(tmp_path: Path, value: str, raw: bool) -> None:
+@pytest.mark.parametrize("raw", [True, False, "big endian"])
+def test_an_mrn_in_exponent_notation_is_found(tmp_path: Path, value: str, raw: object) -> None:
     """A DS as 4.700002E7 is 47000020: its digits (4700002) do not hold the MRN's."""
     ds = _clean()
     if raw:
         ds.add_new(0x00180050, "DS", value)  # SliceThickness
-        ds = _raw(ds, tmp_path)
+        syntax = ExplicitVRBigEndian if raw == "big endian" else ExplicitVRLittleEndian
+        ds = _raw(ds, tmp_path, syntax)
     else:
         ds = _raw(ds, tmp_path)
         ds.add_new(0x00180050, "DS", value)
@@ -226,6 +229,65 @@ def test_an_identifier_after_the_pixel_data_is_found(tmp_path: Path) -> None:
     assert len(hits) == 1 and "(7FE1,1010)" in hits[0]
 
 
-def test_the_prefilter_needs_identifiers() -> None:
-    header = EncodedHeader(b"\0" * 132 + b"DICM")
+def test_without_identifiers_there_is_nothing_to_find(tmp_path: Path) -> None:
+    source = _raw(_clean(), tmp_path)
+    header = encode_instance_header(source, instance_encodings(source))
+    header.data = b"II*\0 TIFF".ljust(128, b"\0") + header.data[128:]  # not even a preamble
     assert output_identifier_hits(header, StudyIdentifiers().matcher(), []) == []
+
+
+def test_kept_values_are_copied_byte_for_byte(tmp_path: Path) -> None:
+    """An element still as read is written back as read, even where pydicom's reading would
+    change it (bytes invalid in the declared character set, a number string's own spelling)."""
+    ds = _raw(_clean("ISO_IR 192"), tmp_path)
+    odd = {
+        0x00081030: ("LO", b"caf\xe9 noir "),  # StudyDescription: Latin-1 in a UTF-8 instance
+        0x00180050: ("DS", b"+1.2500E+00 "),  # SliceThickness
+        0x00200011: ("IS", b"0007"),  # SeriesNumber
+    }
+    path = tmp_path / "odd.dcm"
+    for tag, (vr, value) in odd.items():
+        put(ds, tag, vr, value)
+    ds.save_as(path, enforce_file_format=True)
+    data = path.read_bytes()
+    for tag, (vr, value) in odd.items():  # pydicom wrote them as given: the source's bytes
+        assert struct.pack("<HH", tag >> 16, tag & 0xFFFF) + vr.encode() in data
+        assert value in data
+    source = dcmread(path)
+    header = encode_instance_header(source, instance_encodings(source))
+    for tag, (vr, value) in odd.items():
+        element = struct.pack("<HH", tag >> 16, tag & 0xFFFF) + vr.encode()
+        element += struct.pack("<H", len(value)) + value
+        assert element in header.data, hex(tag)
+
+
+def test_a_file_meta_element_left_out_is_written_empty(tmp_path: Path) -> None:
+    source = _raw(_clean(), tmp_path)
+    del source.file_meta[0x00020013]  # ImplementationVersionName
+    header = encode_instance_header(source, instance_encodings(source))
+    written = dcmread(io.BytesIO(header.data))
+    assert written.file_meta.get("ImplementationVersionName", "") == ""
+    assert written.file_meta.MediaStorageSOPInstanceUID == source.SOPInstanceUID
+
+
+def test_an_identifier_in_the_preamble_is_found(tmp_path: Path) -> None:
+    """The engine writes a zeroed preamble; the check would still see one that is not."""
+    source = _raw(_clean(), tmp_path)
+    header = encode_instance_header(source, instance_encodings(source))
+    header.data = f"II* MRN {MRN}".encode().ljust(128, b"\0") + header.data[128:]
+    assert output_identifier_hits(header, _matcher(), []) == ["preamble"]
+
+
+@pytest.mark.parametrize(("tag", "vr"), [(0x7FE00008, "OF"), (0x7FE00009, "OD")])
+def test_float_pixel_data_is_left_out_of_the_prefilter_like_pixel_data(
+    tmp_path: Path, tag: int, vr: str
+) -> None:
+    source = _raw(_clean(), tmp_path)
+    del source[0x7FE00010]
+    pixels = struct.pack("<4d", *range(4)) if vr == "OD" else struct.pack("<4f", *range(4))
+    source.add_new(tag, vr, pixels)
+    header = encode_instance_header(source, instance_encodings(source))
+    assert header.pixel_range is not None
+    start, end = header.pixel_range
+    assert header.data[start : start + 4] == struct.pack("<HH", 0x7FE0, tag & 0xFFFF)
+    assert header.data[end - len(pixels) : end] == pixels
