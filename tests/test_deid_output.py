@@ -13,9 +13,14 @@ from pathlib import Path
 
 import pytest
 from pydicom import dcmread
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 
 from tests.helpers.privacy import hostile_spec, instance, put
 from voxl_assets.deid.checks import instance_encodings
@@ -291,3 +296,28 @@ def test_float_pixel_data_is_left_out_of_the_prefilter_like_pixel_data(
     start, end = header.pixel_range
     assert header.data[start : start + 4] == struct.pack("<HH", 0x7FE0, tag & 0xFFFF)
     assert header.data[end - len(pixels) : end] == pixels
+
+
+@pytest.mark.parametrize(
+    "syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian]
+)
+def test_the_file_meta_is_complete_whatever_the_dataset_carried(
+    tmp_path: Path, syntax: str
+) -> None:
+    """The engine gives the dataset a file meta of five elements; the header written has the
+    group length and the version too, as PS3.10 requires, in every transfer syntax."""
+    source = _saved(_clean(), tmp_path / "in.dcm", syntax)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = source.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = source.SOPInstanceUID
+    meta.TransferSyntaxUID = syntax
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    meta.ImplementationVersionName = "VOXL"
+    source.file_meta = meta
+    header = encode_instance_header(source, instance_encodings(source))
+    assert header.data[:132] == b"\0" * 128 + b"DICM"
+    written = dcmread(io.BytesIO(header.data))
+    assert written.file_meta.FileMetaInformationVersion == b"\0\1"
+    assert written.file_meta.FileMetaInformationGroupLength > 0
+    assert written.file_meta.MediaStorageSOPClassUID == source.SOPClassUID
+    assert written.file_meta.ImplementationVersionName == "VOXL"
