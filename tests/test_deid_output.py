@@ -168,6 +168,16 @@ def test_a_name_in_another_character_set_is_found(tmp_path: Path, syntax: str, r
     assert _hits(ds, "Иванов^Пётр") == ["(0032,4000)"]
 
 
+@pytest.mark.parametrize(
+    "syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian]
+)
+def test_a_name_at_the_start_of_a_long_text_value_is_found(tmp_path: Path, syntax: str) -> None:
+    """UT has a 4-byte length in explicit VR: the value the prefilter decodes starts after it."""
+    ds = _raw(_clean("ISO_IR 144"), tmp_path, syntax)
+    ds.add_new(0x0040A160, "UT", "Иванов, повторно")  # TextValue, set by the engine
+    assert _hits(ds, "Иванов^Пётр") == ["(0040,A160)"]
+
+
 def test_a_name_in_iso_2022_escapes_is_found(tmp_path: Path) -> None:
     """JIS X 0208 after ESC $ B is 7-bit: every byte is ASCII, but it spells no ASCII name."""
     ds = _clean("\\ISO 2022 IR 87")
@@ -188,16 +198,20 @@ def test_a_name_in_a_sequence_item_in_another_character_set_is_found(tmp_path: P
 
 
 @pytest.mark.parametrize("value", ["4.700002E7", "4.700002e7", "1\\4.700002E+07"])
-@pytest.mark.parametrize("raw", [True, False, "big endian"])
-def test_an_mrn_in_exponent_notation_is_found(tmp_path: Path, value: str, raw: object) -> None:
+@pytest.mark.parametrize(
+    "syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian]
+)
+@pytest.mark.parametrize("raw", [True, False])
+def test_an_mrn_in_exponent_notation_is_found(
+    tmp_path: Path, value: str, syntax: str, raw: bool
+) -> None:
     """A DS as 4.700002E7 is 47000020: its digits (4700002) do not hold the MRN's."""
     ds = _clean()
     if raw:
         ds.add_new(0x00180050, "DS", value)  # SliceThickness
-        syntax = ExplicitVRBigEndian if raw == "big endian" else ExplicitVRLittleEndian
         ds = _raw(ds, tmp_path, syntax)
     else:
-        ds = _raw(ds, tmp_path)
+        ds = _raw(ds, tmp_path, syntax)
         ds.add_new(0x00180050, "DS", value)
     assert _hits(ds) == ["(0018,0050)"]
 
