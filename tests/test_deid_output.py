@@ -14,12 +14,14 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate, generate_frames
 from pydicom.sequence import Sequence
 from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
+    JPEGBaseline8Bit,
 )
 
 from tests.helpers.privacy import hostile_spec, instance, put
@@ -335,3 +337,22 @@ def test_the_file_meta_is_complete_whatever_the_dataset_carried(
     assert written.file_meta.FileMetaInformationGroupLength > 0
     assert written.file_meta.MediaStorageSOPClassUID == source.SOPClassUID
     assert written.file_meta.ImplementationVersionName == "VOXL"
+
+
+def test_encapsulated_pixel_data_read_whole_stays_encapsulated(tmp_path: Path) -> None:
+    """Pixel data read with the header and not touched (a big-endian or deflated file, or
+    elements after the pixel data) is still encapsulated when written: undefined length, the
+    offset table and each fragment as they were."""
+    ds = _clean()
+    frames = [b"\xff\xd8\xff\xfe\x00\x04ok\xff\xd9", b"\xff\xd8\xff\xd9"]
+    ds.PixelData = encapsulate(frames)
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    path = tmp_path / "jpeg.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    source = dcmread(path)
+    assert source.get_item(0x7FE00010).length == 0xFFFFFFFF  # still raw
+    header = encode_instance_header(source, instance_encodings(source))
+    written = dcmread(io.BytesIO(header.data))
+    assert written["PixelData"].is_undefined_length
+    assert list(generate_frames(written.PixelData, number_of_frames=2)) == frames
