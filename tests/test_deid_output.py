@@ -356,3 +356,11 @@ def test_encapsulated_pixel_data_read_whole_stays_encapsulated(tmp_path: Path) -
     written = dcmread(io.BytesIO(header.data))
     assert written["PixelData"].is_undefined_length
     assert list(generate_frames(written.PixelData, number_of_frames=2)) == frames
+
+
+def test_a_name_every_reading_of_a_value_holds_is_found(tmp_path: Path) -> None:
+    """The name in UTF-8 and again in Latin-1 (text pasted from two systems): every reading
+    of the value, in any codec, holds it once."""
+    ds = _clean("ISO_IR 100")
+    put(ds, 0x00324000, "LT", "Müller".encode() + b" / " + "Müller".encode("latin-1"))
+    assert _hits(_raw(ds, tmp_path), "Müller^Hans") == ["(0032,4000)"]

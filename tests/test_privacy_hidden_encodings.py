@@ -249,6 +249,7 @@ def test_utf16_to_its_last_character_and_not_inside_another_number() -> None:
 def test_a_japanese_name_in_eight_bytes_of_utf16_is_found() -> None:
     matcher = _matcher("山田^太郎")
     assert hidden_hits("山田太郎".encode("utf-16-le"), matcher, binary=True)
+    assert hidden_hits("患者 山田".encode("utf-16-le"), matcher, binary=True)  # to the last one
     assert hidden_hits(b"\x00" + "山田太郎".encode("utf-16-be")[:7], matcher, binary=True)
 
 
