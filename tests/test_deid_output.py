@@ -13,11 +13,13 @@ from pathlib import Path
 
 import pytest
 from pydicom import dcmread
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate, generate_frames
 from pydicom.sequence import Sequence
 from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
+    UID,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
@@ -79,7 +81,7 @@ def _rich(ds: Dataset) -> Dataset:
 
 def _saved(ds: Dataset, path: Path, syntax: str) -> Dataset:
     """``ds`` written in ``syntax`` and read back as the engine reads it (raw elements)."""
-    ds.file_meta.TransferSyntaxUID = syntax
+    ds.file_meta.TransferSyntaxUID = UID(syntax)
     ds.save_as(
         path,
         enforce_file_format=True,
@@ -326,7 +328,7 @@ def test_the_file_meta_is_complete_whatever_the_dataset_carried(
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = source.SOPClassUID
     meta.MediaStorageSOPInstanceUID = source.SOPInstanceUID
-    meta.TransferSyntaxUID = syntax
+    meta.TransferSyntaxUID = UID(syntax)
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     meta.ImplementationVersionName = "VOXL"
     source.file_meta = meta
@@ -351,7 +353,8 @@ def test_encapsulated_pixel_data_read_whole_stays_encapsulated(tmp_path: Path) -
     path = tmp_path / "jpeg.dcm"
     ds.save_as(path, enforce_file_format=True)
     source = dcmread(path)
-    assert source.get_item(0x7FE00010).length == 0xFFFFFFFF  # still raw
+    pixels = source.get_item(0x7FE00010)
+    assert isinstance(pixels, RawDataElement) and pixels.length == 0xFFFFFFFF  # still raw
     header = encode_instance_header(source, instance_encodings(source))
     written = dcmread(io.BytesIO(header.data))
     assert written["PixelData"].is_undefined_length
