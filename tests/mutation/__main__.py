@@ -43,6 +43,7 @@ DEID_TESTS = [
     "tests/test_deid_checks.py",
     "tests/test_deid_engine.py",
     "tests/test_deid_guarantees.py",
+    "tests/test_deid_header_scan.py",
     "tests/test_deid_encoding.py",
     "tests/test_deid_output.py",
     "tests/test_deid_properties.py",

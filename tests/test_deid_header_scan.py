@@ -1,0 +1,71 @@
+"""The first pass (``voxl_assets/deid/header_scan.py``): each instance's structure walked from its
+bytes, what is wrong with it named as the reason it is refused, and its identifying values
+collected for the study. Checked here on the scan itself, file by file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+
+from tests.helpers.modalities import SourceUids, spectroscopy
+from tests.helpers.privacy import instance, save
+from voxl_assets.deid.header_scan import Refusal, scan_instance
+
+
+def test_mr_spectroscopy_has_no_pixel_data_and_is_not_refused(tmp_path: Path) -> None:
+    """An MRS instance has Rows and Columns but its data is SpectroscopyData."""
+    ds = spectroscopy(SourceUids(study="1.2.3"))
+    assert "PixelData" not in ds and ds.Rows == 1
+    scan = scan_instance(save(ds, tmp_path / "mrs.dcm"))
+    assert scan.refusal is None and scan.pixel_tail is not None
+    del ds.SpectroscopyData  # then it is an image without pixel data
+    assert scan_instance(save(ds, tmp_path / "broken.dcm")).refusal is Refusal.NO_PIXEL_DATA
+
+
+def _nested(depth: int) -> Dataset:
+    """An instance whose ReferencedImageSequence nests ``depth`` sequences in each other."""
+    ds = instance()
+    inner = Dataset()
+    inner.ReferencedSOPInstanceUID = "1.2.3.4"
+    for _ in range(depth - 1):
+        outer = Dataset()
+        outer.ReferencedImageSequence = Sequence([inner])
+        inner = outer
+    ds.ReferencedImageSequence = Sequence([inner])
+    return ds
+
+
+def test_sequences_nested_deeper_than_32_are_refused(tmp_path: Path) -> None:
+    """A bound on the walk's recursion: 32 levels are read, 33 are a malformed structure."""
+    assert scan_instance(save(_nested(32), tmp_path / "32.dcm")).refusal is None
+    deep = scan_instance(save(_nested(33), tmp_path / "33.dcm"))
+    assert deep.refusal is Refusal.BROKEN_STRUCTURE
+
+
+def test_colour_pixel_data_needs_every_sample(tmp_path: Path) -> None:
+    """RGB: three samples per pixel, so a third of the bytes is a truncated image."""
+    ds = instance()
+    ds.Rows, ds.Columns, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 4, 4, 8, 8, 7
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    ds.PixelData = np.zeros(4 * 4 * 3, np.uint8).tobytes()
+    ds["PixelData"].VR = "OB"
+    assert scan_instance(save(ds, tmp_path / "whole.dcm")).refusal is None
+    ds.PixelData = np.zeros(4 * 4, np.uint8).tobytes()
+    truncated = scan_instance(save(ds, tmp_path / "third.dcm"))
+    assert truncated.refusal is Refusal.TRUNCATED_PIXEL_DATA
+
+
+def test_ybr_full_422_needs_two_samples_a_pixel(tmp_path: Path) -> None:
+    """YBR_FULL_422 shares the chroma of two pixels: two bytes a pixel (of 8 bits), not three."""
+    ds = instance()
+    ds.Rows, ds.Columns, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 4, 4, 8, 8, 7
+    ds.SamplesPerPixel, ds.PlanarConfiguration = 3, 0
+    ds.PhotometricInterpretation = "YBR_FULL_422"
+    ds.PixelData = np.zeros(4 * 4 * 2, np.uint8).tobytes()
+    ds["PixelData"].VR = "OB"
+    assert scan_instance(save(ds, tmp_path / "ybr.dcm")).refusal is None
+    ds.PixelData = np.zeros(4 * 4 * 2 - 2, np.uint8).tobytes()
+    assert scan_instance(save(ds, tmp_path / "short.dcm")).refusal is Refusal.TRUNCATED_PIXEL_DATA
