@@ -11,7 +11,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from tests.helpers.modalities import SourceUids, spectroscopy
-from tests.helpers.privacy import instance, save
+from tests.helpers.privacy import BIRTH_DATE, FAMILY, MRN, instance, save
 from voxl_assets.deid.header_scan import Refusal, scan_instance
 
 
@@ -69,3 +69,36 @@ def test_ybr_full_422_needs_two_samples_a_pixel(tmp_path: Path) -> None:
     assert scan_instance(save(ds, tmp_path / "ybr.dcm")).refusal is None
     ds.PixelData = np.zeros(4 * 4 * 2 - 2, np.uint8).tobytes()
     assert scan_instance(save(ds, tmp_path / "short.dcm")).refusal is Refusal.TRUNCATED_PIXEL_DATA
+
+
+def _image(rows: int = 4, columns: int = 4, bits: int = 16, stored: int = 16) -> Dataset:
+    ds = instance()
+    ds.Rows, ds.Columns, ds.SamplesPerPixel = rows, columns, 1
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = bits, stored, stored - 1
+    return ds
+
+
+def test_every_frame_must_be_there(tmp_path: Path) -> None:
+    ds = _image()
+    ds.NumberOfFrames = 3
+    ds.PixelData = np.zeros(3 * 4 * 4, np.uint16).tobytes()
+    assert scan_instance(save(ds, tmp_path / "three.dcm")).refusal is None
+    ds.PixelData = np.zeros(4 * 4, np.uint16).tobytes()  # one frame of three
+    assert scan_instance(save(ds, tmp_path / "one.dcm")).refusal is Refusal.TRUNCATED_PIXEL_DATA
+
+
+def test_pixel_data_length_follows_bits_allocated_not_bits_stored(tmp_path: Path) -> None:
+    """12 bits stored in 16 allocated take two bytes a pixel: 12 bits' worth is truncated."""
+    ds = _image(stored=12)
+    ds.PixelData = np.zeros(4 * 4, np.uint16).tobytes()
+    assert scan_instance(save(ds, tmp_path / "whole.dcm")).refusal is None
+    ds.PixelData = bytes(4 * 4 * 12 // 8)
+    assert scan_instance(save(ds, tmp_path / "12.dcm")).refusal is Refusal.TRUNCATED_PIXEL_DATA
+
+
+def test_a_scan_shows_no_identifying_value(tmp_path: Path) -> None:
+    """A scan is kept for every file of a study and may end up in a log or a traceback."""
+    scan = scan_instance(save(instance(), tmp_path / "1.dcm"))
+    assert scan.values and MRN.encode() in b"".join(raw for _kind, raw in scan.values)
+    shown = repr(scan)
+    assert MRN not in shown and FAMILY not in shown and BIRTH_DATE not in shown
