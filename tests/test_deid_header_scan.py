@@ -11,8 +11,9 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from tests.helpers.modalities import SourceUids, spectroscopy
-from tests.helpers.privacy import BIRTH_DATE, FAMILY, MRN, instance, save
+from tests.helpers.privacy import BIRTH_DATE, FAMILY, MRN, instance, put, save
 from voxl_assets.deid.header_scan import Refusal, scan_instance
+from voxl_assets.deid.identifiers import StudyIdentifiers
 
 
 def test_mr_spectroscopy_has_no_pixel_data_and_is_not_refused(tmp_path: Path) -> None:
@@ -102,3 +103,16 @@ def test_a_scan_shows_no_identifying_value(tmp_path: Path) -> None:
     assert scan.values and MRN.encode() in b"".join(raw for _kind, raw in scan.values)
     shown = repr(scan)
     assert MRN not in shown and FAMILY not in shown and BIRTH_DATE not in shown
+
+
+def test_a_name_in_utf8_under_a_latin1_label_is_also_read_as_utf8(tmp_path: Path) -> None:
+    """Real archives write UTF-8 and declare Latin-1 (or nothing): the name is collected as
+    both readings, so the UTF-8 one is found wherever else it appears."""
+    ds = instance()
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    put(ds, 0x00100010, "PN", "Müller^Hans".encode())
+    scan = scan_instance(save(ds, tmp_path / "1.dcm"))
+    identifiers = StudyIdentifiers()
+    scan.add_identifiers(identifiers)
+    assert identifiers.matcher().find("seen by Dr Müller")
+    assert identifiers.matcher().find("MÃ¼ller")  # the Latin-1 reading too
