@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
@@ -116,3 +117,21 @@ def test_a_name_in_utf8_under_a_latin1_label_is_also_read_as_utf8(tmp_path: Path
     scan.add_identifiers(identifiers)
     assert identifiers.matcher().find("seen by Dr Müller")
     assert identifiers.matcher().find("MÃ¼ller")  # the Latin-1 reading too
+
+
+@pytest.mark.parametrize(("tag", "vr", "bits"), [(0x7FE00008, "OF", 32), (0x7FE00009, "OD", 64)])
+def test_float_pixel_data_is_pixel_data(tmp_path: Path, tag: int, vr: str, bits: int) -> None:
+    """Float and double float images (parametric maps) carry no PixelData: theirs is checked
+    for length and copied like it."""
+    ds = _image(bits=bits, stored=bits)
+    del ds.PixelData
+    del ds.BitsStored, ds.HighBit
+    pixels = np.zeros(4 * 4, np.float32 if bits == 32 else np.float64).tobytes()
+    ds.add_new(tag, vr, pixels)
+    path = save(ds, tmp_path / "float.dcm")
+    scan = scan_instance(path)
+    assert scan.refusal is None and scan.pixel_tail is not None
+    offset, length = scan.pixel_tail
+    assert path.read_bytes()[offset : offset + length].endswith(pixels)
+    ds[tag].value = pixels[:-8]
+    assert scan_instance(save(ds, tmp_path / "short.dcm")).refusal is Refusal.TRUNCATED_PIXEL_DATA
