@@ -135,3 +135,30 @@ def test_float_pixel_data_is_pixel_data(tmp_path: Path, tag: int, vr: str, bits:
     assert path.read_bytes()[offset : offset + length].endswith(pixels)
     ds[tag].value = pixels[:-8]
     assert scan_instance(save(ds, tmp_path / "short.dcm")).refusal is Refusal.TRUNCATED_PIXEL_DATA
+
+
+@pytest.mark.parametrize(
+    ("tag", "vr", "value", "seen_as"),
+    [
+        (0x00100020, "LO", "XQ7734125", "XQ7734125"),  # PatientID
+        (0x00101000, "LO", "XQ7734125", "XQ7734125"),  # OtherPatientIDs
+        (0x00080050, "SH", "XQ7734125", "XQ7734125"),  # AccessionNumber
+        (0x00200010, "SH", "XQ7734125", "XQ7734125"),  # StudyID
+        (0x00101090, "LO", "XQ7734125", "XQ7734125"),  # MedicalRecordLocator
+        (0x00100010, "PN", "Quixotovna^Zelda", "Quixotovna"),  # PatientName
+        (0x00101001, "PN", "Quixotovna^Zelda", "Quixotovna"),  # OtherPatientNames
+        (0x00101005, "PN", "Quixotovna^Zelda", "Quixotovna"),  # PatientBirthName
+        (0x00101060, "PN", "Quixotovna^Zelda", "Quixotovna"),  # PatientMotherBirthName
+        (0x00102297, "PN", "Quixotovna^Zelda", "Quixotovna"),  # ResponsiblePerson
+    ],
+)
+def test_each_identifying_element_is_collected(
+    tmp_path: Path, tag: int, vr: str, value: str, seen_as: str
+) -> None:
+    """The values the rest of the study is checked for: every identifier and name element
+    (in a later instance only, it is still looked for in all of them)."""
+    ds = instance()
+    ds.add_new(tag, vr, value)
+    identifiers = StudyIdentifiers()
+    scan_instance(save(ds, tmp_path / "1.dcm")).add_identifiers(identifiers)
+    assert identifiers.matcher().find(f"note: {seen_as} seen")
