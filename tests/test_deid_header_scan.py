@@ -162,3 +162,19 @@ def test_each_identifying_element_is_collected(
     identifiers = StudyIdentifiers()
     scan_instance(save(ds, tmp_path / "1.dcm")).add_identifiers(identifiers)
     assert identifiers.matcher().find(f"note: {seen_as} seen")
+
+
+def test_the_pixel_data_to_copy_is_located_unless_elements_follow_it(tmp_path: Path) -> None:
+    """The engine copies the pixel data element byte for byte from ``pixel_tail``; a file with
+    elements after its pixel data is read whole instead (they are de-identified too)."""
+    path = save(instance(), tmp_path / "plain.dcm")
+    scan = scan_instance(path)
+    data = path.read_bytes()
+    assert not scan.needs_full_read and scan.pixel_tail is not None
+    offset, length = scan.pixel_tail
+    assert data[offset : offset + 4] == b"\xe0\x7f\x10\x00" and offset + length == len(data)
+    ds = instance()
+    ds.add_new(0x7FE10010, "LO", "ACME 1.0")  # a private block after the pixel data
+    ds.add_new(0x7FE11010, "LO", "after")
+    after = scan_instance(save(ds, tmp_path / "after.dcm"))
+    assert after.refusal is None and after.needs_full_read and after.pixel_tail is None
