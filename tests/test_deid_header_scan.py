@@ -13,6 +13,7 @@ from pydicom.sequence import Sequence
 
 from tests.helpers.modalities import SourceUids, spectroscopy
 from tests.helpers.privacy import BIRTH_DATE, FAMILY, MRN, instance, put, save
+from voxl_assets.deid.encoding import encode_file_meta
 from voxl_assets.deid.header_scan import Refusal, scan_instance
 from voxl_assets.deid.identifiers import StudyIdentifiers
 
@@ -178,3 +179,17 @@ def test_the_pixel_data_to_copy_is_located_unless_elements_follow_it(tmp_path: P
     ds.add_new(0x7FE11010, "LO", "after")
     after = scan_instance(save(ds, tmp_path / "after.dcm"))
     assert after.refusal is None and after.needs_full_read and after.pixel_tail is None
+
+
+def test_a_file_meta_that_ends_the_file_is_read_as_file_meta(tmp_path: Path) -> None:
+    """Its last element (here an empty one, 8 bytes) is file meta even at the file's end, not
+    a first dataset element encoded unlike the transfer syntax."""
+    meta = encode_file_meta(
+        "1.2.840.10008.5.1.4.1.1.2", "1.2.3.4", "1.2.840.10008.1.2", "1.2.3", ""
+    )
+    assert meta.endswith(b"\x02\x00\x13\x00SH\x00\x00")  # ImplementationVersionName, empty
+    path = tmp_path / "meta-only.dcm"
+    path.write_bytes(meta)
+    scan = scan_instance(path)
+    assert scan.syntax == "1.2.840.10008.1.2" and scan.refusal is None
+    assert scan.sop_instance_uid == ""  # the engine refuses it for that
