@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from pydicom.dataset import Dataset
+from pydicom.encaps import encapsulate
 from pydicom.sequence import Sequence
+from pydicom.uid import JPEGBaseline8Bit
 
 from tests.helpers.modalities import SourceUids, spectroscopy
 from tests.helpers.privacy import BIRTH_DATE, FAMILY, MRN, instance, put, save
@@ -193,3 +195,51 @@ def test_a_file_meta_that_ends_the_file_is_read_as_file_meta(tmp_path: Path) -> 
     scan = scan_instance(path)
     assert scan.syntax == "1.2.840.10008.1.2" and scan.refusal is None
     assert scan.sop_instance_uid == ""  # the engine refuses it for that
+
+
+def test_a_name_in_a_later_code_extension_without_its_escape_is_collected(tmp_path: Path) -> None:
+    """Each code extension is tried alone: one that cannot decode the bytes (JIS X 0208) does
+    not stop the next (ISO 8859-5) from reading the name written without its escape."""
+    ds = instance()
+    ds.SpecificCharacterSet = ["ISO 2022 IR 6", "ISO 2022 IR 87", "ISO 2022 IR 144"]
+    put(ds, 0x00100010, "PN", "Иванов^Пётр".encode("iso8859_5"))
+    identifiers = StudyIdentifiers()
+    scan_instance(save(ds, tmp_path / "1.dcm")).add_identifiers(identifiers)
+    assert identifiers.matcher().find("Пациент Иванов")
+
+
+@pytest.mark.parametrize("implicit", [False, True])
+@pytest.mark.parametrize("into", [2, 4, 5, 7])
+def test_a_file_cut_inside_an_element_header_is_refused(
+    tmp_path: Path, implicit: bool, into: int
+) -> None:
+    """Fewer than 8 bytes of an element's tag, VR and length are a truncated header, not a
+    crash."""
+    path = save(instance(), tmp_path / "1.dcm", implicit=implicit)
+    data = path.read_bytes()
+    rows = data.find(b"\x28\x00\x10\x00")  # (0028,0010) Rows, a short (US) element
+    path.write_bytes(data[: rows + into])
+    assert scan_instance(path).refusal is Refusal.TRUNCATED_HEADER
+
+
+def test_an_empty_long_element_may_end_the_file(tmp_path: Path) -> None:
+    ds = instance()
+    ds.add_new(0x7FE10010, "LO", "ACME 1.0")
+    ds.add_new(0x7FE11010, "UT", "")  # its 12-byte header is the last of the file
+    path = save(ds, tmp_path / "1.dcm")
+    assert path.read_bytes().endswith(b"\xe1\x7f\x10\x10UT\x00\x00\x00\x00\x00\x00")
+    assert scan_instance(path).refusal is None
+
+
+def test_text_in_encapsulated_pixel_data_is_kept_out_of_a_scans_repr(tmp_path: Path) -> None:
+    ds = instance()
+    comment = f"patient {MRN}".encode()
+    frame = b"\xff\xd8\xff\xfe" + (len(comment) + 2).to_bytes(2, "big") + comment + b"\xff\xd9"
+    ds.PixelData = encapsulate([frame])
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    path = tmp_path / "jpeg.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    scan = scan_instance(path)
+    assert any(MRN.encode() in text for text in scan.embedded)
+    assert MRN not in repr(scan)
