@@ -243,3 +243,16 @@ def test_text_in_encapsulated_pixel_data_is_kept_out_of_a_scans_repr(tmp_path: P
     scan = scan_instance(path)
     assert any(MRN.encode() in text for text in scan.embedded)
     assert MRN not in repr(scan)
+
+
+def test_zero_padding_after_the_last_element_is_not_an_element(tmp_path: Path) -> None:
+    """Some writers pad a file with zero bytes: not an element after the pixel data (the file
+    is still copied from its pixel data), not a broken structure."""
+    path = save(instance(), tmp_path / "1.dcm")
+    plain = scan_instance(path)
+    path.write_bytes(path.read_bytes() + b"\0" * 16)
+    padded = scan_instance(path)
+    assert padded.refusal is None and not padded.needs_full_read
+    assert padded.pixel_tail == plain.pixel_tail
+    path.write_bytes(path.read_bytes() + b"\x01")  # not only zeros: a broken element
+    assert scan_instance(path).refusal is not None
