@@ -256,3 +256,26 @@ def test_zero_padding_after_the_last_element_is_not_an_element(tmp_path: Path) -
     assert padded.pixel_tail == plain.pixel_tail
     path.write_bytes(path.read_bytes() + b"\x01")  # not only zeros: a broken element
     assert scan_instance(path).refusal is not None
+
+
+@pytest.mark.parametrize("undefined", [True, False])
+def test_identifiers_inside_sequence_items_are_collected(tmp_path: Path, undefined: bool) -> None:
+    """In a sequence and item of either length form; a sequence before the pixel data is no
+    element after it."""
+    ds = instance()
+    item = Dataset()
+    item.PatientID = "XQ7734125"
+    item.IssuerOfPatientID = "ELSEWHERE"
+    ds.OtherPatientIDsSequence = Sequence([Dataset(), item])
+    ds["OtherPatientIDsSequence"].is_undefined_length = undefined
+    for each in ds.OtherPatientIDsSequence:
+        each.is_undefined_length_sequence_item = undefined
+    path = save(ds, tmp_path / "1.dcm")
+    data = path.read_bytes()
+    at = data.find(b"\x10\x00\x02\x10SQ\x00\x00") + 8
+    assert (data[at : at + 4] == b"\xff\xff\xff\xff") is undefined
+    scan = scan_instance(path)
+    assert scan.refusal is None and not scan.needs_full_read
+    identifiers = StudyIdentifiers()
+    scan.add_identifiers(identifiers)
+    assert identifiers.matcher().find("other id XQ7734125")
