@@ -279,3 +279,57 @@ def test_identifiers_inside_sequence_items_are_collected(tmp_path: Path, undefin
     identifiers = StudyIdentifiers()
     scan.add_identifiers(identifiers)
     assert identifiers.matcher().find("other id XQ7734125")
+
+
+def _encapsulated(tmp_path: Path, pixel_value: bytes) -> Path:
+    """A JPEG instance whose pixel data element holds ``pixel_value`` (undefined length)."""
+    ds = instance()
+    ds.PixelData = encapsulate([b"\xff\xd8\xff\xd9"])
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    path = tmp_path / "jpeg.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    data = path.read_bytes()
+    at = data.rfind(b"\xe0\x7f\x10\x00OB\x00\x00\xff\xff\xff\xff") + 12
+    path.write_bytes(data[:at] + pixel_value)
+    return path
+
+
+ITEM, END = b"\xfe\xff\x00\xe0", b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+
+
+def test_encapsulated_pixel_data_needs_an_offset_table_and_a_fragment(tmp_path: Path) -> None:
+    whole = ITEM + bytes(4) + ITEM + (4).to_bytes(4, "little") + b"\xff\xd8\xff\xd9" + END
+    assert scan_instance(_encapsulated(tmp_path, whole)).refusal is None
+    for broken in (
+        ITEM + bytes(4) + END,  # the offset table alone: no frame
+        END,  # not even the offset table
+        ITEM + bytes(4) + ITEM + (400).to_bytes(4, "little") + b"\xff\xd8\xff\xd9" + END,
+        ITEM
+        + bytes(4)
+        + b"\xfe\xff\x0d\xe0"
+        + (4).to_bytes(4, "little")
+        + b"\xff\xd8\xff\xd9"
+        + END,
+        ITEM + bytes(4) + ITEM + b"\xff\xff\xff\xff" + b"\xff\xd8\xff\xd9" + END,
+        ITEM + bytes(4) + ITEM + (4).to_bytes(4, "little") + b"\xff\xd8\xff\xd9",  # no end
+    ):
+        assert scan_instance(_encapsulated(tmp_path, broken)).refusal is Refusal.BROKEN_PIXEL_DATA
+
+
+@pytest.mark.parametrize(("frames", "samples"), [("0", 1), ("x", 1), ("1", 0), (None, None)])
+def test_frames_and_samples_that_say_nothing_count_as_one(
+    tmp_path: Path, frames: str | None, samples: int | None
+) -> None:
+    """NumberOfFrames 0 or unreadable, SamplesPerPixel 0, or either absent: one frame of one
+    sample, so pixel data of that size is whole."""
+    ds = _image()
+    if frames is not None:
+        ds.add_new(0x00280008, "IS", "1")
+        put(ds, 0x00280008, "IS", frames.encode())
+    if samples is None:
+        del ds.SamplesPerPixel
+    else:
+        ds.SamplesPerPixel = samples
+    ds.PixelData = np.zeros(4 * 4, np.uint16).tobytes()
+    assert scan_instance(save(ds, tmp_path / "1.dcm")).refusal is None
