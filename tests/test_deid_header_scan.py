@@ -333,3 +333,29 @@ def test_frames_and_samples_that_say_nothing_count_as_one(
         ds.SamplesPerPixel = samples
     ds.PixelData = np.zeros(4 * 4, np.uint16).tobytes()
     assert scan_instance(save(ds, tmp_path / "1.dcm")).refusal is None
+
+
+@pytest.mark.parametrize("size", [0, 1, 100, 131])
+def test_a_file_shorter_than_a_preamble_is_unreadable(tmp_path: Path, size: int) -> None:
+    path = tmp_path / "short.dcm"
+    path.write_bytes(b"\0" * size)
+    assert scan_instance(path).refusal is Refusal.UNREADABLE
+
+
+def test_a_preamble_alone_is_read_as_an_empty_file(tmp_path: Path) -> None:
+    """128 bytes and DICM, nothing else: nothing wrong in its structure (the engine refuses it
+    for having no SOP Instance UID)."""
+    path = tmp_path / "empty.dcm"
+    path.write_bytes(b"\0" * 128 + b"DICM")
+    scan = scan_instance(path)
+    assert scan.refusal is None and scan.sop_instance_uid == ""
+
+
+@pytest.mark.parametrize("extra", [b"\x08", b"\x08\x00\x18"])
+def test_a_file_ending_just_after_its_file_meta_is_truncated(tmp_path: Path, extra: bytes) -> None:
+    meta = encode_file_meta(
+        "1.2.840.10008.5.1.4.1.1.2", "1.2.3.4", "1.2.840.10008.1.2.1", "1.2.3", "X"
+    )
+    path = tmp_path / "cut.dcm"
+    path.write_bytes(meta + extra)
+    assert scan_instance(path).refusal is Refusal.TRUNCATED_HEADER
