@@ -359,3 +359,29 @@ def test_a_file_ending_just_after_its_file_meta_is_truncated(tmp_path: Path, ext
     path = tmp_path / "cut.dcm"
     path.write_bytes(meta + extra)
     assert scan_instance(path).refusal is Refusal.TRUNCATED_HEADER
+
+
+def _meta(syntax: str = "1.2.840.10008.1.2.1") -> bytes:
+    return encode_file_meta("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4", syntax, "1.2.3", "VOXL")
+
+
+@pytest.mark.parametrize("damage", ["cut", "too long"])
+def test_a_broken_file_meta_is_a_truncated_header(tmp_path: Path, damage: str) -> None:
+    meta = _meta()
+    if damage == "cut":  # the file ends inside the implementation class UID
+        data = meta[: meta.find(b"1.2.3\0") + 2]
+    else:  # the last element claims 65,535 bytes
+        data = meta[:-6] + b"\xff\xff" + b"VOXL" + b"\x08\x00\x18\x00UI\x04\x00" + b"1.23"
+    path = tmp_path / "meta.dcm"
+    path.write_bytes(data)
+    assert scan_instance(path).refusal is Refusal.TRUNCATED_HEADER
+
+
+def test_a_dataset_of_six_bytes_is_still_checked_against_its_syntax(tmp_path: Path) -> None:
+    """Tag and VR of an explicit element under the implicit syntax: mislabelled, even where
+    the file ends before its length."""
+    path = tmp_path / "six.dcm"
+    path.write_bytes(_meta("1.2.840.10008.1.2") + b"\x08\x00\x05\x00CS")
+    assert scan_instance(path).refusal is Refusal.MISLABELLED_SYNTAX
+    path.write_bytes(_meta("1.2.840.10008.1.2") + b"\x08\x00\x05\x00\x02\x00")
+    assert scan_instance(path).refusal is Refusal.TRUNCATED_HEADER
