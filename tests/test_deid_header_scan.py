@@ -222,6 +222,19 @@ def test_a_file_cut_inside_an_element_header_is_refused(
     assert scan_instance(path).refusal is Refusal.TRUNCATED_HEADER
 
 
+@pytest.mark.parametrize("into", [8, 9, 11])
+def test_a_file_cut_inside_a_long_element_header_is_refused(tmp_path: Path, into: int) -> None:
+    """Explicit VR OB, OW, UT...: 12 header bytes (a 4-byte length after 2 reserved ones)."""
+    ds = instance()
+    ds.add_new(0x00291010, "OB", b"\x01\x02")
+    ds.add_new(0x00290010, "LO", "ACME 1.0")
+    path = save(ds, tmp_path / "1.dcm")
+    data = path.read_bytes()
+    at = data.find(b"\x29\x00\x10\x10OB")
+    path.write_bytes(data[: at + into])
+    assert scan_instance(path).refusal is Refusal.TRUNCATED_HEADER
+
+
 def test_an_empty_long_element_may_end_the_file(tmp_path: Path) -> None:
     ds = instance()
     ds.add_new(0x7FE10010, "LO", "ACME 1.0")
