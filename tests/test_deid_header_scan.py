@@ -398,3 +398,24 @@ def test_a_dataset_of_six_bytes_is_still_checked_against_its_syntax(tmp_path: Pa
     assert scan_instance(path).refusal is Refusal.MISLABELLED_SYNTAX
     path.write_bytes(_meta("1.2.840.10008.1.2") + b"\x08\x00\x05\x00\x02\x00")
     assert scan_instance(path).refusal is Refusal.TRUNCATED_HEADER
+
+
+def test_a_sequence_labelled_un_is_read_as_implicit_vr(tmp_path: Path) -> None:
+    """PS3.5 6.2.2: an undefined-length UN element is a sequence whose items are implicit VR
+    little endian, whatever the transfer syntax; what they hold is collected."""
+    path = save(instance(), tmp_path / "1.dcm")
+    data = path.read_bytes()
+    item = b"\x10\x00\x20\x00" + (10).to_bytes(4, "little") + b"XQ7734125 "
+    sequence = (
+        b"\x29\x00\x10\x00LO" + (8).to_bytes(2, "little") + b"ACME 1.0"
+        + b"\x29\x00\x10\x10UN\x00\x00\xff\xff\xff\xff"
+        + b"\xfe\xff\x00\xe0\xff\xff\xff\xff" + item + b"\xfe\xff\x0d\xe0\x00\x00\x00\x00"
+        + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+    )  # fmt: skip
+    at = data.rfind(b"\xe0\x7f\x10\x00")
+    path.write_bytes(data[:at] + sequence + data[at:])
+    scan = scan_instance(path)
+    assert scan.refusal is None
+    identifiers = StudyIdentifiers()
+    scan.add_identifiers(identifiers)
+    assert identifiers.matcher().find("XQ7734125")
