@@ -419,3 +419,13 @@ def test_a_sequence_labelled_un_is_read_as_implicit_vr(tmp_path: Path) -> None:
     identifiers = StudyIdentifiers()
     scan.add_identifiers(identifiers)
     assert identifiers.matcher().find("XQ7734125")
+
+
+def test_bit_images_round_up_to_whole_bytes(tmp_path: Path) -> None:
+    """6 x 6 pixels of 1 bit are 36 bits: 5 bytes (6 with the even padding); 4 are short."""
+    ds = _image(rows=6, columns=6, bits=1, stored=1)
+    ds.PixelData = bytes(6)
+    ds["PixelData"].VR = "OB"
+    assert scan_instance(save(ds, tmp_path / "whole.dcm")).refusal is None
+    ds.PixelData = bytes(4)
+    assert scan_instance(save(ds, tmp_path / "short.dcm")).refusal is Refusal.TRUNCATED_PIXEL_DATA
