@@ -429,3 +429,27 @@ def test_bit_images_round_up_to_whole_bytes(tmp_path: Path) -> None:
     assert scan_instance(save(ds, tmp_path / "whole.dcm")).refusal is None
     ds.PixelData = bytes(4)
     assert scan_instance(save(ds, tmp_path / "short.dcm")).refusal is Refusal.TRUNCATED_PIXEL_DATA
+
+
+def test_the_file_metas_own_sop_instance_uid_is_collected(tmp_path: Path) -> None:
+    """A file meta may name another SOP Instance UID than the dataset (a copy edited badly):
+    it is a source UID all the same."""
+    ds = instance()
+    path = save(ds, tmp_path / "1.dcm")
+    uid = str(ds.SOPInstanceUID).encode()
+    other = uid[:-3] + (b"777" if not uid.endswith(b"777") else b"778")
+    data = path.read_bytes()
+    at = data.find(uid)  # the file meta's copy comes first
+    assert at < 300 and data.count(uid) == 2
+    path.write_bytes(data[:at] + other + data[at + len(uid) :])
+    identifiers = StudyIdentifiers()
+    scan_instance(path).add_identifiers(identifiers)
+    assert identifiers.matcher().find(f"ref {other.decode()}")
+
+
+def test_an_empty_value_among_several_does_not_hide_the_next(tmp_path: Path) -> None:
+    ds = instance()
+    put(ds, 0x00101000, "LO", b"\\XQ7734125")  # OtherPatientIDs: an empty value, then one
+    identifiers = StudyIdentifiers()
+    scan_instance(save(ds, tmp_path / "1.dcm")).add_identifiers(identifiers)
+    assert identifiers.matcher().find("XQ7734125")
