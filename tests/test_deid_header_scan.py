@@ -453,3 +453,19 @@ def test_an_empty_value_among_several_does_not_hide_the_next(tmp_path: Path) -> 
     identifiers = StudyIdentifiers()
     scan_instance(save(ds, tmp_path / "1.dcm")).add_identifiers(identifiers)
     assert identifiers.matcher().find("XQ7734125")
+
+
+def test_an_item_longer_than_its_sequence_is_a_truncated_header(tmp_path: Path) -> None:
+    ds = instance()
+    item = Dataset()
+    item.PatientID = "XQ7734125"
+    ds.OtherPatientIDsSequence = Sequence([item])
+    ds["OtherPatientIDsSequence"].is_undefined_length = False
+    item.is_undefined_length_sequence_item = False
+    path = save(ds, tmp_path / "1.dcm")
+    data = path.read_bytes()
+    at = data.find(b"\x10\x00\x02\x10SQ\x00\x00") + 12  # the item's tag
+    assert data[at : at + 4] == b"\xfe\xff\x00\xe0"
+    length = int.from_bytes(data[at + 4 : at + 8], "little")
+    path.write_bytes(data[: at + 4] + (length + 8).to_bytes(4, "little") + data[at + 8 :])
+    assert scan_instance(path).refusal is Refusal.TRUNCATED_HEADER
