@@ -30,23 +30,28 @@ def test_mr_spectroscopy_has_no_pixel_data_and_is_not_refused(tmp_path: Path) ->
     assert scan_instance(save(ds, tmp_path / "broken.dcm")).refusal is Refusal.NO_PIXEL_DATA
 
 
-def _nested(depth: int) -> Dataset:
+def _nested(depth: int, undefined: bool = True) -> Dataset:
     """An instance whose ReferencedImageSequence nests ``depth`` sequences in each other."""
     ds = instance()
     inner = Dataset()
     inner.ReferencedSOPInstanceUID = "1.2.3.4"
-    for _ in range(depth - 1):
+    for _ in range(depth):
+        inner.is_undefined_length_sequence_item = undefined
         outer = Dataset()
         outer.ReferencedImageSequence = Sequence([inner])
+        outer["ReferencedImageSequence"].is_undefined_length = undefined
         inner = outer
-    ds.ReferencedImageSequence = Sequence([inner])
+    ds.ReferencedImageSequence = inner.ReferencedImageSequence
+    ds["ReferencedImageSequence"].is_undefined_length = undefined
     return ds
 
 
-def test_sequences_nested_deeper_than_32_are_refused(tmp_path: Path) -> None:
-    """A bound on the walk's recursion: 32 levels are read, 33 are a malformed structure."""
-    assert scan_instance(save(_nested(32), tmp_path / "32.dcm")).refusal is None
-    deep = scan_instance(save(_nested(33), tmp_path / "33.dcm"))
+@pytest.mark.parametrize("undefined", [True, False])
+def test_sequences_nested_deeper_than_32_are_refused(tmp_path: Path, undefined: bool) -> None:
+    """A bound on the walk's recursion: 32 levels are read, 33 are a malformed structure (in
+    either length form)."""
+    assert scan_instance(save(_nested(32, undefined), tmp_path / "32.dcm")).refusal is None
+    deep = scan_instance(save(_nested(33, undefined), tmp_path / "33.dcm"))
     assert deep.refusal is Refusal.BROKEN_STRUCTURE
 
 
@@ -469,3 +474,19 @@ def test_an_item_longer_than_its_sequence_is_a_truncated_header(tmp_path: Path) 
     length = int.from_bytes(data[at + 4 : at + 8], "little")
     path.write_bytes(data[: at + 4] + (length + 8).to_bytes(4, "little") + data[at + 8 :])
     assert scan_instance(path).refusal is Refusal.TRUNCATED_HEADER
+
+
+def test_a_sequence_in_an_implicit_file_is_walked_whatever_its_group(tmp_path: Path) -> None:
+    """Implicit VR: the walk takes a public element's VR from the dictionary (groups 0x0012 and
+    0x0032 too), so its sequences are walked and what their items hold is collected."""
+    ds = instance()
+    item = Dataset()
+    item.PatientID = "XQ7734125"
+    ds.RequestedProcedureCodeSequence = Sequence([item])  # (0032,1064)
+    ds["RequestedProcedureCodeSequence"].is_undefined_length = False
+    item.is_undefined_length_sequence_item = False
+    identifiers = StudyIdentifiers()
+    scan = scan_instance(save(ds, tmp_path / "1.dcm", implicit=True))
+    assert scan.refusal is None
+    scan.add_identifiers(identifiers)
+    assert identifiers.matcher().find("XQ7734125")
