@@ -472,7 +472,11 @@ def test_an_item_longer_than_its_sequence_is_a_truncated_header(tmp_path: Path) 
     at = data.find(b"\x10\x00\x02\x10SQ\x00\x00") + 12  # the item's tag
     assert data[at : at + 4] == b"\xfe\xff\x00\xe0"
     length = int.from_bytes(data[at + 4 : at + 8], "little")
-    path.write_bytes(data[: at + 4] + (length + 8).to_bytes(4, "little") + data[at + 8 :])
+    after = at + 8 + length  # the sequence's end: the next element (short VR) starts there
+    following = 8 + int.from_bytes(data[after + 6 : after + 8], "little")
+    # The item now claims the next element too: whole elements, so only the bound sees it.
+    grown = (length + following).to_bytes(4, "little")
+    path.write_bytes(data[: at + 4] + grown + data[at + 8 :])
     assert scan_instance(path).refusal is Refusal.TRUNCATED_HEADER
 
 
