@@ -5,7 +5,9 @@ oldest undelivered ones (an upload anonymises those again)."""
 from __future__ import annotations
 
 import os
+import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -153,3 +155,118 @@ def test_staging_left_by_a_killed_run_is_cleaned(tmp_path: Path) -> None:
     assert store.clean_staging() == 2
     assert list((store.root / ".staging").iterdir()) == []
     assert store.clean_staging() == 0
+
+
+def test_the_default_bound_is_the_documented_50_gib(tmp_path: Path) -> None:
+    """README: VOXL_ANON_STORE_MAX_BYTES defaults to 50 GiB."""
+    assert AnonymisedStore(tmp_path / "anon").max_bytes == 50 * 1024**3
+    resource = StoresResource(raw_cache_dir="r", anonymised_dir="a", export_dir="e")
+    assert resource.anonymised_max_bytes == 50 * 1024**3
+
+
+def test_a_store_of_one_byte_and_a_root_whose_parents_are_missing(tmp_path: Path) -> None:
+    store = AnonymisedStore(tmp_path / "not" / "made" / "yet", max_bytes=1)
+    assert store.root.is_dir() and store.max_bytes == 1
+    _write(store, 1, size=10)  # larger than the bound: written alone
+    _write(store, 2, size=10)
+    assert _held(store) == [2]
+
+
+def test_trash_left_by_a_killed_process_is_emptied_at_start_up(tmp_path: Path) -> None:
+    root = tmp_path / "anon"
+    left = root / ".trash" / "p-1-deadbeef" / "series"
+    left.mkdir(parents=True)
+    (left / "1.dcm").write_bytes(b"x" * 100)
+    AnonymisedStore(root)
+    assert list((root / ".trash").iterdir()) == []
+
+
+def test_a_failure_inside_the_index_transaction_rolls_it_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rename into place fails after the eviction was decided: the index is rolled back
+    (its connection stays open for the next operation, which must not find a transaction still
+    open), the staging folder is removed and the next write works."""
+    import voxl_assets.deid.store as store_module
+
+    store = AnonymisedStore(tmp_path / "anon", max_bytes=1500)
+    _write(store, 1)
+
+    def broken(staging: Path, target: Path) -> None:
+        raise OSError("disk full")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(store_module, "replace_tree", broken)
+        with pytest.raises(OSError, match="disk full"):
+            _write(store, 2)
+    assert list((store.root / ".staging").iterdir()) == []
+    # Study 1's eviction was rolled back with the write: its row is still there (its folder
+    # went to the trash before the failure, so the next start-up forgets it).
+    assert store.studies() == [("p", 1)] and store.used_bytes() == 1000
+    _write(store, 3, size=500)
+    assert ("p", 3) in store.studies()
+    assert _held(AnonymisedStore(store.root, max_bytes=1500)) == [3]
+
+
+def test_rewriting_the_oldest_study_still_evicts_the_others(tmp_path: Path) -> None:
+    """The study being rewritten is skipped by the eviction, not the end of it."""
+    store = AnonymisedStore(tmp_path / "anon", max_bytes=3000)
+    for study_id in (1, 2, 3):
+        _write(store, study_id)
+    _write(store, 1, size=2500)  # the oldest, first in eviction order: 2 and 3 must go
+    assert _held(store) == [1] and store.used_bytes() == 2500
+
+
+def test_only_numbered_study_folders_are_adopted(tmp_path: Path) -> None:
+    """Other entries of a project folder (a stray file, a folder not named by a study id, a
+    file named like one) are skipped, and do not stop the adoption of the studies after them
+    (many of each, so that some come first whatever order the file system lists them in)."""
+    project = tmp_path / "anon" / "p"
+    project.mkdir(parents=True)
+    for number in range(1, 21):
+        (project / str(number)).mkdir()
+        (project / str(number) / "1.dcm").write_bytes(b"x" * 10)
+        (project / f"notes-{number}").mkdir()
+        (project / f"stray-{number}.txt").write_bytes(b"x")
+        (project / str(100 + number)).write_bytes(b"x")  # a file, not a study folder
+    store = AnonymisedStore(tmp_path / "anon")
+    assert store.studies() == [("p", number) for number in range(1, 21)]
+    assert store.used_bytes() == 200
+
+
+def test_a_retention_of_one_hour_keeps_a_delivered_study_for_that_hour(tmp_path: Path) -> None:
+    store = AnonymisedStore(tmp_path / "anon", retention_hours=1)
+    _write(store, 1)
+    now = time.time()
+    store.delivered("p", 1, now=now)
+    assert _held(store) == [1]
+    assert store.expire(now=now + 3599) == 0
+    assert store.expire(now=now + 3600) == 1 and _held(store) == []
+
+
+def test_two_processes_emptying_the_same_folders_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two processes may empty the same trash or clean the same staging folder at once; the
+    one that finds a folder already deleted by the other goes on. Staged here: each folder is
+    deleted by the "other process" between being listed and being removed."""
+    store = AnonymisedStore(tmp_path / "anon")
+    for name in (".trash", ".staging"):
+        for folder in ("p-1-aaaaaaaa", "p-2-bbbbbbbb"):
+            (store.root / name / folder / "series").mkdir(parents=True)
+            (store.root / name / folder / "series" / "1.dcm").write_bytes(b"x")
+    listed = Path.iterdir
+
+    def listed_then_deleted_by_another(path: Path) -> Iterator[Path]:
+        entries = list(listed(path))
+        if path.name in (".trash", ".staging"):
+            for entry in entries:
+                shutil.rmtree(entry)
+        return iter(entries)
+
+    monkeypatch.setattr(Path, "iterdir", listed_then_deleted_by_another)
+    _write(store, 1)  # empties the trash after the write
+    assert store.clean_staging() == 2
+    monkeypatch.undo()
+    assert list((store.root / ".staging").iterdir()) == []
+    assert list((store.root / ".trash").iterdir()) == []

@@ -5,8 +5,10 @@ identifier scan of the end-to-end tests finds nothing in it."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
@@ -27,18 +29,27 @@ from voxl_assets import settings
 from voxl_assets.cli import main
 from voxl_assets.cohort.extract_reader import read_extract
 from voxl_assets.cohort.ingest import persist_cohort, register_extract
-from voxl_assets.db import ExtractStudy, StudyDeidSummary, VoxlDatabase
-from voxl_assets.deid.engine import Deidentifier, FilterReason
+from voxl_assets.db import ExtractStudy, Study, StudyDeidSummary, StudyStatus, VoxlDatabase
+from voxl_assets.deid.engine import Deidentifier, DeidReport, FilterReason
 from voxl_assets.deid.hashing import LocalHashing, SaltStore
 from voxl_assets.deid.identifiers import StudyIdentifiers
+from voxl_assets.deid.operations import TagPolicy, load_policy
 from voxl_assets.deid.store import AnonymisedStore
 from voxl_assets.deid.study import (
     ALLOW_LIST_CHECK,
     IDENTIFIER_CHECK,
+    AnonymisedStudy,
     anonymise_study,
     build_deidentifier,
+    study_tally,
 )
-from voxl_assets.deid.tally import CREATOR_REMOVED, REMOVED, WITHHELD_CREATOR, DeidTally
+from voxl_assets.deid.tally import (
+    CREATOR_REMOVED,
+    REMOVED,
+    WITHHELD_CREATOR,
+    CheckTally,
+    DeidTally,
+)
 from voxl_assets.export.bundle import write_ehr_bundle
 from voxl_assets.export.deid_report import REPORT_HTML, REPORT_PARQUET
 from voxl_assets.outcomes import StudyFiltered
@@ -314,12 +325,17 @@ def test_a_study_stopped_by_a_privacy_check_counts_as_failed(tmp_path: Path) -> 
 
     rows = synthetic_extract_rows(1, seed=5)
     database, request, files, engine = _one_study(tmp_path, f"AXIAL {rows[0].mrn}")
-    with pytest.raises(PrivacyCheckFailed):
+    with pytest.raises(PrivacyCheckFailed) as raised:
         anonymise_study(request, files, engine, AnonymisedStore(tmp_path / "a"), database)
+    # The message names the failed check only; the checks go with it for the asset's metadata.
+    assert str(raised.value) == f"privacy check failed: {IDENTIFIER_CHECK}"
+    assert raised.value.checks[ALLOW_LIST_CHECK] == (True, "passed")
+    assert raised.value.checks[IDENTIFIER_CHECK][0] is False
     tally = _tally(database)
     assert tally.studies_failed_checks == 1 and tally.instances_out == 0 and not tally.attributes
-    assert tally.checks[IDENTIFIER_CHECK].studies_passed == 0
-    assert tally.checks[ALLOW_LIST_CHECK].studies_passed == 1
+    assert tally.instances_in == 2
+    assert tally.checks[IDENTIFIER_CHECK] == CheckTally(1, 0, 0)  # no instance was checked
+    assert tally.checks[ALLOW_LIST_CHECK] == CheckTally(1, 1, 0)
 
 
 def test_de_identifying_a_study_again_replaces_its_tally(tmp_path: Path) -> None:
@@ -348,3 +364,118 @@ def test_a_studys_own_identifiers_are_looked_for_whatever_its_headers_hold() -> 
     matcher = identifiers.matcher()
     for value in ("MRN 47000022", "acc 7001", "uid 1.2.826.0.1.3680043.9.7433.5"):
         assert matcher.find(value), value
+
+
+def _policy() -> TagPolicy:
+    ops = settings.REPO_ROOT / "project_definitions" / "tag-operations"
+    return load_policy(ops, ["base.yaml", "ct.yaml"], [])
+
+
+def _report(out: int, *, refused: int = 0) -> DeidReport:
+    return DeidReport(
+        instances_in=4,
+        instances_out=out,
+        filtered=Counter({FilterReason.SERIES_DESCRIPTION.value: 2}),
+        refused=Counter({"not a DICOM file": refused}) if refused else Counter(),
+        vr_changes=Counter({"(0008,103E) OD relabelled LO": 1}),
+        attributes=Counter({(0x00100020, "", "secure_hash"): out}),
+    )
+
+
+def test_a_studys_tally_counts_what_its_report_counted() -> None:
+    """One study, its instances and the instances written, the reasons kept from the engine's
+    report, each check with the instances it checked, and the tag-operation files it ran under."""
+    policy = _policy()
+    passed = {ALLOW_LIST_CHECK: (True, "ok"), IDENTIFIER_CHECK: (True, "ok")}
+    tally = study_tally(_report(1, refused=1), policy, passed, 99)
+    assert (tally.studies, tally.instances_in, tally.instances_out) == (1, 4, 1)
+    assert (tally.studies_written, tally.studies_filtered, tally.studies_failed_checks) == (1, 0, 0)
+    assert tally.filtered == {FilterReason.SERIES_DESCRIPTION.value: 2}
+    assert tally.refused == {"not a DICOM file": 1}
+    assert tally.vr_changes == {"(0008,103E) OD relabelled LO": 1}
+    assert tally.attributes == {(0x00100020, "", "secure_hash"): 1}
+    assert tally.profile_files == {(f.name, f.sha256): 1 for f in policy.files}
+    assert sorted(tally.profiles) == ["base.yaml", "ct.yaml"]
+    for name in passed:
+        assert tally.checks[name] == CheckTally(
+            studies_run=1, studies_passed=1, instances_checked=1
+        )
+    # Written with more than one instance, no refusal: written, not filtered.
+    tally = study_tally(_report(2), policy, passed, 4)
+    assert (tally.studies_written, tally.studies_filtered) == (1, 0)
+    # Nothing written and nothing refused: every instance was filtered out.
+    tally = study_tally(_report(0), policy, {}, 4)
+    assert (tally.studies_written, tally.studies_filtered, tally.checks) == (0, 1, {})
+    # Nothing written because the files were broken: neither written nor filtered.
+    tally = study_tally(_report(0, refused=4), policy, {}, 4)
+    assert (tally.studies_written, tally.studies_filtered) == (0, 0)
+
+
+def test_a_study_a_check_stopped_checked_no_instance() -> None:
+    checks = {ALLOW_LIST_CHECK: (True, "passed"), IDENTIFIER_CHECK: (False, "1 identifier")}
+    tally = study_tally(None, _policy(), checks, 3)
+    assert (tally.studies, tally.instances_in, tally.instances_out) == (1, 3, 0)
+    assert (tally.studies_written, tally.studies_filtered, tally.studies_failed_checks) == (0, 0, 1)
+    assert tally.checks[ALLOW_LIST_CHECK] == CheckTally(1, 1, 0)
+    assert tally.checks[IDENTIFIER_CHECK] == CheckTally(1, 0, 0)
+
+
+def test_the_metadata_shown_on_the_asset() -> None:
+    empty = DeidReport(instances_in=2, instances_out=2, series_out=1, bytes_out=2048)
+    assert AnonymisedStudy(empty).metadata() == {
+        "instances_in": 2,
+        "instances_out": 2,
+        "series_out": 1,
+        "bytes_out": 2048,
+        "instances_filtered": 0,
+        "filter_reasons": "none",
+        "instances_refused": 0,
+        "refusal_reasons": "none",
+        "vr_changes": "none",
+        "ultrasound_blanked": 0,
+    }
+    report = _report(1, refused=1)
+    report.vr_changes["(0018,0050) UN read as DS"] = 2
+    report.blanked_instances = 1
+    metadata = AnonymisedStudy(report).metadata()
+    assert metadata["instances_filtered"] == 2 and metadata["instances_refused"] == 1
+    assert metadata["filter_reasons"] == f"2 {FilterReason.SERIES_DESCRIPTION.value}"
+    assert metadata["refusal_reasons"] == "1 not a DICOM file"
+    assert metadata["vr_changes"] == (
+        "(0008,103E) OD relabelled LO x1, (0018,0050) UN read as DS x2"
+    )
+    assert metadata["ultrasound_blanked"] == 1
+
+
+def _study_row(database: VoxlDatabase) -> Study:
+    with database.session() as session:
+        study = session.scalars(select(Study)).one()
+        session.expunge(study)
+    return study
+
+
+def test_an_anonymised_study_is_recorded_with_its_pseudonyms(tmp_path: Path) -> None:
+    database, request, files, engine = _one_study(tmp_path, "AXIAL")
+    store = AnonymisedStore(tmp_path / "a")
+    result = anonymise_study(request, files, engine, store, database)
+    assert isinstance(result, AnonymisedStudy) and result.report.instances_out == 2
+    study = _study_row(database)
+    assert study.status == StudyStatus.ANONYMISED.value and study.anonymised_at is not None
+    assert study.details == {"deid": result.metadata()}
+    assert result.report.pseudo_study_uid and result.report.pseudo_patient_id
+    assert study.pseudo_study_uid == result.report.pseudo_study_uid
+    assert study.pseudo_patient_id == result.report.pseudo_patient_id
+    written = store.files(request.project, request.study_id)
+    assert written is not None and len(written) == 2
+    assert {pydicom.dcmread(p).PatientID for p in written} == {result.report.pseudo_patient_id}
+
+
+def test_a_participant_id_is_the_patient_id_written_and_recorded(tmp_path: Path) -> None:
+    database, request, files, engine = _one_study(tmp_path, "AXIAL")
+    request = dataclasses.replace(request, participant_id="PARTICIPANT-0007")
+    store = AnonymisedStore(tmp_path / "a")
+    anonymise_study(request, files, engine, store, database)
+    assert _study_row(database).pseudo_patient_id == "PARTICIPANT-0007"
+    written = store.files(request.project, request.study_id)
+    assert written is not None and len(written) == 2
+    assert {pydicom.dcmread(p).PatientID for p in written} == {"PARTICIPANT-0007"}

@@ -31,6 +31,7 @@ from voxl_assets.deid.checks import check_output
 from voxl_assets.deid.engine import OutputCheckError
 from voxl_assets.deid.hidden_text import hidden_hits
 from voxl_assets.deid.identifiers import StudyIdentifiers
+from voxl_assets.identifier_rules import IdentifierMatcher
 
 
 def _utf16le(text: str) -> bytes:
@@ -192,3 +193,78 @@ def test_hashes_uids_and_random_bytes_are_not_mistaken_for_identifiers(
         (noise, True),
     ):
         assert not hidden_hits(value, matcher, binary=binary), value
+
+
+def _matcher(*names: str) -> IdentifierMatcher:
+    identifiers = StudyIdentifiers()
+    identifiers.add(MRN)
+    for name in names:
+        identifiers.add_name(name)
+    return identifiers.matcher()
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"ref SkFORSAx ok",  # base64 of "JANE 1": six bytes, all text
+        b"ref SkFORSAxCg== ok",  # base64 of "JANE 1\n": a line break is still text
+        b"ref SkFORSAxx ok",  # glued to one more letter: the run's last character dropped
+        b"uid 1234567890 then SkFORSAx",  # a number's digits first, then the run
+    ],
+)
+def test_a_short_name_part_in_a_whole_decoding_is_found(value: bytes) -> None:
+    """A decoding of six or more bytes that is all text is whole: a short name part ("JANE",
+    matched only as a whole word) counts there."""
+    assert [n.kind for n in hidden_hits(value, _matcher("DOE^JANE"), binary=False)] == ["name"]
+
+
+@pytest.mark.parametrize(
+    ("value", "binary"),
+    [
+        (b"ref AQIDSkFORSAx ok", False),  # base64 of 01 02 03 "JANE 1": not all text
+        (b"ref 014a414e452031 ok", False),  # hex of 01 "JANE 1"
+        # 16-bit numbers 74 65 78 69: "JANE" in UTF-16, as any array of small numbers may read
+        (bytes([74, 0, 65, 0, 78, 0, 69, 0]), True),
+    ],
+)
+def test_a_short_name_part_in_a_partial_decoding_is_not_a_finding(
+    value: bytes, binary: bool
+) -> None:
+    """In a decoding that is not all text (random bytes, hashes, numbers), only identifiers long
+    enough to match as substrings count: a three or four letter word would fire on them."""
+    assert hidden_hits(value, _matcher("DOE^JANE"), binary=binary) == []
+
+
+def test_utf16_to_its_last_character_and_not_inside_another_number() -> None:
+    matcher = _matcher()
+    assert hidden_hits("MRN: 47000022".encode("utf-16-le"), matcher, binary=True)
+    assert hidden_hits("47000022 MRN".encode("utf-16-be"), matcher, binary=True)
+    # "\uff1147000022" (a fullwidth 1 first) is another number: the MRN's digits inside it are
+    # not the MRN. (With an ASCII "1" first they are found: the other byte order read from the
+    # second byte spells the text from its second character, "47000022", a false finding
+    # accepted for now; see the README's mutation notes.)
+    assert hidden_hits("\uff1147000022 ref".encode("utf-16-le"), matcher, binary=True) == []
+
+
+def test_a_japanese_name_in_eight_bytes_of_utf16_is_found() -> None:
+    matcher = _matcher("山田^太郎")
+    assert hidden_hits("山田太郎".encode("utf-16-le"), matcher, binary=True)
+    assert hidden_hits("患者 山田".encode("utf-16-le"), matcher, binary=True)  # to the last one
+    assert hidden_hits(b"\x00" + "山田太郎".encode("utf-16-be")[:7], matcher, binary=True)
+
+
+def test_text_values_are_not_read_as_utf16() -> None:
+    """Only binary values are read as UTF-16: ASCII text would otherwise turn into CJK
+    characters ("q\\0u" is 山田 in UTF-16) and fail studies of patients with those names."""
+    assert hidden_hits(b"x q\\0u y", _matcher("山田^太郎"), binary=False) == []
+    assert hidden_hits(b"x q\\0u y", _matcher("山田^太郎"), binary=True)
+
+
+def test_an_eight_byte_binary_value_holding_a_japanese_name_is_refused(tmp_path: Path) -> None:
+    """The smallest value read as UTF-16 (8 bytes, four characters), through the engine's
+    prefilter and check."""
+    ds = instance(hostile_spec(patient_name="山田^太郎"))
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    siemens_private(ds, 0x0E, "OB", "山田太郎".encode("utf-16-le"))
+    outcome = deidentify(tmp_path, [save(ds, tmp_path / "raw" / "1.dcm")])
+    assert isinstance(outcome, OutputCheckError)

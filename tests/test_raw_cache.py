@@ -4,6 +4,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -182,3 +183,30 @@ def test_a_study_that_cannot_make_room_leaves_no_staging(tmp_path: Path) -> None
         _write(cache, "new", 100)
     assert not any((tmp_path / ".staging").iterdir())
     assert cache.keys_by_age() == ["held"]
+
+
+def test_two_processes_emptying_the_same_folders_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two processes starting at once both empty the trash and clean dead retrievals' staging;
+    the one that finds a folder already deleted by the other goes on. Staged here: each folder
+    is deleted by the "other process" between being listed and being removed."""
+    RawCache(tmp_path, max_bytes=10_000)
+    for folder in (tmp_path / ".trash" / "evicted-1234abcd", tmp_path / ".staging" / "a-b-c"):
+        folder.mkdir()
+        (folder / "000001.dcm").write_bytes(b"identifiable")
+    listed = Path.iterdir
+
+    def listed_then_deleted_by_another(path: Path) -> Iterator[Path]:
+        entries = list(listed(path))
+        if path.name in (".trash", ".staging"):
+            for entry in entries:
+                shutil.rmtree(entry)
+        return iter(entries)
+
+    monkeypatch.setattr(Path, "iterdir", listed_then_deleted_by_another)
+    cache = RawCache(tmp_path, max_bytes=10_000)
+    assert cache.clean_staging() == 0
+    monkeypatch.undo()
+    assert not any((tmp_path / ".trash").iterdir())
+    assert not any((tmp_path / ".staging").iterdir())
