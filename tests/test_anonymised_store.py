@@ -5,15 +5,14 @@ oldest undelivered ones (an upload anonymises those again)."""
 from __future__ import annotations
 
 import os
-import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from dagster import build_resources
 
 from resources.imaging import StoresResource
+from tests.helpers.races import folders_deleted_by_another_once_listed
 from voxl_assets.deid.store import AnonymisedStore
 
 
@@ -255,16 +254,7 @@ def test_two_processes_emptying_the_same_folders_at_once(
         for folder in ("p-1-aaaaaaaa", "p-2-bbbbbbbb"):
             (store.root / name / folder / "series").mkdir(parents=True)
             (store.root / name / folder / "series" / "1.dcm").write_bytes(b"x")
-    listed = Path.iterdir
-
-    def listed_then_deleted_by_another(path: Path) -> Iterator[Path]:
-        entries = list(listed(path))
-        if path.name in (".trash", ".staging"):
-            for entry in entries:
-                shutil.rmtree(entry)
-        return iter(entries)
-
-    monkeypatch.setattr(Path, "iterdir", listed_then_deleted_by_another)
+    folders_deleted_by_another_once_listed(monkeypatch)
     _write(store, 1)  # empties the trash after the write
     assert store.clean_staging() == 2
     monkeypatch.undo()

@@ -26,6 +26,7 @@ from pydicom.uid import (
     JPEGBaseline8Bit,
 )
 
+from tests.helpers.identifiers import matcher_for
 from tests.helpers.privacy import hostile_spec, instance, put
 from voxl_assets.deid.checks import instance_encodings
 from voxl_assets.deid.identifiers import StudyIdentifiers
@@ -36,11 +37,7 @@ MRN = "47000020"  # ends in a zero: 4.700002E7 holds none of its digit runs
 
 
 def _matcher(*names: str) -> IdentifierMatcher:
-    identifiers = StudyIdentifiers()
-    identifiers.add(MRN)
-    for name in names:
-        identifiers.add_name(name)
-    return identifiers.matcher()
+    return matcher_for(MRN, *names)
 
 
 def _clean(charset: str | None = None) -> Dataset:

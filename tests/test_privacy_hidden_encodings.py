@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.helpers.identifiers import matcher_for
 from tests.helpers.privacy import (
     BIRTH_DATE,
     MRN,
@@ -196,11 +197,7 @@ def test_hashes_uids_and_random_bytes_are_not_mistaken_for_identifiers(
 
 
 def _matcher(*names: str) -> IdentifierMatcher:
-    identifiers = StudyIdentifiers()
-    identifiers.add(MRN)
-    for name in names:
-        identifiers.add_name(name)
-    return identifiers.matcher()
+    return matcher_for(MRN, *names)
 
 
 @pytest.mark.parametrize(

@@ -4,11 +4,11 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.helpers.races import folders_deleted_by_another_once_listed
 from voxl_assets.vna.cache import CacheFull, RawCache, cache_key
 
 
@@ -195,16 +195,7 @@ def test_two_processes_emptying_the_same_folders_at_once(
     for folder in (tmp_path / ".trash" / "evicted-1234abcd", tmp_path / ".staging" / "a-b-c"):
         folder.mkdir()
         (folder / "000001.dcm").write_bytes(b"identifiable")
-    listed = Path.iterdir
-
-    def listed_then_deleted_by_another(path: Path) -> Iterator[Path]:
-        entries = list(listed(path))
-        if path.name in (".trash", ".staging"):
-            for entry in entries:
-                shutil.rmtree(entry)
-        return iter(entries)
-
-    monkeypatch.setattr(Path, "iterdir", listed_then_deleted_by_another)
+    folders_deleted_by_another_once_listed(monkeypatch)
     cache = RawCache(tmp_path, max_bytes=10_000)
     assert cache.clean_staging() == 0
     monkeypatch.undo()
