@@ -40,7 +40,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def _engines(instance: DagsterInstance) -> dict[str, object]:
     storage = instance.event_log_storage
     assert isinstance(storage, SqliteEventLogStorage)
-    return dict(storage.__dict__.get("_voxl_engines", {}))
+    return dict(dagster_storage._engines_of(storage))
 
 
 def test_events_are_stored_and_read_as_dagster_s_own_storage_would(home: Path) -> None:

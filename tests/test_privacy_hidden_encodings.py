@@ -21,8 +21,8 @@ from tests.helpers.privacy import (
     MRN,
     NAME,
     SIEMENS_KEPT,
+    crafted_output,
     deidentify,
-    deidentify_unchecked,
     hostile_spec,
     instance,
     save,
@@ -123,17 +123,11 @@ def test_the_engine_refuses_a_hidden_name_in_a_kept_binary_element(
 def test_the_checker_finds_a_hidden_identifier_in_a_written_file(
     tmp_path: Path, encoding: str, payload: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    ds = instance()
-    engine, report, identifiers = deidentify_unchecked(
-        tmp_path, [save(ds, tmp_path / "raw" / "1.dcm")], monkeypatch
-    )
-    import pydicom
-
-    crafted = pydicom.dcmread(report.output_files[0])
     vr = "LO" if encoding in TEXT_ONLY else "OB"
-    siemens_private(crafted, 0x0E, vr, _planted(encoding, payload, (b"x ", b" y")))
-    path = tmp_path / "crafted.dcm"
-    crafted.save_as(path, enforce_file_format=True)
+    planted = _planted(encoding, payload, (b"x ", b" y"))
+    engine, path, identifiers = crafted_output(
+        tmp_path, monkeypatch, lambda crafted: siemens_private(crafted, 0x0E, vr, planted)
+    )
     identifiers.add(MRN)
     identifiers.add_name(NAME)
     identifiers.add_birth_date(BIRTH_DATE)

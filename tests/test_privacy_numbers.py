@@ -8,8 +8,8 @@ import pytest
 
 from tests.helpers.privacy import (
     MRN,
+    crafted_output,
     deidentify,
-    deidentify_unchecked,
     instance,
     pack,
     put,
@@ -85,14 +85,9 @@ def test_engine_refuses_a_numeric_mrn_as_a_binary_number(
 def test_checker_finds_a_numeric_mrn_as_a_binary_number(
     tmp_path: Path, vr: str, value: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    ds = instance()
-    engine, report, _ = deidentify_unchecked(
-        tmp_path, [save(ds, tmp_path / "raw" / "1.dcm")], monkeypatch
+    engine, path, _ = crafted_output(
+        tmp_path, monkeypatch, lambda crafted: siemens_private(crafted, 0x27, vr, value)
     )
-    crafted = pydicom.dcmread(report.output_files[0])
-    siemens_private(crafted, 0x27, vr, value)
-    path = tmp_path / "crafted.dcm"
-    crafted.save_as(path, enforce_file_format=True)
     _allow, leaks = check_output([path], engine.policy, study_identifiers())
     assert not leaks.passed, vr
 
@@ -101,14 +96,10 @@ def test_checker_finds_a_numeric_mrn_as_a_binary_number(
 def test_checker_finds_a_numeric_mrn_in_a_number_string(
     tmp_path: Path, vr: str, text: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    ds = instance()
-    engine, report, _ = deidentify_unchecked(
-        tmp_path, [save(ds, tmp_path / "raw" / "1.dcm")], monkeypatch
+    tag = 0x00281050 if vr == "DS" else 0x00200013
+    engine, path, _ = crafted_output(
+        tmp_path, monkeypatch, lambda crafted: put(crafted, tag, vr, text.encode())
     )
-    crafted = pydicom.dcmread(report.output_files[0])
-    put(crafted, 0x00281050 if vr == "DS" else 0x00200013, vr, text.encode())
-    path = tmp_path / "crafted.dcm"
-    crafted.save_as(path, enforce_file_format=True)
     _allow, leaks = check_output([path], engine.policy, study_identifiers())
     assert not leaks.passed, text
 

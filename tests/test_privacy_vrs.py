@@ -14,8 +14,8 @@ from tests.helpers.privacy import (
     BIRTH_DATE,
     MRN,
     NAME,
+    crafted_output,
     deidentify,
-    deidentify_unchecked,
     instance,
     leaked,
     put,
@@ -97,14 +97,11 @@ def test_checker_scans_every_vr_of_a_written_file(
 ) -> None:
     ds = instance()
     ds.SeriesDescription = "AXIAL"
-    engine, report, identifiers = deidentify_unchecked(
-        tmp_path, [save(ds, tmp_path / "raw" / "1.dcm")], monkeypatch
-    )
-    crafted = pydicom.dcmread(report.output_files[0])
     # Written as the engine writes kept private blocks, whatever VR the source gave.
-    siemens_private(crafted, 0x0E, vr, f"x {NAME} {MRN} {BIRTH_DATE}".encode())
-    path = tmp_path / "crafted.dcm"
-    crafted.save_as(path, enforce_file_format=True)
+    value = f"x {NAME} {MRN} {BIRTH_DATE}".encode()
+    engine, path, identifiers = crafted_output(
+        tmp_path, monkeypatch, lambda crafted: siemens_private(crafted, 0x0E, vr, value), ds
+    )
     identifiers.add(MRN)
     identifiers.add_name(NAME)
     _allow, leaks = check_output([path], engine.policy, identifiers)

@@ -36,17 +36,21 @@ from sqlalchemy.pool import NullPool, QueuePool
 KEPT_ENGINES = 8
 
 
+def _engines_of(storage: Any) -> OrderedDict[str, Engine]:
+    """``storage``'s kept engines in this process: a forked child starts with none (the
+    parent's connections stay the parent's)."""
+    owner, engines = storage.__dict__.get("_voxl_engines", (None, None))
+    if owner != os.getpid() or engines is None:
+        for engine in (engines or {}).values():
+            engine.dispose(close=False)
+        engines = OrderedDict()
+        storage._voxl_engines = (os.getpid(), engines)
+    return engines
+
+
 def _kept_engine(storage: Any, shard: str) -> Engine:
     """``storage``'s engine for ``shard`` (called under its ``_db_lock``)."""
-    if (
-        storage.__dict__.get("_voxl_engines_pid") != os.getpid()
-        or "_voxl_engines" not in storage.__dict__
-    ):
-        for engine in storage.__dict__.get("_voxl_engines", {}).values():
-            engine.dispose(close=False)  # the parent's connections stay the parent's
-        storage._voxl_engines = OrderedDict()
-        storage._voxl_engines_pid = os.getpid()
-    engines: OrderedDict[str, Engine] = storage._voxl_engines
+    engines = _engines_of(storage)
     engine = engines.get(shard)
     if engine is None:
         engine = create_engine(
@@ -77,10 +81,8 @@ def _connect_keeping_engines(self: Any, shard: str) -> Iterator[Connection]:
 
 def _let_engines_go(storage: Any) -> None:
     """When the storage is disposed: no connection kept to its files."""
-    engines = storage.__dict__.get("_voxl_engines", {})
-    if storage.__dict__.get("_voxl_engines_pid") == os.getpid():
-        for engine in engines.values():
-            engine.dispose()
+    for engine in _engines_of(storage).values():
+        engine.dispose()
     storage.__dict__.pop("_voxl_engines", None)
 
 

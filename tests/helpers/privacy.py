@@ -6,7 +6,7 @@ from __future__ import annotations
 import struct
 import tempfile
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +143,25 @@ def deidentify_unchecked(
         patch.setattr(output_module, "output_identifier_hits", lambda *_args, **_kwargs: [])
         report = engine.deidentify_study(files, tmp_path / "unchecked", identifiers)
     return engine, report, identifiers
+
+
+def crafted_output(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    alter: Callable[[Dataset], Any],
+    source: Dataset | None = None,
+) -> tuple[Deidentifier, Path, StudyIdentifiers]:
+    """A file the engine wrote (its in-memory check off), then changed by ``alter`` as a
+    hostile archive or a defect could, saved as ``crafted.dcm``: what the checker must catch."""
+    source = source if source is not None else instance()
+    engine, report, identifiers = deidentify_unchecked(
+        tmp_path, [save(source, tmp_path / "raw" / "1.dcm")], monkeypatch
+    )
+    crafted = dcmread(report.output_files[0])
+    alter(crafted)
+    path = tmp_path / "crafted.dcm"
+    crafted.save_as(path, enforce_file_format=True)
+    return engine, path, identifiers
 
 
 def study_identifiers(*uids: str) -> StudyIdentifiers:
