@@ -537,3 +537,118 @@ def test_an_allow_list_without_the_instance_identity_is_refused(
         return
     with pytest.raises(TagOperationsError, match=rf"{expected}: {keyword} must have op"):
         load_policy(tmp_path, ["base.yaml"], ["vendor.yaml"])
+
+
+# --- the pixel data copy: in the kernel, else portably ------------------------------------------
+
+
+def _copy_with(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kernel: Any, payload: bytes, offset: int
+) -> bytes:
+    from voxl_assets.deid import engine as engine_module
+
+    source = tmp_path / "source.bin"
+    source.write_bytes(payload)
+    if kernel is not None:
+        monkeypatch.setattr(engine_module.os, "copy_file_range", kernel)
+    with source.open("rb") as src, (tmp_path / "target.bin").open("w+b") as out:
+        out.write(b"HEADER")  # the instance's header, written before its pixel data
+        engine_module._copy_range(src, out, offset, len(payload) - offset)
+        out.write(b"TAIL")  # later writes go after the copy
+    return (tmp_path / "target.bin").read_bytes()
+
+
+PAYLOAD = bytes(range(256)) * 9000  # a little over 2 MiB: more than one portable chunk
+
+
+@pytest.mark.parametrize("offset", [0, 1000])
+def test_pixel_data_copies_in_the_kernel(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, offset: int
+) -> None:
+    assert _copy_with(tmp_path, monkeypatch, None, PAYLOAD, offset) == (
+        b"HEADER" + PAYLOAD[offset:] + b"TAIL"
+    )
+
+
+def _refusing(*args: Any) -> int:
+    raise OSError(18, "Invalid cross-device link")
+
+
+def _partial_then_refusing() -> Any:
+    """Copies 5,000 bytes in the kernel, then fails: the portable copy must start again."""
+    import os as real_os
+
+    calls = {"n": 0}
+    real = real_os.copy_file_range
+
+    def kernel(src: int, dst: int, count: int, offset_src: int | None = None) -> int:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            return real(src, dst, min(count, 5000), offset_src)
+        raise OSError(95, "Operation not supported")
+
+    return kernel
+
+
+def _partial_then_nothing() -> Any:
+    """Copies 7,000 bytes, then reports 0 (an early end): the portable copy must start again."""
+    import os as real_os
+
+    calls = {"n": 0}
+    real = real_os.copy_file_range
+
+    def kernel(src: int, dst: int, count: int, offset_src: int | None = None) -> int:
+        calls["n"] += 1
+        return real(src, dst, min(count, 7000), offset_src) if calls["n"] == 1 else 0
+
+    return kernel
+
+
+@pytest.mark.parametrize("offset", [0, 1000])
+@pytest.mark.parametrize("kernel", ["refusing", "partial-then-refusing", "partial-then-nothing"])
+def test_pixel_data_copies_portably_when_the_kernel_cannot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, offset: int, kernel: str
+) -> None:
+    fake = {
+        "refusing": lambda: _refusing,
+        "partial-then-refusing": _partial_then_refusing,
+        "partial-then-nothing": _partial_then_nothing,
+    }[kernel]()
+    assert _copy_with(tmp_path, monkeypatch, fake, PAYLOAD, offset) == (
+        b"HEADER" + PAYLOAD[offset:] + b"TAIL"
+    )
+
+
+def test_a_source_that_ends_inside_its_pixel_data_is_refused_by_the_portable_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from voxl_assets.deid import engine as engine_module
+    from voxl_assets.deid.engine import DeidError
+
+    source = tmp_path / "short.bin"
+    source.write_bytes(b"x" * 100)
+    monkeypatch.setattr(engine_module.os, "copy_file_range", _refusing)
+    with source.open("rb") as src, (tmp_path / "target.bin").open("w+b") as out:
+        with pytest.raises(DeidError, match="ended inside its pixel data"):
+            engine_module._copy_range(src, out, 0, 200)
+
+
+def test_a_study_written_with_the_portable_copy_is_the_same_as_with_the_kernel(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from voxl_assets.deid import engine as engine_module
+
+    engine = make_engine(tmp_path)
+    write_study(_spec(series=[SeriesSpec(instances=2)]), tmp_path / "raw")
+
+    def written(out: str) -> list[bytes]:
+        identifiers = StudyIdentifiers()
+        identifiers.add(MRN)
+        report = engine.deidentify_study(
+            iter_study_files(tmp_path / "raw"), tmp_path / out, identifiers
+        )
+        return sorted(p.read_bytes() for p in report.output_files)
+
+    by_kernel = written("kernel")
+    monkeypatch.setattr(engine_module.os, "copy_file_range", _refusing)
+    assert written("portable") == by_kernel and len(by_kernel) == 2

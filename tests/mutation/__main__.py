@@ -98,9 +98,11 @@ DEFAULT_TESTS = {
     "sensors/study_sensor.py": ["tests/test_sensor_cases.py", "tests/test_sensors_study.py"],
     "voxl_assets/vna/cache.py": ["tests/test_raw_cache.py", "tests/test_raw_cache_processes.py"],
     **{module: DEID_TESTS for module in DEID_MODULES},
-    # The anonymised store and the study step are run by the store's and the report's tests.
+    # The anonymised store, the study step and the engine are run by the store's and the
+    # report's tests too (the report's summaries, the store's tree replacement).
     "voxl_assets/deid/store.py": [*DEID_TESTS, *STUDY_TESTS],
     "voxl_assets/deid/study.py": [*DEID_TESTS, *STUDY_TESTS],
+    "voxl_assets/deid/engine.py": [*DEID_TESTS, *STUDY_TESTS],
 }
 
 COMPARE_SWAPS: dict[type, type] = {
