@@ -628,9 +628,12 @@ def test_a_source_that_ends_inside_its_pixel_data_is_refused_by_the_portable_cop
     source = tmp_path / "short.bin"
     source.write_bytes(b"x" * 100)
     monkeypatch.setattr(engine_module.os, "copy_file_range", _refusing)
-    with source.open("rb") as src, (tmp_path / "target.bin").open("w+b") as out:
-        with pytest.raises(DeidError, match="ended inside its pixel data"):
-            engine_module._copy_range(src, out, 0, 200)
+    with (
+        source.open("rb") as src,
+        (tmp_path / "target.bin").open("w+b") as out,
+        pytest.raises(DeidError, match="ended inside its pixel data"),
+    ):
+        engine_module._copy_range(src, out, 0, 200)
 
 
 def test_a_study_written_with_the_portable_copy_is_the_same_as_with_the_kernel(
