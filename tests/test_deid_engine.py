@@ -554,6 +554,7 @@ def _copy_with(
     with source.open("rb") as src, (tmp_path / "target.bin").open("w+b") as out:
         out.write(b"HEADER")  # the instance's header, written before its pixel data
         engine_module._copy_range(src, out, offset, len(payload) - offset)
+        assert out.tell() == len(b"HEADER") + len(payload) - offset  # the file's end, as written
         out.write(b"TAIL")  # later writes go after the copy
     return (tmp_path / "target.bin").read_bytes()
 
@@ -655,3 +656,21 @@ def test_a_study_written_with_the_portable_copy_is_the_same_as_with_the_kernel(
     by_kernel = written("kernel")
     monkeypatch.setattr(engine_module.os, "copy_file_range", _refusing)
     assert written("portable") == by_kernel and len(by_kernel) == 2
+
+
+def test_an_output_check_error_names_the_file_and_only_what_failed() -> None:
+    from voxl_assets.deid.engine import OutputCheckError
+
+    tags = [f"(0009,00{n:02X})" for n in range(7)]
+    assert str(OutputCheckError("a.dcm", tags, [])) == (
+        "a.dcm: tags outside the allow-list: " + ", ".join(tags[:5])
+    )
+    assert str(OutputCheckError("b.dcm", [], ["(0008,1030)", "pixel text"])) == (
+        "b.dcm: identifiers in: (0008,1030), pixel text"
+    )
+    both = OutputCheckError("c.dcm", ["(0009,0010)"], ["(0010,0020)"])
+    assert (
+        str(both) == "c.dcm: tags outside the allow-list: (0009,0010); identifiers in: (0010,0020)"
+    )
+    assert both.file_name == "c.dcm" and both.disallowed == ["(0009,0010)"]
+    assert both.leaks == ["(0010,0020)"]

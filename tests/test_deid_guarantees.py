@@ -135,6 +135,30 @@ def test_the_date_shift_differs_between_patients_and_holds_within_one(tmp_path: 
     assert len(distinct) >= 5  # eight patients, shifts of 1..60 days: not one shift for all
 
 
+@pytest.mark.parametrize(("maximum", "bound"), [(7, 7), (0, 365)])
+def test_every_shift_stays_within_the_configured_maximum(
+    tmp_path: Path, maximum: int, bound: int
+) -> None:
+    """``date_shift_days_max`` bounds every patient's shift (1..maximum days earlier); a maximum
+    of 0 with ``dates: shift`` still shifts, by up to a year, rather than keep true dates."""
+    from datetime import date
+
+    engine = make_engine(
+        tmp_path, make_project(deid={"dates": "shift", "date_shift_days_max": maximum})
+    )
+    shifts = set()
+    for patient in range(12):
+        raw = tmp_path / f"raw-{patient}"
+        write_study(StudySpec(patient_id=f"MRN-{patient:04d}", accession_number=f"A{patient}"), raw)
+        report = engine.deidentify_study(
+            iter_study_files(raw), tmp_path / f"out-{patient}", StudyIdentifiers()
+        )
+        moved = str(pydicom.dcmread(report.output_files[0]).StudyDate)
+        shifts.add((date(2024, 3, 1) - date(int(moved[:4]), int(moved[4:6]), int(moved[6:]))).days)
+    assert all(1 <= shift <= bound for shift in shifts), sorted(shifts)
+    assert len(shifts) > 1  # twelve patients, not one shift for all
+
+
 def test_study_identifiers_sort_values_and_never_print_them() -> None:
     identifiers = StudyIdentifiers()
     identifiers.add(" 47000022 ")
