@@ -104,3 +104,52 @@ def test_a_forked_child_opens_its_own_connections(home: Path) -> None:
         assert materialize([studies_seen], instance=instance, partition_key="7").success
     with DagsterInstance.get() as reader:
         assert reader.get_materialized_partitions(AssetKey("studies_seen")) == {"5", "6", "7"}
+
+
+def test_the_asset_key_row_follows_each_asset_s_latest_materialisation(home: Path) -> None:
+    """The key row is inserted by an asset's first event and updated by every later one (the
+    update tried first): the UI's latest materialisation and last run come from it."""
+    with DagsterInstance.get() as instance:
+        first = materialize([studies_seen], instance=instance, partition_key="8")
+        second = materialize([studies_seen], instance=instance, partition_key="9")
+        assert first.success and second.success
+    with DagsterInstance.get() as reader:
+        assert AssetKey("study") in reader.get_asset_keys()
+        (record,) = reader.get_asset_records([AssetKey("study")])
+        assert record.asset_entry.last_run_id == second.run_id
+        latest = record.asset_entry.last_materialization
+        assert latest is not None and latest.run_id == second.run_id
+        assert latest.asset_materialization is not None
+        assert latest.asset_materialization.partition == "11"  # the run's last event
+        assert reader.get_materialized_partitions(AssetKey("study")) == {str(n) for n in range(12)}
+
+
+def test_tables_and_columns_are_remembered_only_once_found(home: Path) -> None:
+    with DagsterInstance.get() as instance:
+        assert materialize([studies_seen], instance=instance, partition_key="10").success
+        storage = instance.event_log_storage
+        assert isinstance(storage, SqliteEventLogStorage)
+        assert storage.has_table("asset_event_tags") and "asset_event_tags" in storage._voxl_tables
+        assert not storage.has_table("no_such_table")
+        assert "no_such_table" not in storage._voxl_tables  # asked again next time
+        assert storage._voxl_asset_key_columns is True
+        # The asset's indexed tags (its data version) reached the (remembered) tags table.
+        with storage.index_connection() as conn:
+            keys = set(
+                conn.exec_driver_sql(
+                    "SELECT key FROM asset_event_tags WHERE asset_key LIKE '%studies_seen%'"
+                ).scalars()
+            )
+        assert "dagster/data_version" in keys
+
+
+def test_shards_commit_without_waiting_for_the_disk(home: Path) -> None:
+    with DagsterInstance.get() as instance:
+        result = materialize([studies_seen], instance=instance, partition_key="11")
+        assert result.success
+        storage = instance.event_log_storage
+        assert isinstance(storage, SqliteEventLogStorage)
+        for shard in ("index", result.run_id):
+            with storage._connect(shard) as conn:
+                assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+                assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
