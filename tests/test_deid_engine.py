@@ -566,9 +566,20 @@ PAYLOAD = bytes(range(256)) * 9000  # a little over 2 MiB: more than one portabl
 def test_pixel_data_copies_in_the_kernel(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, offset: int
 ) -> None:
-    assert _copy_with(tmp_path, monkeypatch, None, PAYLOAD, offset) == (
+    import os as real_os
+
+    real = real_os.copy_file_range
+    copied: list[int] = []
+
+    def counting(src: int, dst: int, count: int, offset_src: int | None = None) -> int:
+        sent = real(src, dst, count, offset_src)
+        copied.append(sent)
+        return sent
+
+    assert _copy_with(tmp_path, monkeypatch, counting, PAYLOAD, offset) == (
         b"HEADER" + PAYLOAD[offset:] + b"TAIL"
     )
+    assert sum(copied) == len(PAYLOAD) - offset  # all of it in the kernel, none read portably
 
 
 def _refusing(*args: Any) -> int:
@@ -674,3 +685,51 @@ def test_an_output_check_error_names_the_file_and_only_what_failed() -> None:
     )
     assert both.file_name == "c.dcm" and both.disallowed == ["(0009,0010)"]
     assert both.leaks == ["(0010,0020)"]
+
+
+@pytest.mark.parametrize(
+    ("modality", "sop_class"),
+    [
+        ("US", "1.2.840.10008.5.1.4.1.1.2"),  # by modality alone (a CT storage class)
+        ("OT", "1.2.840.10008.5.1.4.1.1.6.1"),  # by storage class alone (Ultrasound Image)
+        ("OT", "1.2.840.10008.5.1.4.1.1.3.1"),  # Ultrasound Multi-frame Image, one frame
+    ],
+)
+def test_an_instance_is_ultrasound_by_its_modality_or_its_storage_class(
+    tmp_path: Path, modality: str, sop_class: str
+) -> None:
+    """Either mark is enough for blanking: burned-in text on an ultrasound image known by only
+    one of them is blanked outside its regions, not passed through or filtered."""
+    project = make_project(
+        project={"slug": "us-test", "name": "us-test", "modalities": ["US", "OT"]},
+        deid={"blank_ultrasound_outside_regions": True},
+    )
+    engine = make_engine(tmp_path, project)
+    ds = _ultrasound(_spec(modality=modality), regions=True)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.Modality = modality
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    ds.save_as(raw / "one.dcm", enforce_file_format=True)
+    assert engine.instance_filter(ds) is None  # blanked in pass 2, not filtered as burned in
+    report = engine.deidentify_study(iter_study_files(raw), tmp_path / "out", StudyIdentifiers())
+    assert report.instances_out == 1 and report.blanked_instances == 1, report
+    pixels = pydicom.dcmread(report.output_files[0]).pixel_array
+    assert pixels.sum() == 500 * 20 * 20  # everything outside the region is zero
+
+
+def test_header_values_of_empty_and_multi_valued_elements() -> None:
+    from voxl_assets.deid.engine import header_value, header_values
+
+    ds = Dataset()
+    ds.SeriesNumber = None  # present, no value (a converted element)
+    ds.SeriesDescription = ""
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.PatientWeight = 71.5
+    assert header_values(ds, "SeriesNumber") == [] and header_value(ds, "SeriesNumber") == ""
+    assert header_values(ds, "SeriesDescription") == []
+    assert header_values(ds, "ImageType") == ["ORIGINAL", "PRIMARY", "AXIAL"]
+    assert header_values(ds, "PatientWeight") == ["71.5"]
+    assert header_values(ds, "PatientName") == []  # absent
+    with pytest.raises(KeyError):
+        header_values(ds, "NotAKeyword")

@@ -13,8 +13,9 @@ from tests.helpers.privacy import deidentify, hostile_spec, instance, project, s
 from voxl_assets.deid.checks import check_integrity, check_output
 from voxl_assets.deid.encoding import encode_file_meta
 from voxl_assets.deid.engine import DeidReport
+from voxl_assets.deid.header_scan import Refusal
 from voxl_assets.deid.identifiers import StudyIdentifiers
-from voxl_assets.synthetic import SeriesSpec
+from voxl_assets.synthetic import SeriesSpec, make_instance
 
 
 def _assert_sound(report: DeidReport, out_dir: Path) -> None:
@@ -102,6 +103,22 @@ def test_duplicate_sop_instance_uids_are_written_once(tmp_path: Path) -> None:
     assert isinstance(report, DeidReport), str(report)
     assert report.instances_out == 1
     _assert_sound(report, tmp_path / "out")
+
+
+def test_a_duplicate_of_a_filtered_instance_is_refused_too(tmp_path: Path) -> None:
+    """The second of two instances with one SOP Instance UID is refused as a duplicate even when
+    the first was filtered out (a scout): which file of a broken pair is written must not
+    depend on the files' order and content."""
+    scout = SeriesSpec(instances=1, description="SCOUT")
+    spec = hostile_spec(series=[scout, SeriesSpec(instances=1)])
+    first = make_instance(spec, scout, 1)
+    second = make_instance(spec, spec.series[1], 1)
+    second.SOPInstanceUID = second.file_meta.MediaStorageSOPInstanceUID = first.SOPInstanceUID
+    paths = [save(first, tmp_path / "raw" / "1.dcm"), save(second, tmp_path / "raw" / "2.dcm")]
+    report = deidentify(tmp_path, paths)
+    assert isinstance(report, DeidReport), str(report)
+    assert report.instances_out == 0 and sum(report.filtered.values()) == 1
+    assert report.refused == {Refusal.DUPLICATE_SOP_INSTANCE_UID.value: 1}
 
 
 def test_an_image_without_pixel_data_is_refused(tmp_path: Path) -> None:
