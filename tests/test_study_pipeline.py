@@ -12,6 +12,7 @@ from voxl_assets.imaging.pipeline import (
     Stage,
     StageOutcome,
     StageResult,
+    run_stage,
     run_studies,
 )
 from voxl_assets.outcomes import StudyFailure, StudyFiltered
@@ -154,3 +155,18 @@ def test_partition_key_parsing() -> None:
     assert study_id_from_partition_key("my-project/42") == 42
     with pytest.raises(ValueError, match="not a study partition key"):
         study_id_from_partition_key("42")
+
+
+@pytest.mark.parametrize("returns_outcome", [False, True])
+def test_a_stage_is_timed_whatever_it_returns(returns_outcome: bool) -> None:
+    """The anonymise stage returns its own outcome (with its checks): its seconds, shown on the
+    materialisation, are measured like any other stage's, not left at the placeholder 0."""
+
+    def slow(request: StudyRequest, _previous: dict[Stage, StageOutcome]) -> Any:
+        time.sleep(0.03)
+        if returns_outcome:
+            return StageOutcome(request.partition_key, Stage.ANONYMISED, StageResult.DONE, 0.0)
+        return {"instances": 1}
+
+    outcome = run_stage(_request(1), Stage.ANONYMISED, slow, {})
+    assert outcome.result is StageResult.DONE and outcome.seconds >= 0.03

@@ -99,7 +99,8 @@ def run_stage(
         return StageOutcome(
             request.partition_key, stage, StageResult.FAILED, time.monotonic() - started, reason
         )
-    if isinstance(result, StageOutcome):
+    if isinstance(result, StageOutcome):  # a stage that reports its own checks: timed here too
+        result.seconds = time.monotonic() - started
         return result
     return StageOutcome(
         request.partition_key,
