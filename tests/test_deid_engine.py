@@ -582,6 +582,25 @@ def test_pixel_data_copies_in_the_kernel(
     assert sum(copied) == len(PAYLOAD) - offset  # all of it in the kernel, none read portably
 
 
+def test_a_kernel_that_copies_in_pieces_is_asked_until_all_is_copied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os as real_os
+
+    real = real_os.copy_file_range
+    pieces: list[int] = []
+
+    def in_pieces(src: int, dst: int, count: int, offset_src: int | None = None) -> int:
+        sent = real(src, dst, min(count, 300_000), offset_src)
+        pieces.append(sent)
+        return sent
+
+    assert _copy_with(tmp_path, monkeypatch, in_pieces, PAYLOAD, 1000) == (
+        b"HEADER" + PAYLOAD[1000:] + b"TAIL"
+    )
+    assert sum(pieces) == len(PAYLOAD) - 1000 and len(pieces) > 1  # no portable copy needed
+
+
 def _refusing(*args: Any) -> int:
     raise OSError(18, "Invalid cross-device link")
 

@@ -95,6 +95,17 @@ def test_ultrasound_is_blanked_outside_its_regions_in_every_frame_and_channel(
     _assert_blanked(out.pixel_array, original, samples)
 
 
+def test_a_grey_ultrasound_labelled_colour_by_plane_is_blanked_as_grey(tmp_path: Path) -> None:
+    """PlanarConfiguration means nothing for one sample per pixel: a grey image that carries
+    PlanarConfiguration 1 anyway is blanked as the grey image it is, not refused or broken."""
+    source = _ultrasound()
+    source.PlanarConfiguration = 1
+    original = source.pixel_array.copy()
+    report = _deidentify(tmp_path, [source])
+    assert report.instances_out == 1 and report.blanked_instances == 1
+    _assert_blanked(pydicom.dcmread(report.output_files[0]).pixel_array, original, 1)
+
+
 def test_compressed_ultrasound_is_refused(tmp_path: Path) -> None:
     source = _ultrasound()
     source.compress(RLELossless)
