@@ -752,3 +752,127 @@ def test_header_values_of_empty_and_multi_valued_elements() -> None:
     assert header_values(ds, "PatientName") == []  # absent
     with pytest.raises(KeyError):
         header_values(ds, "NotAKeyword")
+
+
+# --- pass 2 meets what pass 1 did not ----------------------------------------------------------
+
+
+def test_a_file_gone_between_the_passes_is_refused_and_the_rest_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from voxl_assets.deid import engine as engine_module
+    from voxl_assets.deid.header_scan import Refusal
+
+    engine = make_engine(tmp_path)
+    write_study(_spec(series=[SeriesSpec(instances=3)]), tmp_path / "raw")
+    files = iter_study_files(tmp_path / "raw")
+    scan = engine_module.scan_instance
+
+    def scan_then_lose_the_first(path: Path) -> Any:
+        scanned = scan(path)
+        if path == files[-1]:  # pass 1 is over: the first file goes before pass 2 opens it
+            files[0].unlink()
+        return scanned
+
+    monkeypatch.setattr(engine_module, "scan_instance", scan_then_lose_the_first)
+    report = engine.deidentify_study(files, tmp_path / "out", StudyIdentifiers())
+    assert report.refused == {Refusal.UNREADABLE.value: 1}
+    assert report.instances_out == 2 and len(report.output_files) == 2
+
+
+def test_an_output_file_is_never_overwritten(tmp_path: Path) -> None:
+    """A study de-identified again into the same folder (the caller stages a fresh one) refuses
+    each instance whose output exists rather than write over it."""
+    from voxl_assets.deid.header_scan import Refusal
+
+    engine = make_engine(tmp_path)
+    write_study(_spec(series=[SeriesSpec(instances=2)]), tmp_path / "raw")
+    first = engine.deidentify_study(
+        iter_study_files(tmp_path / "raw"), tmp_path / "out", StudyIdentifiers()
+    )
+    before = {p: p.read_bytes() for p in first.output_files}
+    again = engine.deidentify_study(
+        iter_study_files(tmp_path / "raw"), tmp_path / "out", StudyIdentifiers()
+    )
+    assert again.refused == {Refusal.DUPLICATE_SOP_INSTANCE_UID.value: 2}
+    assert again.instances_out == 0 and not list((tmp_path / "out").glob("*.part"))
+    assert {p: p.read_bytes() for p in first.output_files} == before
+
+
+def test_a_series_too_small_does_not_stop_the_later_ones(tmp_path: Path) -> None:
+    project = make_project(series_filters={"min_instances": 2})
+    engine = make_engine(tmp_path, project)
+    small, large = SeriesSpec(instances=1, number=1), SeriesSpec(instances=2, number=2)
+    spec = _spec(series=[small, large])
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    # The small series' file first: the series are settled in the order they were written.
+    make_instance(spec, small, 1).save_as(raw / "a.dcm", enforce_file_format=True)
+    for n in (1, 2):
+        make_instance(spec, large, n).save_as(raw / f"b{n}.dcm", enforce_file_format=True)
+    report = engine.deidentify_study(iter_study_files(raw), tmp_path / "out", StudyIdentifiers())
+    assert report.filtered == {FilterReason.TOO_FEW_INSTANCES.value: 1}
+    assert report.instances_out == 2 and report.series_out == 1
+
+
+def test_the_report_counts_each_attribute_of_the_written_instances(tmp_path: Path) -> None:
+    from voxl_assets.deid.tally import REMOVED
+
+    project = make_project(series_filters={"min_instances": 2})
+    engine = make_engine(tmp_path, project)
+    small, large = SeriesSpec(instances=1, number=1), SeriesSpec(instances=3, number=2)
+    write_study(_spec(series=[small, large]), tmp_path / "raw")
+    report = engine.deidentify_study(
+        iter_study_files(tmp_path / "raw"), tmp_path / "out", StudyIdentifiers()
+    )
+    assert report.instances_out == 3
+    # Counted for the three written instances, not the one filtered with its series.
+    assert report.attributes[(0x00080090, "", "replace")] == 3  # ReferringPhysicianName
+    assert report.attributes[(0x00080060, "", "keep")] == 3  # Modality
+    assert report.attributes[(0x00080080, "", REMOVED)] == 3  # InstitutionName, not listed
+
+
+def test_replace_tree_swaps_a_study_folder_whole(tmp_path: Path) -> None:
+    from voxl_assets.deid.engine import replace_tree
+
+    final = tmp_path / "store" / "study"
+    first = tmp_path / "stage1"
+    first.mkdir()
+    (first / "a.dcm").write_bytes(b"first")
+    replace_tree(first, final)  # a new study
+    assert [p.name for p in final.iterdir()] == ["a.dcm"] and not first.exists()
+    second = tmp_path / "stage2"
+    second.mkdir()
+    (second / "b.dcm").write_bytes(b"second")
+    leftover = final.with_name("study.old")  # from a run killed between its two renames
+    leftover.mkdir()
+    (leftover / "stale.dcm").write_bytes(b"stale")
+    replace_tree(second, final)
+    assert [p.name for p in final.iterdir()] == ["b.dcm"]
+    assert sorted(p.name for p in final.parent.iterdir()) == ["study"]  # no .old left
+
+
+def test_a_big_endian_instance_gets_the_values_a_little_endian_one_does(tmp_path: Path) -> None:
+    """Big endian files take the general path (pydicom's values, not the encoded bytes): the
+    same dates, hashes and UIDs come out as from the same instance in little endian."""
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian
+
+    project = make_project(deid={"dates": "shift", "date_shift_days_max": 30})
+    engine = make_engine(tmp_path, project)
+    spec = _spec()
+    written = {}
+    for name, syntax in (("le", ExplicitVRLittleEndian), ("be", ExplicitVRBigEndian)):
+        ds = make_instance(spec, SeriesSpec(), 1)
+        ds.file_meta.TransferSyntaxUID = syntax
+        raw = tmp_path / f"raw-{name}"
+        raw.mkdir()
+        ds.save_as(raw / "one.dcm", enforce_file_format=True)
+        identifiers = StudyIdentifiers()
+        report = engine.deidentify_study(iter_study_files(raw), tmp_path / name, identifiers)
+        assert report.instances_out == 1, report
+        written[name] = pydicom.dcmread(report.output_files[0])
+    little, big = written["le"], written["be"]
+    assert big.file_meta.TransferSyntaxUID == ExplicitVRBigEndian
+    for keyword in ("StudyDate", "SeriesDate", "AccessionNumber", "StudyInstanceUID", "PatientID"):
+        assert big[keyword].value == little[keyword].value, keyword
+    assert little.StudyDate not in ("", "20240301")  # shifted, not emptied or kept
