@@ -106,6 +106,35 @@ def test_a_grey_ultrasound_labelled_colour_by_plane_is_blanked_as_grey(tmp_path:
     _assert_blanked(pydicom.dcmread(report.output_files[0]).pixel_array, original, 1)
 
 
+def test_a_colour_by_plane_ultrasound_with_number_of_frames_0_is_blanked_as_one_frame(
+    tmp_path: Path,
+) -> None:
+    """NumberOfFrames 0 is invalid; pydicom (and the header scan) read it as one frame, and so
+    does the blanking: its planes are put back as one frame's."""
+    source = _ultrasound(1, 3, 1)
+    source.NumberOfFrames = 0
+    original = _ultrasound(1, 3, 1).pixel_array.copy()
+    report = _deidentify(tmp_path, [source])
+    assert report.instances_out == 1 and report.blanked_instances == 1
+    _assert_blanked(pydicom.dcmread(report.output_files[0]).pixel_array, original, 3)
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value"),
+    [("SamplesPerPixel", 0), ("PhotometricInterpretation", "NOT A LABEL"), ("BitsAllocated", 12)],
+)
+def test_an_ultrasound_whose_pixels_cannot_be_decoded_is_left_out(
+    tmp_path: Path, keyword: str, value: object
+) -> None:
+    """Blanking needs the pixels decoded: an image pydicom cannot decode is left out with its
+    reason (fail closed), and the study's other instances are still written."""
+    broken = _ultrasound()
+    setattr(broken, keyword, value)
+    report = _deidentify(tmp_path, [broken, _ultrasound()])
+    assert report.filtered == {FilterReason.ULTRASOUND_UNDECODABLE.value: 1}
+    assert report.instances_out == 1 and report.blanked_instances == 1 and not report.refused
+
+
 def test_compressed_ultrasound_is_refused(tmp_path: Path) -> None:
     source = _ultrasound()
     source.compress(RLELossless)

@@ -84,6 +84,7 @@ class FilterReason(StrEnum):
     BURNED_IN = "burned-in annotation not allowed"
     ULTRASOUND_NO_REGIONS = "ultrasound without declared regions cannot be blanked"
     ULTRASOUND_COMPRESSED = "compressed ultrasound cannot be blanked"
+    ULTRASOUND_UNDECODABLE = "ultrasound pixel data cannot be decoded for blanking"
 
 
 class DeidError(Exception):
@@ -389,7 +390,10 @@ class Deidentifier:
             return FilterReason.ULTRASOUND_NO_REGIONS
         if str(ds.file_meta.TransferSyntaxUID) not in UNCOMPRESSED_SYNTAXES:
             return FilterReason.ULTRASOUND_COMPRESSED
-        blank_outside_regions(ds)
+        try:
+            blank_outside_regions(ds)
+        except Exception:  # any image pydicom cannot decode (SamplesPerPixel 0, ...): fail closed
+            return FilterReason.ULTRASOUND_UNDECODABLE
         report.blanked_instances += 1
         return None
 
