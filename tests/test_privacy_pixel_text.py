@@ -236,3 +236,47 @@ def test_jpeg_2000_tile_parts_at_their_edges() -> None:
     # nothing after the codestream's end (EOC) is read, even where a tile-part header would be
     after = b"\xff\xd9" + bytes(10) + comment
     assert marker_segments(main + _tile_part(0, b"", bytes(4)) + after) == []
+
+
+def test_a_comment_after_megabytes_of_application_segments_is_read(tmp_path: Path) -> None:
+    """Any position: a comment behind an ICC profile of 255 full APP2 segments (16 MB) is read,
+    not cut off by how far the walk goes."""
+    icc = [_segment(0xE2, b"ICC_PROFILE\0" + bytes([n, 255]) + bytes(65_519)) for n in range(255)]
+    text = _segment(0xFE, _payload(MRN, "ascii"))
+    frame = _jpeg(*icc, text)
+    assert len(frame) > 15 << 20
+    assert marker_segments(frame)[-1] == _payload(MRN, "ascii")
+    outcome = deidentify(tmp_path, _study(tmp_path, "jpeg", [frame]))
+    assert isinstance(outcome, OutputCheckError) and PIXEL_TEXT in outcome.leaks
+
+
+def test_a_frame_of_more_markers_than_can_be_read_is_refused_and_flagged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past MAX_MARKERS without reaching the image data, a frame's text cannot all be read: the
+    engine refuses the instance and the checker flags a written one, rather than either passing
+    what it did not read."""
+    from voxl_assets.deid import embedded_text
+    from voxl_assets.deid.embedded_text import MAX_MARKERS, UncheckedSegments
+    from voxl_assets.deid.header_scan import Refusal
+
+    tiny = _segment(0xE1, b"")  # four bytes each: a malformed frame's worth
+    at_the_bound = _jpeg(*[tiny] * (MAX_MARKERS - 3))  # with SOI's successors DQT, SOF0 and SOS
+    assert marker_segments(at_the_bound) == [b""] * (MAX_MARKERS - 3)
+    over = _jpeg(*[tiny] * (MAX_MARKERS - 2))
+    with pytest.raises(UncheckedSegments):
+        marker_segments(over)
+    report = deidentify(tmp_path / "engine", _study(tmp_path / "a", "jpeg", [_jpeg(), over]))
+    assert not isinstance(report, OutputCheckError), str(report)
+    assert report.refused == {Refusal.UNCHECKED_PIXEL_TEXT.value: 1} and report.instances_out == 0
+
+    # Written anyway (the engine's walk bounded higher): the checker does not pass it.
+    files = _study(tmp_path / "b", "jpeg", [over])
+    monkeypatch.setattr(embedded_text, "MAX_MARKERS", 10 * MAX_MARKERS)
+    engine = shared_engine()
+    identifiers = StudyIdentifiers()
+    written = engine.deidentify_study(files, tmp_path / "unchecked", identifiers)
+    assert written.instances_out == 1
+    monkeypatch.setattr(embedded_text, "MAX_MARKERS", MAX_MARKERS)
+    _allow, leaks = check_output(written.output_files, engine.policy, identifiers)
+    assert "too many segments to read" in leaks.summary()

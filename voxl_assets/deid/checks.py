@@ -29,7 +29,7 @@ from pydicom.filewriter import write_data_element
 from pydicom.tag import BaseTag
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID_dictionary
 
-from voxl_assets.deid.embedded_text import marker_segments, segment_texts
+from voxl_assets.deid.embedded_text import UncheckedSegments, marker_segments, segment_texts
 from voxl_assets.deid.hidden_text import hidden_hits
 from voxl_assets.deid.identifiers import ENGINE_TAGS, StudyIdentifiers
 from voxl_assets.deid.operations import Op, TagOperations, TagPolicy
@@ -348,7 +348,12 @@ def check_output(
         operations = policy.for_manufacturer(manufacturer)
         for tag_path in disallowed_tags(ds, operations):
             allow.findings.append(CheckFinding(path.name, tag_path, "not in the allow-list"))
-        for tag_path in pixel_text_hits(_pixel_segments(ds), matcher):
+        try:
+            segments = _pixel_segments(ds)
+        except UncheckedSegments:
+            leaks.findings.append(CheckFinding(path.name, PIXEL_TEXT, "too many segments to read"))
+            segments = []
+        for tag_path in pixel_text_hits(segments, matcher):
             leaks.findings.append(CheckFinding(path.name, tag_path, "holds an identifier"))
         for tag_path in identifier_hits(ds, matcher, uids=True):
             leaks.findings.append(

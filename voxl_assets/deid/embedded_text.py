@@ -25,8 +25,16 @@ _J2K_SOD = 0x93
 _J2K_COM = 0x64
 _TEXT_MARKERS = frozenset({0xFE, *range(0xE0, 0xF0)})  # COM, APP0-APP15
 _NO_LENGTH = frozenset({0x01, *range(0xD0, 0xD9)})  # TEM, RST0-7, SOI, EOI
-# A frame's markers all come before its image data; a bound keeps a malformed one cheap.
-MAX_HEADER_BYTES = 1 << 20
+# A frame's markers all come before its image data: tens of segments in practice (an ICC profile
+# takes at most 255 APP2 segments). A walk that meets more without reaching the image data is
+# refused rather than cut short (text past the cut would go unread) or left to run on through a
+# malformed frame of tiny segments.
+MAX_MARKERS = 1 << 16
+
+
+class UncheckedSegments(ValueError):
+    """A frame's marker segments run on past ``MAX_MARKERS`` without reaching its image data:
+    its text cannot all be read, so the instance cannot be passed."""
 
 
 def marker_segments(data: bytes | mmap.mmap, start: int = 0, end: int | None = None) -> list[bytes]:
@@ -34,7 +42,10 @@ def marker_segments(data: bytes | mmap.mmap, start: int = 0, end: int | None = N
     codestream (main and tile-part headers), that starts at ``start`` in ``data`` (a fragment
     ending at ``end``); [] for anything else. A header's walk stops at the image data (SOS, SOT,
     SOD) or at the first byte that is not a marker. Reads ``data`` in place (a memory-mapped
-    file is not copied)."""
+    file is not copied).
+
+    Raises:
+        UncheckedSegments: more than ``MAX_MARKERS`` markers before the image data."""
     end = len(data) if end is None else end
     head = data[start : start + 2]
     if head == _JPEG_SOI:
@@ -68,8 +79,11 @@ def _walk(
     """The ``wanted`` payloads of the marker segments from ``pos`` on, and where the ``stop``
     marker is (None when the walk ended before one)."""
     found: list[bytes] = []
-    end = min(end, pos + MAX_HEADER_BYTES)
+    markers = 0
     while pos + 2 <= end:
+        markers += 1
+        if markers > MAX_MARKERS:
+            raise UncheckedSegments(f"more than {MAX_MARKERS} marker segments before the image")
         if data[pos] != 0xFF:
             break
         marker = data[pos + 1]

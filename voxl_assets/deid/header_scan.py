@@ -22,7 +22,7 @@ from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.datadict import dictionary_VR
 from pydicom.uid import UID_dictionary
 
-from voxl_assets.deid.embedded_text import marker_segments
+from voxl_assets.deid.embedded_text import UncheckedSegments, marker_segments
 from voxl_assets.deid.identifiers import StudyIdentifiers
 
 IMPLICIT = "1.2.840.10008.1.2"
@@ -91,6 +91,7 @@ class Refusal(StrEnum):
     MISLABELLED_SYNTAX = "encoded unlike its transfer syntax (implicit as explicit VR or back)"
     NO_SOP_INSTANCE_UID = "no SOP Instance UID"
     DUPLICATE_SOP_INSTANCE_UID = "SOP Instance UID of another instance of the study"
+    UNCHECKED_PIXEL_TEXT = "compressed frame with too many marker segments to read its text"
 
 
 class _Broken(Exception):
@@ -310,7 +311,10 @@ class _Walker:
             if item != _ITEM or size == 0xFFFFFFFF or cursor + 8 + size > end:
                 raise _Broken(Refusal.BROKEN_PIXEL_DATA)
             if fragments:  # the first item is the offset table
-                self.embedded += marker_segments(self.data, cursor + 8, cursor + 8 + size)
+                try:
+                    self.embedded += marker_segments(self.data, cursor + 8, cursor + 8 + size)
+                except UncheckedSegments:
+                    raise _Broken(Refusal.UNCHECKED_PIXEL_TEXT) from None
             fragments += 1
             cursor += 8 + size
         if fragments < 2:  # the offset table and at least one fragment
