@@ -864,6 +864,7 @@ def test_a_big_endian_instance_gets_the_values_a_little_endian_one_does(tmp_path
     for name, syntax in (("le", ExplicitVRLittleEndian), ("be", ExplicitVRBigEndian)):
         ds = make_instance(spec, SeriesSpec(), 1)
         ds.file_meta.TransferSyntaxUID = syntax
+        ds.AcquisitionDate = ["20240301", "20240302"]  # two values where one is expected
         raw = tmp_path / f"raw-{name}"
         raw.mkdir()
         ds.save_as(raw / "one.dcm", enforce_file_format=True)
@@ -873,6 +874,93 @@ def test_a_big_endian_instance_gets_the_values_a_little_endian_one_does(tmp_path
         written[name] = pydicom.dcmread(report.output_files[0])
     little, big = written["le"], written["be"]
     assert big.file_meta.TransferSyntaxUID == ExplicitVRBigEndian
-    for keyword in ("StudyDate", "SeriesDate", "AccessionNumber", "StudyInstanceUID", "PatientID"):
+    for keyword in (
+        "StudyDate",
+        "SeriesDate",
+        "AcquisitionDate",
+        "AccessionNumber",
+        "StudyInstanceUID",
+        "PatientID",
+        "PatientIdentityRemoved",
+        "DeidentificationMethod",
+    ):
         assert big[keyword].value == little[keyword].value, keyword
     assert little.StudyDate not in ("", "20240301")  # shifted, not emptied or kept
+    assert len(big.AcquisitionDate) == 2 and "20240302" not in big.AcquisitionDate
+    assert little.PatientIdentityRemoved == "YES"
+    assert little.DeidentificationMethod == engine.method
+
+
+def test_an_element_relabelled_to_its_dictionary_vr_still_gets_its_operation(
+    tmp_path: Path,
+) -> None:
+    """A kept element written with a VR its tag does not have (PN as LO) is relabelled first,
+    then its operation applied: the replacement, not the value it came with."""
+    from pydicom.dataelem import DataElement
+
+    engine = make_engine(tmp_path)
+    ds = make_instance(_spec(), SeriesSpec(), 1)
+    ds[0x00080090] = DataElement(0x00080090, "LO", "WELBY^MARCUS")  # ReferringPhysicianName: PN
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    ds.save_as(raw / "one.dcm", enforce_file_format=True)
+    report = engine.deidentify_study(iter_study_files(raw), tmp_path / "out", StudyIdentifiers())
+    assert report.instances_out == 1, report
+    written = pydicom.dcmread(report.output_files[0])
+    assert written["ReferringPhysicianName"].VR == "PN"
+    assert written.ReferringPhysicianName == "ANONYMOUS"  # replaced, not kept as it came
+
+
+def test_text_in_pixel_data_the_allow_list_removes_is_not_a_leak(tmp_path: Path) -> None:
+    """Segments are checked where the pixel data is written: a project whose allow-list deletes
+    PixelData writes none of it, so an identifier in its JPEG comment does not stop the instance
+    (and is not in the output)."""
+    import shutil
+    import struct
+
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit
+
+    from tests.helpers.deid import TEST_KEY
+    from voxl_assets.db import VoxlDatabase
+    from voxl_assets.deid.hashing import LocalHashing, ProjectHasher, SaltStore
+    from voxl_assets.project_config import tag_operations_dir
+    from voxl_assets.settings import REPO_ROOT
+
+    ops = tmp_path / "ops"
+    shutil.copytree(tag_operations_dir(REPO_ROOT / "project_definitions"), ops)
+    (ops / "no-pixels.yaml").write_text(
+        "profile: test\noperations:\n  - {keyword: PixelData, op: delete}\n"
+    )
+    project = make_project()
+    policy = load_policy(ops, ["base.yaml", "ct.yaml", "no-pixels.yaml"], [])
+    database = VoxlDatabase(f"sqlite:///{tmp_path / 'hash.db'}")
+    engine = Deidentifier(
+        project, policy, ProjectHasher(LocalHashing(TEST_KEY, SaltStore(database)), project.slug)
+    )
+    ds = make_instance(_spec(), SeriesSpec(), 1)
+    ds.Rows = ds.Columns = 8
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    comment = f"Patient {MRN}".encode()
+    frame = (
+        b"\xff\xd8"
+        + struct.pack(">BBH", 0xFF, 0xFE, len(comment) + 2)
+        + comment
+        + b"\xff\xda\x00\x08\x01\x01\x00\x00\x3f\x00"
+        + bytes(8)
+        + b"\xff\xd9"
+    )
+    ds.PixelData = encapsulate([frame])
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    ds.save_as(raw / "one.dcm", enforce_file_format=True)
+    identifiers = StudyIdentifiers()
+    identifiers.add(MRN)
+    report = engine.deidentify_study(iter_study_files(raw), tmp_path / "out", identifiers)
+    assert report.instances_out == 1, report
+    written = report.output_files[0].read_bytes()
+    assert MRN.encode() not in written and "PixelData" not in pydicom.dcmread(
+        report.output_files[0]
+    )
