@@ -213,6 +213,8 @@ def test_the_marker_walk_at_its_edges() -> None:
     com = _segment(0xFE, text)
     # markers without a length (TEM, RST0) and a fill byte before a comment
     assert marker_segments(b"\xff\xd8\xff\x01\xff\xd0\xff" + com + IMAGE_DATA) == [text]
+    # an early end of image (EOI, no length either) hides nothing that follows it
+    assert marker_segments(b"\xff\xd8\xff\xd9" + com + IMAGE_DATA) == [text]
     assert marker_segments(b"\xff\xd8\x00" + com) == []  # not a marker: the walk ends
     # APP0-APP15 and COM only: not JPG0 (F0) or JPG13 (FD) beside them
     others = _segment(0xF0, b"jpg0") + _segment(0xEF, b"app15") + _segment(0xFD, b"jpg13")
@@ -260,10 +262,11 @@ def test_a_frame_of_more_markers_than_can_be_read_is_refused_and_flagged(
     from voxl_assets.deid.embedded_text import MAX_MARKERS, UncheckedSegments
     from voxl_assets.deid.header_scan import Refusal
 
+    assert MAX_MARKERS == 65_536  # as the README says
     tiny = _segment(0xE1, b"")  # four bytes each: a malformed frame's worth
-    at_the_bound = _jpeg(*[tiny] * (MAX_MARKERS - 3))  # with SOI's successors DQT, SOF0 and SOS
-    assert marker_segments(at_the_bound) == [b""] * (MAX_MARKERS - 3)
-    over = _jpeg(*[tiny] * (MAX_MARKERS - 2))
+    at_the_bound = _jpeg(*[tiny] * (65_536 - 3))  # with SOI's successors DQT, SOF0 and SOS
+    assert marker_segments(at_the_bound) == [b""] * (65_536 - 3)
+    over = _jpeg(*[tiny] * (65_536 - 2))
     with pytest.raises(UncheckedSegments):
         marker_segments(over)
     report = deidentify(tmp_path / "engine", _study(tmp_path / "a", "jpeg", [_jpeg(), over]))

@@ -24,7 +24,9 @@ _J2K_SOT = 0x90
 _J2K_SOD = 0x93
 _J2K_COM = 0x64
 _TEXT_MARKERS = frozenset({0xFE, *range(0xE0, 0xF0)})  # COM, APP0-APP15
-_NO_LENGTH = frozenset({0x01, *range(0xD0, 0xD9)})  # TEM, RST0-7, SOI, EOI
+# TEM, RST0-7, SOI and EOI. An EOI before the image data ends no header a decoder would read, but
+# what follows it still leaves with the file: the walk steps over it and reads on.
+_NO_LENGTH = frozenset({0x01, *range(0xD0, 0xDA)})
 # A frame's markers all come before its image data: tens of segments in practice (an ICC profile
 # takes at most 255 APP2 segments). A walk that meets more without reaching the image data is
 # refused rather than cut short (text past the cut would go unread) or left to run on through a
