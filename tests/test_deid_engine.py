@@ -835,7 +835,7 @@ def test_the_report_counts_each_attribute_of_the_written_instances(tmp_path: Pat
 def test_replace_tree_swaps_a_study_folder_whole(tmp_path: Path) -> None:
     from voxl_assets.deid.engine import replace_tree
 
-    final = tmp_path / "store" / "study"
+    final = tmp_path / "store" / "project" / "study"  # parents made as needed
     first = tmp_path / "stage1"
     first.mkdir()
     (first / "a.dcm").write_bytes(b"first")
@@ -964,3 +964,74 @@ def test_text_in_pixel_data_the_allow_list_removes_is_not_a_leak(tmp_path: Path)
     assert MRN.encode() not in written and "PixelData" not in pydicom.dcmread(
         report.output_files[0]
     )
+
+
+def _engine_with_extra_operations(tmp_path: Path, extra: str) -> Deidentifier:
+    """The repository's CT allow-list plus one more file, later (so it wins)."""
+    import shutil
+
+    from tests.helpers.deid import TEST_KEY
+    from voxl_assets.db import VoxlDatabase
+    from voxl_assets.deid.hashing import LocalHashing, ProjectHasher, SaltStore
+    from voxl_assets.project_config import tag_operations_dir
+    from voxl_assets.settings import REPO_ROOT
+
+    ops = tmp_path / "ops"
+    shutil.copytree(tag_operations_dir(REPO_ROOT / "project_definitions"), ops)
+    (ops / "extra.yaml").write_text(f"profile: test\noperations:\n{extra}", encoding="utf-8")
+    project = make_project()
+    policy = load_policy(ops, ["base.yaml", "ct.yaml", "extra.yaml"], [])
+    database = VoxlDatabase(f"sqlite:///{tmp_path / 'hash.db'}")
+    hasher = ProjectHasher(LocalHashing(TEST_KEY, SaltStore(database)), project.slug)
+    return Deidentifier(project, policy, hasher)
+
+
+def test_a_replacement_outside_ascii_is_written(tmp_path: Path) -> None:
+    """A replacement the fast path cannot encode as ASCII goes through pydicom: written as
+    given, never the value it replaces left in place."""
+    engine = _engine_with_extra_operations(
+        tmp_path, '  - {keyword: ReferringPhysicianName, op: replace, value: "ÅNONYM"}\n'
+    )
+    ds = make_instance(_spec(), SeriesSpec(), 1)
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.ReferringPhysicianName = "WELBY^MARCUS"
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    ds.save_as(raw / "one.dcm", enforce_file_format=True)
+    report = engine.deidentify_study(iter_study_files(raw), tmp_path / "out", StudyIdentifiers())
+    written = pydicom.dcmread(report.output_files[0])
+    assert str(written.ReferringPhysicianName) == "ÅNONYM"
+    assert b"WELBY" not in report.output_files[0].read_bytes()
+
+
+def test_output_folders_are_made_as_deep_as_needed(tmp_path: Path) -> None:
+    engine = make_engine(tmp_path)
+    write_study(_spec(series=[SeriesSpec(instances=1)]), tmp_path / "raw")
+    out = tmp_path / "not" / "yet" / "there"
+    report = engine.deidentify_study(iter_study_files(tmp_path / "raw"), out, StudyIdentifiers())
+    assert report.instances_out == 1 and report.output_files[0].parent == out
+
+
+def test_the_report_counts_private_creators_and_not_group_lengths(tmp_path: Path) -> None:
+    engine = make_engine(tmp_path)
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    spec = _spec()
+    for n in (1, 2):
+        ds = make_instance(spec, SeriesSpec(series_uid="1.2.3.4.5"), n)
+        ds.add_new(0x00290010, "LO", "ACME 1.0")  # a private block nobody keeps
+        ds.add_new(0x00291001, "LO", "vendor data")
+        path = raw / f"{n}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        # A group length (structure, not an attribute), which pydicom does not write: put in
+        # as the dataset's first element, where (0008,0000) belongs.
+        data = path.read_bytes()
+        start = 132 + 12 + int.from_bytes(data[140:144], "little")
+        group_length = b"\x08\x00\x00\x00UL\x04\x00" + (100).to_bytes(4, "little")
+        path.write_bytes(data[:start] + group_length + data[start:])
+        assert 0x00080000 in pydicom.dcmread(path)
+    report = engine.deidentify_study(iter_study_files(raw), tmp_path / "out", StudyIdentifiers())
+    assert report.instances_out == 2
+    assert not any(number == 0x00080000 for number, _c, _o in report.attributes)
+    creators = {k: v for k, v in report.attributes.items() if k[1] == "ACME 1.0"}
+    assert creators and all(count == 2 for count in creators.values()), creators
