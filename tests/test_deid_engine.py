@@ -757,8 +757,9 @@ def test_header_values_of_empty_and_multi_valued_elements() -> None:
 # --- pass 2 meets what pass 1 did not ----------------------------------------------------------
 
 
+@pytest.mark.parametrize("change", ["removed", "overwritten"])
 def test_a_file_gone_between_the_passes_is_refused_and_the_rest_written(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: str
 ) -> None:
     from voxl_assets.deid import engine as engine_module
     from voxl_assets.deid.header_scan import Refusal
@@ -771,7 +772,10 @@ def test_a_file_gone_between_the_passes_is_refused_and_the_rest_written(
     def scan_then_lose_the_first(path: Path) -> Any:
         scanned = scan(path)
         if path == files[-1]:  # pass 1 is over: the first file goes before pass 2 opens it
-            files[0].unlink()
+            if change == "removed":
+                files[0].unlink()
+            else:
+                files[0].write_bytes(b"no longer DICOM")
         return scanned
 
     monkeypatch.setattr(engine_module, "scan_instance", scan_then_lose_the_first)
@@ -813,6 +817,7 @@ def test_a_series_too_small_does_not_stop_the_later_ones(tmp_path: Path) -> None
     report = engine.deidentify_study(iter_study_files(raw), tmp_path / "out", StudyIdentifiers())
     assert report.filtered == {FilterReason.TOO_FEW_INSTANCES.value: 1}
     assert report.instances_out == 2 and report.series_out == 1
+    assert sorted((tmp_path / "out").iterdir()) == sorted(report.output_files)  # removed too
 
 
 def test_the_report_counts_each_attribute_of_the_written_instances(tmp_path: Path) -> None:
