@@ -1040,3 +1040,25 @@ def test_the_report_counts_private_creators_and_not_group_lengths(tmp_path: Path
     assert not any(number == 0x00080000 for number, _c, _o in report.attributes)
     creators = {k: v for k, v in report.attributes.items() if k[1] == "ACME 1.0"}
     assert creators and all(count == 2 for count in creators.values()), creators
+
+
+def test_an_instance_without_pixel_data_under_a_compressed_syntax_is_written(
+    tmp_path: Path,
+) -> None:
+    """No image, but labelled JPEG (a report or a key object from a compressing archive): its
+    header is de-identified and written; there is no pixel data to mark or copy."""
+    from pydicom.uid import JPEGBaseline8Bit
+
+    engine = make_engine(tmp_path)
+    ds = make_instance(_spec(), SeriesSpec(), 1)
+    for keyword in ("PixelData", "Rows", "Columns", "BitsAllocated", "BitsStored", "HighBit"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    ds.save_as(raw / "one.dcm", enforce_file_format=True)
+    report = engine.deidentify_study(iter_study_files(raw), tmp_path / "out", StudyIdentifiers())
+    assert report.instances_out == 1, report
+    written = pydicom.dcmread(report.output_files[0])
+    assert "PixelData" not in written and written.file_meta.TransferSyntaxUID == JPEGBaseline8Bit
