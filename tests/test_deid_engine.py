@@ -1062,3 +1062,29 @@ def test_an_instance_without_pixel_data_under_a_compressed_syntax_is_written(
     assert report.instances_out == 1, report
     written = pydicom.dcmread(report.output_files[0])
     assert "PixelData" not in written and written.file_meta.TransferSyntaxUID == JPEGBaseline8Bit
+
+
+def test_encapsulated_pixel_data_read_whole_is_written_as_fragments(tmp_path: Path) -> None:
+    """An element after the pixel data sends the instance down the slow path (read whole):
+    its encapsulated pixel data still comes out as the same fragments, of undefined length."""
+    from pydicom.encaps import encapsulate, generate_fragments
+    from pydicom.uid import JPEGBaseline8Bit
+
+    engine = make_engine(tmp_path)
+    ds = make_instance(_spec(), SeriesSpec(), 1)
+    ds.Rows = ds.Columns = 8
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    frames = [b"\xff\xd8" + bytes(30) + b"\xff\xd9", b"\xff\xd8" + bytes(40) + b"\xff\xd9"]
+    ds.NumberOfFrames = 2
+    ds.PixelData = encapsulate(frames)
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds.add_new(0xFFFCFFFC, "OB", bytes(16))  # DataSetTrailingPadding, after the pixel data
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    ds.save_as(raw / "one.dcm", enforce_file_format=True)
+    report = engine.deidentify_study(iter_study_files(raw), tmp_path / "out", StudyIdentifiers())
+    assert report.instances_out == 1, report
+    written = pydicom.dcmread(report.output_files[0])
+    assert written["PixelData"].is_undefined_length
+    assert list(generate_fragments(written.PixelData))[1:] == frames  # after the offset table

@@ -5,6 +5,8 @@ the date shift differing from patient to patient (and holding within one)."""
 
 from __future__ import annotations
 
+import copy
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -243,3 +245,28 @@ def test_a_value_added_after_matching_began_is_matched_too() -> None:
     ]:
         add(value)
         assert identifiers.matcher().find(text), value
+
+
+def test_with_a_maximum_of_0_no_shift_exceeds_a_year() -> None:
+    """The shift that stands in for ``date_shift_days_max: 0`` spans 1..365 days for any
+    patient (2,000 of them here: every value of a 366-day span would be met with 99.6%)."""
+    from datetime import date
+
+    from tests.helpers.deid import make_engine as engine_for
+
+    with tempfile.TemporaryDirectory() as folder:
+        engine = engine_for(
+            Path(folder), make_project(deid={"dates": "shift", "date_shift_days_max": 0})
+        )
+        spec = StudySpec(patient_id="MRN-0", accession_number="ACC-0")
+        template = make_instance(spec, SeriesSpec(), 1)
+        shifts = set()
+        for patient in range(2000):
+            ds = copy.deepcopy(template)
+            ds.PatientID = f"MRN-{patient:05d}"
+            engine.deidentify_dataset(ds)
+            moved = str(ds.StudyDate)
+            day = date(int(moved[:4]), int(moved[4:6]), int(moved[6:]))
+            shifts.add((date(2024, 3, 1) - day).days)
+    assert min(shifts) >= 1 and max(shifts) <= 365, (min(shifts), max(shifts))
+    assert len(shifts) > 300  # spread over the year, not a few values
