@@ -1088,3 +1088,16 @@ def test_encapsulated_pixel_data_read_whole_is_written_as_fragments(tmp_path: Pa
     written = pydicom.dcmread(report.output_files[0])
     assert written["PixelData"].is_undefined_length
     assert list(generate_fragments(written.PixelData))[1:] == frames  # after the offset table
+
+
+def test_the_file_meta_is_written_anew_and_names_the_instance(tmp_path: Path) -> None:
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
+
+    _, report, _ = _run(tmp_path, _spec(series=[SeriesSpec(instances=1)]))
+    written = pydicom.dcmread(report.output_files[0])
+    meta = written.file_meta
+    assert meta.MediaStorageSOPClassUID == written.SOPClassUID
+    assert meta.MediaStorageSOPInstanceUID == written.SOPInstanceUID
+    assert meta.ImplementationClassUID == PYDICOM_IMPLEMENTATION_UID
+    assert meta.ImplementationVersionName == "VOXL"
+    assert meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
