@@ -1101,3 +1101,75 @@ def test_the_file_meta_is_written_anew_and_names_the_instance(tmp_path: Path) ->
     assert meta.ImplementationClassUID == PYDICOM_IMPLEMENTATION_UID
     assert meta.ImplementationVersionName == "VOXL"
     assert meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+
+
+@pytest.mark.parametrize("block", [0x10, 0xFF])
+def test_a_kept_private_block_is_found_at_any_creator_slot(tmp_path: Path, block: int) -> None:
+    """A creator may reserve any block from 0x10 to 0xFF (its element (gggg,00bb)): the kept
+    elements of the last block stay with their creator like the first's."""
+    engine = make_engine(tmp_path)
+    ds = make_instance(_spec(manufacturer="SIEMENS"), SeriesSpec(), 1)
+    ds.add_new(0x00190000 | block, "LO", "SIEMENS MR HEADER")
+    ds.add_new(0x00190000 | block << 8 | 0x0C, "IS", 1000)  # B_value: kept by the override
+    ds.add_new(0x00190000 | block << 8 | 0x0B, "DS", 5.0)  # not listed: removed
+    engine.deidentify_dataset(ds)
+    assert ds[0x00190000 | block].value == "SIEMENS MR HEADER"
+    assert ds[0x00190000 | block << 8 | 0x0C].value == 1000
+    assert 0x00190000 | block << 8 | 0x0B not in ds
+
+
+def test_a_removed_private_element_does_not_end_the_walk(tmp_path: Path) -> None:
+    """Elements after a removed private one (higher tags) are still de-identified."""
+    engine = make_engine(tmp_path)
+    ds = make_instance(_spec(), SeriesSpec(), 1)
+    ds.add_new(0x00090010, "LO", "SOME VENDOR")
+    ds.add_new(0x00091001, "LO", "vendor data")  # removed: not in the allow-list
+    ds.PatientName = "DOE^JOHN"  # (0010,0010), after it: replaced
+    ds.add_new(0x00211010, "LO", "ACME")  # a creator with nothing kept, later still
+    ds.save_as(tmp_path / "one.dcm", enforce_file_format=True)
+    ds = pydicom.dcmread(tmp_path / "one.dcm")  # in tag order, as every file is read
+    engine.deidentify_dataset(ds)
+    assert str(ds.PatientName) == "ANONYMOUS"
+    assert not any(tag.is_private for tag in ds.keys())
+    assert "InstitutionName" not in ds and ds.AccessionNumber != ACCESSION
+
+
+def test_a_copy_stops_at_its_range_when_the_source_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kernel is asked only for what is left of the range, never for the bytes after it."""
+    import os as real_os
+
+    from voxl_assets.deid import engine as engine_module
+
+    real = real_os.copy_file_range
+    asked: list[int] = []
+
+    def in_pieces(src: int, dst: int, count: int, offset_src: int | None = None) -> int:
+        asked.append(count)
+        return real(src, dst, min(count, 300_000), offset_src)
+
+    monkeypatch.setattr(engine_module.os, "copy_file_range", in_pieces)
+    source = tmp_path / "source.bin"
+    source.write_bytes(PAYLOAD + b"TRAILING BYTES OF SOMETHING ELSE")
+    with source.open("rb") as src, (tmp_path / "target.bin").open("w+b") as out:
+        engine_module._copy_range(src, out, 1000, len(PAYLOAD) - 1000)
+    assert (tmp_path / "target.bin").read_bytes() == PAYLOAD[1000:]
+    assert asked[0] == len(PAYLOAD) - 1000 and all(b > a for a, b in zip(asked[1:], asked))
+    assert sum(min(count, 300_000) for count in asked) == len(PAYLOAD) - 1000
+
+
+def test_a_kept_private_element_removed_for_its_vr_does_not_end_the_walk(tmp_path: Path) -> None:
+    """B_value (IS) written as FD cannot be relabelled: it is removed, and the elements after it
+    are still de-identified."""
+    engine = make_engine(tmp_path)
+    ds = make_instance(_spec(manufacturer="SIEMENS"), SeriesSpec(), 1)
+    study_uid = ds.StudyInstanceUID
+    block = ds.private_block(0x0019, "SIEMENS MR HEADER", create=True)
+    block.add_new(0x0C, "FD", 1000.0)
+    ds.save_as(tmp_path / "one.dcm", enforce_file_format=True)
+    ds = pydicom.dcmread(tmp_path / "one.dcm")  # in tag order, as every file is read
+    engine.deidentify_dataset(ds)
+    assert not any(tag.group == 0x0019 and tag.element > 0xFF for tag in ds.keys())
+    assert ds.StudyInstanceUID != study_uid  # (0020,000D), after the private group
+    assert str(ds.PatientName) == "ANONYMOUS" or "PatientName" not in ds
