@@ -1175,3 +1175,27 @@ def test_a_kept_private_element_removed_for_its_vr_does_not_end_the_walk(tmp_pat
     assert not any(tag.group == 0x0019 and tag.element > 0xFF for tag in ds.keys())
     assert ds.StudyInstanceUID != study_uid  # (0020,000D), after the private group
     assert str(ds.PatientName) == "ANONYMOUS" or "PatientName" not in ds
+
+
+def test_numeric_range_caps_an_age_read_from_a_file(tmp_path: Path) -> None:
+    """As read from disk (encoded bytes, the fast path's input), an age over 89 is capped too."""
+    engine = make_engine(tmp_path)
+    ds = make_instance(_spec(), SeriesSpec(), 1)
+    ds.PatientAge = "097Y"
+    ds.save_as(tmp_path / "one.dcm", enforce_file_format=True)
+    read = pydicom.dcmread(tmp_path / "one.dcm")
+    engine.deidentify_dataset(read)
+    assert read.PatientAge == "089Y"
+
+
+def test_a_replacement_value_the_file_gives_as_a_number_is_written(tmp_path: Path) -> None:
+    """``value: 12345`` is a number to YAML: written as the element's text all the same."""
+    engine = _engine_with_extra_operations(
+        tmp_path, "  - {keyword: StudyID, op: replace, value: 12345}\n"
+    )
+    ds = make_instance(_spec(), SeriesSpec(), 1)
+    ds.StudyID = "ST-98765"
+    ds.save_as(tmp_path / "one.dcm", enforce_file_format=True)
+    read = pydicom.dcmread(tmp_path / "one.dcm")
+    engine.deidentify_dataset(read)
+    assert str(read.StudyID) == "12345"
