@@ -1199,3 +1199,19 @@ def test_a_replacement_value_the_file_gives_as_a_number_is_written(tmp_path: Pat
     read = pydicom.dcmread(tmp_path / "one.dcm")
     engine.deidentify_dataset(read)
     assert str(read.StudyID) == "12345"
+
+
+def test_a_study_folder_lists_its_files_in_order_without_hidden_ones_or_folders(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "study"
+    (folder / "series-b").mkdir(parents=True)
+    (folder / "series-a").mkdir()
+    (folder / "series-b" / "2.dcm").write_bytes(b"x")
+    (folder / "series-a" / "1.dcm").write_bytes(b"x")
+    (folder / ".index.json").write_bytes(b"{}")  # a hidden file: bookkeeping, not an instance
+    (folder / "series-a" / ".partial").write_bytes(b"")
+    assert iter_study_files(folder) == [
+        folder / "series-a" / "1.dcm",
+        folder / "series-b" / "2.dcm",
+    ]
