@@ -1215,3 +1215,31 @@ def test_a_study_folder_lists_its_files_in_order_without_hidden_ones_or_folders(
         folder / "series-a" / "1.dcm",
         folder / "series-b" / "2.dcm",
     ]
+
+
+def test_stray_meta_and_reserved_private_elements_are_removed_quietly(tmp_path: Path) -> None:
+    """A file meta element inside the dataset and a private element outside any creator's
+    blocks ((gggg,0100): reserved) are removed, the first without being counted as an
+    attribute of the study (it is structure, like a group length)."""
+    engine = make_engine(tmp_path)
+    ds = make_instance(_spec(), SeriesSpec(), 1)
+    ds.add_new(0x00020100, "UI", "1.2.3.4")
+    ds.add_new(0x00090100, "LO", "reserved")
+    counts: dict[Any, int] = {}
+    engine.deidentify_dataset(ds, None, counts)
+    assert 0x00020100 not in ds and 0x00090100 not in ds
+    assert not any(number >> 16 == 0x0002 for number, _creator, _op in counts)
+
+
+def test_the_report_names_private_elements_with_their_creator(tmp_path: Path) -> None:
+    from voxl_assets.deid.tally import REMOVED, private_key
+
+    engine = make_engine(tmp_path)
+    ds = make_instance(_spec(manufacturer="SIEMENS"), SeriesSpec(), 1)
+    block = ds.private_block(0x0019, "SIEMENS MR HEADER", create=True)
+    block.add_new(0x0C, "IS", 1000)  # kept
+    block.add_new(0x0B, "DS", 5.0)  # removed
+    counts: dict[Any, int] = {}
+    engine.deidentify_dataset(ds, None, counts)
+    assert counts[(private_key(0x0019, 0x0C), "SIEMENS MR HEADER", "keep")] == 1
+    assert counts[(private_key(0x0019, 0x0B), "SIEMENS MR HEADER", REMOVED)] == 1
