@@ -1243,3 +1243,31 @@ def test_the_report_names_private_elements_with_their_creator(tmp_path: Path) ->
     engine.deidentify_dataset(ds, None, counts)
     assert counts[(private_key(0x0019, 0x0C), "SIEMENS MR HEADER", "keep")] == 1
     assert counts[(private_key(0x0019, 0x0B), "SIEMENS MR HEADER", REMOVED)] == 1
+
+
+def test_numeric_range_clamps_every_value_of_a_multi_valued_element(tmp_path: Path) -> None:
+    engine = make_engine(tmp_path)
+    ds = make_instance(_spec(), SeriesSpec(), 1)
+    ds.PatientWeight = [70, 999]  # two values where one is expected: each clamped, none lost
+    engine.deidentify_dataset(ds)
+    assert [float(v) for v in ds.PatientWeight] == [70.0, 300.0]
+
+
+def test_a_region_from_the_image_edge_keeps_the_edge(tmp_path: Path) -> None:
+    """Regions are inclusive and may start at row or column 0 (or before: clipped), and run to
+    the last row or column (or past it)."""
+    from voxl_assets.deid.engine import blank_outside_regions
+
+    ds = _ultrasound(_spec(modality="US"), regions=True)
+    region = ds.SequenceOfUltrasoundRegions[0]
+    region.RegionLocationMinX0, region.RegionLocationMinY0 = 0, -5
+    region.RegionLocationMaxX1, region.RegionLocationMaxY1 = 9, 9
+    blank_outside_regions(ds)
+    pixels = np.frombuffer(ds.PixelData, dtype=np.uint16).reshape(ds.Rows, ds.Columns)
+    assert (pixels[:10, :10] == 500).all() and pixels.sum() == 500 * 100
+    region.RegionLocationMinX0, region.RegionLocationMinY0 = 54, 54
+    region.RegionLocationMaxX1, region.RegionLocationMaxY1 = 200, 200
+    ds.PixelData = np.full((ds.Rows, ds.Columns), 500, dtype=np.uint16).tobytes()
+    blank_outside_regions(ds)
+    pixels = np.frombuffer(ds.PixelData, dtype=np.uint16).reshape(ds.Rows, ds.Columns)
+    assert (pixels[54:, 54:] == 500).all() and pixels.sum() == 500 * (ds.Rows - 54) ** 2
