@@ -1249,9 +1249,9 @@ def test_the_report_names_private_elements_with_their_creator(tmp_path: Path) ->
 def test_numeric_range_clamps_every_value_of_a_multi_valued_element(tmp_path: Path) -> None:
     engine = make_engine(tmp_path)
     ds = make_instance(_spec(), SeriesSpec(), 1)
-    ds.PatientWeight = [70, 999]  # two values where one is expected: each clamped, none lost
+    ds.PatientWeight = [70.5, 999]  # two values where one is expected: each clamped, none lost
     engine.deidentify_dataset(ds)
-    assert [float(v) for v in ds.PatientWeight] == [70.0, 300.0]
+    assert [float(v) for v in ds.PatientWeight] == [70.5, 300.0]
 
 
 def test_a_region_from_the_image_edge_keeps_the_edge(tmp_path: Path) -> None:
