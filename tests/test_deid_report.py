@@ -422,17 +422,11 @@ def test_a_study_a_check_stopped_checked_no_instance() -> None:
 
 def test_the_metadata_shown_on_the_asset() -> None:
     empty = DeidReport(instances_in=2, instances_out=2, series_out=1, bytes_out=2048)
-    assert AnonymisedStudy(empty).metadata() == {
+    assert AnonymisedStudy(empty).metadata() == {  # nothing filtered, refused or changed
         "instances_in": 2,
         "instances_out": 2,
         "series_out": 1,
         "bytes_out": 2048,
-        "instances_filtered": 0,
-        "filter_reasons": "none",
-        "instances_refused": 0,
-        "refusal_reasons": "none",
-        "vr_changes": "none",
-        "ultrasound_blanked": 0,
     }
     report = _report(1, refused=1)
     report.vr_changes["(0018,0050) UN read as DS"] = 2

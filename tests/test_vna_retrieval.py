@@ -149,6 +149,10 @@ def test_cache_hit_does_not_contact_the_vna(
     finally:
         orthanc.start()
     assert again.cache_hit and again.study.key == first.study.key and again.study.instances == 5
+    # The materialisation says where each came from: the archive (and how it was found), or
+    # the cache (no archive asked).
+    assert first.metadata()["archive"] == first.archive and "found_by" in first.metadata()
+    assert again.metadata()["cache_hit"] is True and "archive" not in again.metadata()
 
 
 def test_pydicom_sample_files_come_through(orthanc: OrthancServer, tmp_path: Path) -> None:

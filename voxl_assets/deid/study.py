@@ -40,22 +40,29 @@ class AnonymisedStudy:
     report: DeidReport
 
     def metadata(self) -> dict[str, Any]:
+        """The counts always; filters, refusals, VR changes and blanking only when there were
+        any (an absent entry reads as none: every entry is written to Dagster's event log twice
+        for each of a cohort's studies)."""
         report = self.report
-        return {
+        metadata: dict[str, Any] = {
             "instances_in": report.instances_in,
             "instances_out": report.instances_out,
             "series_out": report.series_out,
             "bytes_out": report.bytes_out,
-            "instances_filtered": sum(report.filtered.values()),
-            "filter_reasons": report.filter_summary() or "none",
-            "instances_refused": sum(report.refused.values()),
-            "refusal_reasons": report.refusal_summary() or "none",
-            "vr_changes": ", ".join(
+        }
+        if report.filtered:
+            metadata["instances_filtered"] = sum(report.filtered.values())
+            metadata["filter_reasons"] = report.filter_summary()
+        if report.refused:
+            metadata["instances_refused"] = sum(report.refused.values())
+            metadata["refusal_reasons"] = report.refusal_summary()
+        if report.vr_changes:
+            metadata["vr_changes"] = ", ".join(
                 f"{change} x{n}" for change, n in sorted(report.vr_changes.items())
             )
-            or "none",
-            "ultrasound_blanked": report.blanked_instances,
-        }
+        if report.blanked_instances:
+            metadata["ultrasound_blanked"] = report.blanked_instances
+        return metadata
 
     def checks(self) -> dict[str, tuple[bool, str]]:
         summary = CheckResult(files_checked=self.report.instances_out).summary()

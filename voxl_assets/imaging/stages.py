@@ -218,15 +218,16 @@ class StudyStages:
                     self.database, request.study_id, uploader.describe(), files
                 )
             return metadata
-        sent: dict[str, Any] = {
+        sent: dict[str, Any] = {  # the stage's seconds are added by the asset
             "destination_kind": report.kind,
             "instances": report.instances,
             "bytes": report.bytes,
-            "seconds": round(report.seconds, 3),
             "sent": True,
-            "resend": report.resend,
-            "revision": report.revision,
         }
+        if report.resend:  # an earlier attempt was cut off: this one may be a duplicate
+            sent["resend"] = True
+        if report.revision > 1:
+            sent["revision"] = report.revision
         if report.revision > 1 and not self.force_upload:
             sent["redelivered"] = redeliver  # a topped-up study: replace or add
         return sent

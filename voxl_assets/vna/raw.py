@@ -59,16 +59,20 @@ class RawStudyResult:
         return _count_series(self.study.directory)
 
     def metadata(self) -> dict[str, object]:
-        return {
+        """Where the study came from and its size; how it was found only when an archive was
+        asked, top-ups only when there were any (the stage's seconds are added by the asset)."""
+        metadata: dict[str, object] = {
             "instances": self.study.instances,
             "series": self.series,
             "bytes": self.study.bytes,
             "cache_hit": self.cache_hit,
-            "found_by": self.found_by,
-            "archive": self.archive,
-            "topped_up": self.topped_up,
-            "seconds": round(self.seconds, 3),
         }
+        if not self.cache_hit:
+            metadata["archive"] = self.archive
+            metadata["found_by"] = self.found_by
+        if self.topped_up:
+            metadata["topped_up"] = self.topped_up
+        return metadata
 
 
 def request_cache_keys(request: StudyRequest) -> list[str]:
