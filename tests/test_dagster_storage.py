@@ -129,10 +129,12 @@ def test_tables_and_columns_are_remembered_only_once_found(home: Path) -> None:
         assert materialize([studies_seen], instance=instance, partition_key="10").success
         storage = instance.event_log_storage
         assert isinstance(storage, SqliteEventLogStorage)
-        assert storage.has_table("asset_event_tags") and "asset_event_tags" in storage._voxl_tables
+        remembered = storage.__dict__
+        assert storage.has_table("asset_event_tags")
+        assert "asset_event_tags" in remembered["_voxl_tables"]
         assert not storage.has_table("no_such_table")
-        assert "no_such_table" not in storage._voxl_tables  # asked again next time
-        assert storage._voxl_asset_key_columns is True
+        assert "no_such_table" not in remembered["_voxl_tables"]  # asked again next time
+        assert remembered["_voxl_asset_key_columns"] is True
         # The asset's indexed tags (its data version) reached the (remembered) tags table.
         with storage.index_connection() as conn:
             keys = set(

@@ -1,6 +1,7 @@
 """The de-identification engine: every operation, filter and check, on generated studies and on
 pydicom's sample files."""
 
+import os
 from datetime import datetime
 from itertools import pairwise
 from pathlib import Path
@@ -13,6 +14,7 @@ import yaml
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
+from pydicom.uid import UID
 
 from tests.helpers.deid import make_engine, make_project
 from voxl_assets.deid.checks import check_output, disallowed_tags, identifier_hits
@@ -563,43 +565,44 @@ def _copy_with(
 PAYLOAD = bytes(range(256)) * 9000  # a little over 2 MiB: more than one portable chunk
 
 
+_KERNEL_COPY = os.copy_file_range
+
+
+class _RecordingKernel:
+    """``os.copy_file_range`` copying at most ``limit`` bytes a call, recording each call's ask
+    and what it copied."""
+
+    def __init__(self, limit: int | None = None) -> None:
+        self.limit = limit
+        self.asked: list[int] = []
+        self.copied: list[int] = []
+
+    def __call__(self, src: int, dst: int, count: int, offset_src: int | None = None) -> int:
+        self.asked.append(count)
+        sent = _KERNEL_COPY(src, dst, min(count, self.limit or count), offset_src)
+        self.copied.append(sent)
+        return sent
+
+
 @pytest.mark.parametrize("offset", [0, 1000])
 def test_pixel_data_copies_in_the_kernel(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, offset: int
 ) -> None:
-    import os as real_os
-
-    real = real_os.copy_file_range
-    copied: list[int] = []
-
-    def counting(src: int, dst: int, count: int, offset_src: int | None = None) -> int:
-        sent = real(src, dst, count, offset_src)
-        copied.append(sent)
-        return sent
-
-    assert _copy_with(tmp_path, monkeypatch, counting, PAYLOAD, offset) == (
+    kernel = _RecordingKernel()
+    assert _copy_with(tmp_path, monkeypatch, kernel, PAYLOAD, offset) == (
         b"HEADER" + PAYLOAD[offset:] + b"TAIL"
     )
-    assert sum(copied) == len(PAYLOAD) - offset  # all of it in the kernel, none read portably
+    assert sum(kernel.copied) == len(PAYLOAD) - offset  # all in the kernel, none read portably
 
 
 def test_a_kernel_that_copies_in_pieces_is_asked_until_all_is_copied(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import os as real_os
-
-    real = real_os.copy_file_range
-    pieces: list[int] = []
-
-    def in_pieces(src: int, dst: int, count: int, offset_src: int | None = None) -> int:
-        sent = real(src, dst, min(count, 300_000), offset_src)
-        pieces.append(sent)
-        return sent
-
-    assert _copy_with(tmp_path, monkeypatch, in_pieces, PAYLOAD, 1000) == (
+    kernel = _RecordingKernel(limit=300_000)
+    assert _copy_with(tmp_path, monkeypatch, kernel, PAYLOAD, 1000) == (
         b"HEADER" + PAYLOAD[1000:] + b"TAIL"
     )
-    assert sum(pieces) == len(PAYLOAD) - 1000 and len(pieces) > 1  # no portable copy needed
+    assert sum(kernel.copied) == len(PAYLOAD) - 1000 and len(kernel.copied) > 1  # none portably
 
 
 def _refusing(*args: Any) -> int:
@@ -727,7 +730,7 @@ def test_an_instance_is_ultrasound_by_its_modality_or_its_storage_class(
     )
     engine = make_engine(tmp_path, project)
     ds = _ultrasound(_spec(modality=modality), regions=True)
-    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = UID(sop_class)
     ds.Modality = modality
     raw = tmp_path / "raw"
     raw.mkdir()
@@ -898,6 +901,16 @@ def test_a_big_endian_instance_gets_the_values_a_little_endian_one_does(tmp_path
     assert little.DeidentificationMethod == engine.method
 
 
+def _written_alone(engine: Deidentifier, ds: Dataset, tmp_path: Path) -> Dataset:
+    """``ds`` de-identified as a study of its own: the one instance written, read back."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    ds.save_as(raw / "one.dcm", enforce_file_format=True)
+    report = engine.deidentify_study(iter_study_files(raw), tmp_path / "out", StudyIdentifiers())
+    assert report.instances_out == 1, report
+    return pydicom.dcmread(report.output_files[0])
+
+
 def test_an_element_relabelled_to_its_dictionary_vr_still_gets_its_operation(
     tmp_path: Path,
 ) -> None:
@@ -908,12 +921,7 @@ def test_an_element_relabelled_to_its_dictionary_vr_still_gets_its_operation(
     engine = make_engine(tmp_path)
     ds = make_instance(_spec(), SeriesSpec(), 1)
     ds[0x00080090] = DataElement(0x00080090, "LO", "WELBY^MARCUS")  # ReferringPhysicianName: PN
-    raw = tmp_path / "raw"
-    raw.mkdir()
-    ds.save_as(raw / "one.dcm", enforce_file_format=True)
-    report = engine.deidentify_study(iter_study_files(raw), tmp_path / "out", StudyIdentifiers())
-    assert report.instances_out == 1, report
-    written = pydicom.dcmread(report.output_files[0])
+    written = _written_alone(engine, ds, tmp_path)
     assert written["ReferringPhysicianName"].VR == "PN"
     assert written.ReferringPhysicianName == "ANONYMOUS"  # replaced, not kept as it came
 
@@ -1057,12 +1065,7 @@ def test_an_instance_without_pixel_data_under_a_compressed_syntax_is_written(
         if keyword in ds:
             delattr(ds, keyword)
     ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
-    raw = tmp_path / "raw"
-    raw.mkdir()
-    ds.save_as(raw / "one.dcm", enforce_file_format=True)
-    report = engine.deidentify_study(iter_study_files(raw), tmp_path / "out", StudyIdentifiers())
-    assert report.instances_out == 1, report
-    written = pydicom.dcmread(report.output_files[0])
+    written = _written_alone(engine, ds, tmp_path)
     assert "PixelData" not in written and written.file_meta.TransferSyntaxUID == JPEGBaseline8Bit
 
 
@@ -1082,12 +1085,7 @@ def test_encapsulated_pixel_data_read_whole_is_written_as_fragments(tmp_path: Pa
     ds["PixelData"].VR = "OB"
     ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
     ds.add_new(0xFFFCFFFC, "OB", bytes(16))  # DataSetTrailingPadding, after the pixel data
-    raw = tmp_path / "raw"
-    raw.mkdir()
-    ds.save_as(raw / "one.dcm", enforce_file_format=True)
-    report = engine.deidentify_study(iter_study_files(raw), tmp_path / "out", StudyIdentifiers())
-    assert report.instances_out == 1, report
-    written = pydicom.dcmread(report.output_files[0])
+    written = _written_alone(engine, ds, tmp_path)
     assert written["PixelData"].is_undefined_length
     assert list(generate_fragments(written.PixelData))[1:] == frames  # after the offset table
 
@@ -1140,26 +1138,18 @@ def test_a_copy_stops_at_its_range_when_the_source_goes_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The kernel is asked only for what is left of the range, never for the bytes after it."""
-    import os as real_os
-
     from voxl_assets.deid import engine as engine_module
 
-    real = real_os.copy_file_range
-    asked: list[int] = []
-
-    def in_pieces(src: int, dst: int, count: int, offset_src: int | None = None) -> int:
-        asked.append(count)
-        return real(src, dst, min(count, 300_000), offset_src)
-
-    monkeypatch.setattr(engine_module.os, "copy_file_range", in_pieces)
+    kernel = _RecordingKernel(limit=300_000)
+    monkeypatch.setattr(engine_module.os, "copy_file_range", kernel)
     source = tmp_path / "source.bin"
     source.write_bytes(PAYLOAD + b"TRAILING BYTES OF SOMETHING ELSE")
     with source.open("rb") as src, (tmp_path / "target.bin").open("w+b") as out:
         engine_module._copy_range(src, out, 1000, len(PAYLOAD) - 1000)
     assert (tmp_path / "target.bin").read_bytes() == PAYLOAD[1000:]
-    assert asked[0] == len(PAYLOAD) - 1000  # then less each time: what is left
-    assert all(later < earlier for earlier, later in pairwise(asked))
-    assert sum(min(count, 300_000) for count in asked) == len(PAYLOAD) - 1000
+    assert kernel.asked[0] == len(PAYLOAD) - 1000  # then less each time: what is left
+    assert all(later < earlier for earlier, later in pairwise(kernel.asked))
+    assert sum(kernel.copied) == len(PAYLOAD) - 1000
 
 
 def test_a_kept_private_element_removed_for_its_vr_does_not_end_the_walk(tmp_path: Path) -> None:
