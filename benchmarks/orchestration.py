@@ -38,8 +38,22 @@ from voxl_assets.demo.scenario import build_scenario
 POSTGRES_ADMIN_URL = os.environ.get(
     "VOXL_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
-DAGSTER_POSTGRES_YAML = """storage:
-  postgres:
+# As deployments/production/dagster.yaml lays it out: dagster-postgres's run and schedule storage,
+# VOXL's pooled subclass of its event log.
+DAGSTER_POSTGRES_YAML = """run_storage:
+  module: dagster_postgres.run_storage
+  class: PostgresRunStorage
+  config:
+    postgres_url: {url}
+event_log_storage:
+  module: voxl_assets.dagster_pg_storage
+  class: PooledPostgresEventLogStorage
+  config:
+    postgres_url: {url}
+schedule_storage:
+  module: dagster_postgres.schedule_storage
+  class: PostgresScheduleStorage
+  config:
     postgres_url: {url}
 telemetry:
   enabled: false
@@ -229,6 +243,7 @@ def import_modules() -> None:
     import dagster._core.storage.schedules.sqlite  # noqa: F401
     import dagster_postgres  # noqa: F401
 
+    import voxl_assets.dagster_pg_storage
     import voxl_assets.definitions
     import voxl_assets.orchestration  # noqa: F401
     from voxl_assets.imaging import batch_run, stages  # noqa: F401

@@ -155,3 +155,63 @@ def test_shards_commit_without_waiting_for_the_disk(home: Path) -> None:
             with storage._connect(shard) as conn:
                 assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
                 assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+
+
+def _pooled_postgres_home(tmp_path: Path, postgres_url: str) -> Path:
+    url = postgres_url.replace("postgresql+psycopg://", "postgresql+psycopg2://")
+    storages = {
+        "run_storage": ("dagster_postgres.run_storage", "PostgresRunStorage"),
+        "event_log_storage": ("voxl_assets.dagster_pg_storage", "PooledPostgresEventLogStorage"),
+        "schedule_storage": ("dagster_postgres.schedule_storage", "PostgresScheduleStorage"),
+    }
+    home = tmp_path / "pg-home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text(
+        "".join(
+            f"{kind}:\n  module: {module}\n  class: {name}\n  config:\n    postgres_url: {url}\n"
+            for kind, (module, name) in storages.items()
+        )
+        + "telemetry:\n  enabled: false\n"
+    )
+    return home
+
+
+def test_the_postgres_event_log_keeps_its_connections(tmp_path: Path, postgres_url: str) -> None:
+    """Events are written through a few kept connections (not one per write, as dagster-postgres
+    does outside the webserver) and read back by another instance as dagster-postgres's own."""
+    from voxl_assets.dagster_pg_storage import PooledPostgresEventLogStorage
+
+    home = _pooled_postgres_home(tmp_path, postgres_url)
+    with DagsterInstance.from_config(str(home)) as instance:
+        storage = instance.event_log_storage
+        assert isinstance(storage, PooledPostgresEventLogStorage)
+        connections: list[int] = []
+        from sqlalchemy import event
+
+        event.listen(storage._engine, "connect", lambda *_: connections.append(1))
+        for key in ("0", "1"):
+            assert materialize([studies_seen], instance=instance, partition_key=key).success
+        assert 1 <= len(connections) <= 3  # 26 materialisations and their index rows
+    with DagsterInstance.from_config(str(home)) as reader:
+        assert reader.get_materialized_partitions(AssetKey("study")) == {str(n) for n in range(12)}
+        assert reader.get_materialized_partitions(AssetKey("studies_seen")) == {"0", "1"}
+
+
+def test_a_forked_child_writes_on_connections_of_its_own(tmp_path: Path, postgres_url: str) -> None:
+    from sqlalchemy import event
+
+    home = _pooled_postgres_home(tmp_path, postgres_url)
+    with DagsterInstance.from_config(str(home)) as instance:
+        assert materialize([studies_seen], instance=instance, partition_key="2").success
+        opened_by: list[int] = []
+        engine = instance.event_log_storage._engine  # type: ignore[attr-defined]
+        event.listen(engine, "connect", lambda *_: opened_by.append(os.getpid()))
+        child = os.fork()
+        if child == 0:  # the parent's pooled connections must not be used here: its own opened
+            ok = materialize([studies_seen], instance=instance, partition_key="3").success
+            os._exit(0 if ok and os.getpid() in opened_by else 1)
+        _, status = os.waitpid(child, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert materialize([studies_seen], instance=instance, partition_key="4").success
+    with DagsterInstance.from_config(str(home)) as reader:
+        assert reader.get_materialized_partitions(AssetKey("studies_seen")) == {"2", "3", "4"}

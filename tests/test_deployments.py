@@ -52,7 +52,9 @@ def test_production_yaml_uses_postgres(
     shutil.copy(DEPLOYMENTS / "production" / "dagster.yaml", home / "dagster.yaml")
     with DagsterInstance.from_config(str(home)) as instance:
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"
-        assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
+        # dagster-postgres's event log, its connections kept (voxl_assets/dagster_pg_storage.py)
+        assert type(instance.event_log_storage).__name__ == "PooledPostgresEventLogStorage"
+        assert type(instance.schedule_storage).__name__ == "PostgresScheduleStorage"
         assert instance.nux_enabled is False  # no onboarding modal in the UI
         _materialise_one_extract(instance, tmp_path, f"sqlite:///{tmp_path / 'voxl.db'}")
     assert not list(home.glob("**/*.db")), "production storage must not fall back to SQLite"

@@ -59,15 +59,17 @@ def test_the_distributed_instance_retries_runs_without_a_person(
         monkeypatch.setenv(f"VOXL_DAGSTER_PG_{name}", "5432" if name == "PORT" else "x")
     (tmp_path / "dagster.yaml").write_text((DISTRIBUTED / "dagster.yaml").read_text())
     config, _ = dagster_instance_config(str(tmp_path))  # raises on anything Dagster rejects
-    assert "postgres" in config["storage"]
+    assert config["event_log_storage"]["class"] == "PooledPostgresEventLogStorage"
+    assert config["run_storage"]["class"] == "PostgresRunStorage"
     assert config["run_coordinator"]["class"] == "QueuedRunCoordinator"
     assert config["run_monitoring"]["enabled"] is True
     assert config["run_retries"]["enabled"] is True and config["run_retries"]["max_retries"] >= 1
     raw = yaml.safe_load((DISTRIBUTED / "dagster.yaml").read_text())
-    # The password only ever from the environment.
-    assert raw["storage"]["postgres"]["postgres_db"]["password"] == {
-        "env": "VOXL_DAGSTER_PG_PASSWORD"
-    }
+    # The password only ever from the environment, for each storage.
+    for storage in ("run_storage", "event_log_storage", "schedule_storage"):
+        assert raw[storage]["config"]["postgres_db"]["password"] == {
+            "env": "VOXL_DAGSTER_PG_PASSWORD"
+        }
 
 
 class _Result:
