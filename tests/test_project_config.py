@@ -133,3 +133,18 @@ def test_shipped_schema_is_current() -> None:
 def test_example_projects_validate() -> None:
     registry = ProjectRegistry.load(settings.REPO_ROOT / "project_definitions")
     assert {"test-extract-uclh-omop-cdm", "ms-pilot-mri"} <= set(registry.slugs())
+
+
+def test_config_files_are_read_by_libyamls_safe_loader(tmp_path: Path) -> None:
+    """libyaml's loader (a tenth of the Python one's time, at every run's start), and a safe
+    one: a Python object tag is refused, naming the file, never built."""
+    from voxl_assets.config_files import SAFE_LOADER, ConfigFileError, read_yaml
+
+    assert yaml.__with_libyaml__ and SAFE_LOADER is yaml.CSafeLoader
+    good = tmp_path / "good.yaml"
+    good.write_text("project: {slug: p, modalities: [CT, MR]}\n", encoding="utf-8")
+    assert read_yaml(good) == {"project": {"slug": "p", "modalities": ["CT", "MR"]}}
+    hostile = tmp_path / "hostile.yaml"
+    hostile.write_text("x: !!python/object/apply:os.getcwd []\n", encoding="utf-8")
+    with pytest.raises(ConfigFileError, match="hostile.yaml: not valid YAML"):
+        read_yaml(hostile)
