@@ -136,8 +136,8 @@ class StudyStages:
         )
 
     def _extract_datetime(self, study_id: int) -> datetime:
-        with self.database.session() as session:
-            found = session.scalar(
+        with self.database.engine.connect() as connection:  # a read: no session's unit of work
+            found = connection.scalar(
                 select(Extract.extract_datetime)
                 .join(ExtractStudy, ExtractStudy.extract_id == Extract.id)
                 .where(ExtractStudy.study_id == study_id)
@@ -163,9 +163,10 @@ class StudyStages:
         return files
 
     def _pseudo_uid(self, request: StudyRequest) -> str:
-        with self.database.session() as session:
-            study = session.get(Study, request.study_id)
-            pseudo_uid = study.pseudo_study_uid if study else None
+        with self.database.engine.connect() as connection:  # one column: no ORM object
+            pseudo_uid = connection.scalar(
+                select(Study.pseudo_study_uid).where(Study.id == request.study_id)
+            )
         if not pseudo_uid:
             raise StudyFailure("the study has no pseudonymous UID: re-run anonymised_study")
         return pseudo_uid
