@@ -930,29 +930,12 @@ def test_text_in_pixel_data_the_allow_list_removes_is_not_a_leak(tmp_path: Path)
     """Segments are checked where the pixel data is written: a project whose allow-list deletes
     PixelData writes none of it, so an identifier in its JPEG comment does not stop the instance
     (and is not in the output)."""
-    import shutil
     import struct
 
     from pydicom.encaps import encapsulate
     from pydicom.uid import JPEGBaseline8Bit
 
-    from tests.helpers.deid import TEST_KEY
-    from voxl_assets.db import VoxlDatabase
-    from voxl_assets.deid.hashing import LocalHashing, ProjectHasher, SaltStore
-    from voxl_assets.project_config import tag_operations_dir
-    from voxl_assets.settings import REPO_ROOT
-
-    ops = tmp_path / "ops"
-    shutil.copytree(tag_operations_dir(REPO_ROOT / "project_definitions"), ops)
-    (ops / "no-pixels.yaml").write_text(
-        "profile: test\noperations:\n  - {keyword: PixelData, op: delete}\n"
-    )
-    project = make_project()
-    policy = load_policy(ops, ["base.yaml", "ct.yaml", "no-pixels.yaml"], [])
-    database = VoxlDatabase(f"sqlite:///{tmp_path / 'hash.db'}")
-    engine = Deidentifier(
-        project, policy, ProjectHasher(LocalHashing(TEST_KEY, SaltStore(database)), project.slug)
-    )
+    engine = _engine_with_extra_operations(tmp_path, "  - {keyword: PixelData, op: delete}\n")
     ds = make_instance(_spec(), SeriesSpec(), 1)
     ds.Rows = ds.Columns = 8
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
@@ -985,20 +968,14 @@ def _engine_with_extra_operations(tmp_path: Path, extra: str) -> Deidentifier:
     """The repository's CT allow-list plus one more file, later (so it wins)."""
     import shutil
 
-    from tests.helpers.deid import TEST_KEY
-    from voxl_assets.db import VoxlDatabase
-    from voxl_assets.deid.hashing import LocalHashing, ProjectHasher, SaltStore
     from voxl_assets.project_config import tag_operations_dir
     from voxl_assets.settings import REPO_ROOT
 
     ops = tmp_path / "ops"
     shutil.copytree(tag_operations_dir(REPO_ROOT / "project_definitions"), ops)
     (ops / "extra.yaml").write_text(f"profile: test\noperations:\n{extra}", encoding="utf-8")
-    project = make_project()
     policy = load_policy(ops, ["base.yaml", "ct.yaml", "extra.yaml"], [])
-    database = VoxlDatabase(f"sqlite:///{tmp_path / 'hash.db'}")
-    hasher = ProjectHasher(LocalHashing(TEST_KEY, SaltStore(database)), project.slug)
-    return Deidentifier(project, policy, hasher)
+    return make_engine(tmp_path, make_project(), policy)
 
 
 def test_a_replacement_outside_ascii_is_written(tmp_path: Path) -> None:

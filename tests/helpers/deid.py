@@ -9,7 +9,7 @@ from voxl_assets import settings
 from voxl_assets.db import VoxlDatabase
 from voxl_assets.deid.engine import Deidentifier
 from voxl_assets.deid.hashing import LocalHashing, ProjectHasher, SaltStore
-from voxl_assets.deid.operations import load_policy
+from voxl_assets.deid.operations import TagPolicy, load_policy
 from voxl_assets.project_config import ProjectDefinition, tag_operations_dir
 
 TEST_KEY = "test-hashing-key-0123456789abcdef"
@@ -32,12 +32,17 @@ def make_project(slug: str = "deid-test", **overrides: Any) -> ProjectDefinition
     return ProjectDefinition.model_validate(definition)
 
 
-def make_engine(tmp_path: Path, project: ProjectDefinition | None = None) -> Deidentifier:
+def make_engine(
+    tmp_path: Path, project: ProjectDefinition | None = None, policy: TagPolicy | None = None
+) -> Deidentifier:
+    """An engine for ``project`` (a default one when None), its allow-list from the repository's
+    tag-operation files unless ``policy`` is given."""
     project = project or make_project()
-    ops_dir = tag_operations_dir(settings.REPO_ROOT / "project_definitions")
-    policy = load_policy(
-        ops_dir, project.tag_operations.base, project.tag_operations.manufacturer_overrides
-    )
+    if policy is None:
+        ops_dir = tag_operations_dir(settings.REPO_ROOT / "project_definitions")
+        policy = load_policy(
+            ops_dir, project.tag_operations.base, project.tag_operations.manufacturer_overrides
+        )
     database = VoxlDatabase(f"sqlite:///{tmp_path / 'hash.db'}")
     hasher = ProjectHasher(LocalHashing(TEST_KEY, SaltStore(database)), project.slug)
     return Deidentifier(project, policy, hasher)

@@ -229,6 +229,6 @@ class StudyStages:
             sent["resend"] = True
         if report.revision > 1:
             sent["revision"] = report.revision
-        if report.revision > 1 and not self.force_upload:
-            sent["redelivered"] = redeliver  # a topped-up study: replace or add
+            if not self.force_upload:
+                sent["redelivered"] = redeliver  # a topped-up study: replace or add
         return sent
