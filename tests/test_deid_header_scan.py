@@ -112,6 +112,7 @@ def test_a_scan_shows_no_identifying_value(tmp_path: Path) -> None:
     assert scan.values and MRN.encode() in b"".join(raw for _kind, raw in scan.values)
     shown = repr(scan)
     assert MRN not in shown and FAMILY not in shown and BIRTH_DATE not in shown
+    assert scan.sop_instance_uid and scan.sop_instance_uid not in shown
 
 
 def test_a_name_in_utf8_under_a_latin1_label_is_also_read_as_utf8(tmp_path: Path) -> None:

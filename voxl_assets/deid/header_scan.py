@@ -105,7 +105,7 @@ class InstanceScan:
 
     syntax: str = ""
     refusal: Refusal | None = None
-    sop_instance_uid: str = ""
+    sop_instance_uid: str = field(default="", repr=False)  # a source UID: never printed
     pixel_tail: tuple[int, int] | None = None  # (offset, length) to copy byte for byte
     needs_full_read: bool = False  # big endian, deflated, or elements after the pixel data
     values: list[tuple[str, bytes]] = field(default_factory=list, repr=False)
