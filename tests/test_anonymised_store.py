@@ -180,12 +180,13 @@ def test_trash_left_by_a_killed_process_is_emptied_at_start_up(tmp_path: Path) -
     assert list((root / ".trash").iterdir()) == []
 
 
-def test_a_failure_inside_the_index_transaction_rolls_it_back(
+def test_a_failed_rename_into_place_keeps_the_index_true_to_the_disk(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The rename into place fails after the eviction was decided: the index is rolled back
-    (its connection stays open for the next operation, which must not find a transaction still
-    open), the staging folder is removed and the next write works."""
+    """The rename into place fails after the eviction was done: the evicted study's row leaves
+    with its folder (the index never counts a study it no longer holds), the failed study is not
+    recorded, the index's connection is left with no transaction open, the staging folder is
+    removed and the next write works."""
     import voxl_assets.deid.store as store_module
 
     store = AnonymisedStore(tmp_path / "anon", max_bytes=1500)
@@ -199,12 +200,11 @@ def test_a_failure_inside_the_index_transaction_rolls_it_back(
         with pytest.raises(OSError, match="disk full"):
             _write(store, 2)
     assert list((store.root / ".staging").iterdir()) == []
-    # Study 1's eviction was rolled back with the write: its row is still there (its folder
-    # went to the trash before the failure, so the next start-up forgets it).
-    assert store.studies() == [("p", 1)] and store.used_bytes() == 1000
+    assert _held(store) == [] and store.used_bytes() == 0
     _write(store, 3, size=500)
-    assert ("p", 3) in store.studies()
-    assert _held(AnonymisedStore(store.root, max_bytes=1500)) == [3]
+    _write(store, 4, size=500)
+    assert _held(store) == [3, 4] and store.used_bytes() == 1000
+    assert _held(AnonymisedStore(store.root, max_bytes=1500)) == [3, 4]
 
 
 def test_rewriting_the_oldest_study_still_evicts_the_others(tmp_path: Path) -> None:

@@ -136,16 +136,26 @@ class AnonymisedStore:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         size = tree_size(staging)
+        failure: BaseException | None = None
         try:
             with self._transaction() as db:
                 self._evict_for(db, size, keep=(project, study_id))
-                replace_tree(staging, self.study_dir(project, study_id))
-                db.execute(
-                    "INSERT INTO studies (project, study_id, bytes, written_at) VALUES (?, ?, ?, ?)"
-                    " ON CONFLICT(project, study_id) DO UPDATE SET bytes = excluded.bytes,"
-                    " written_at = excluded.written_at, delivered_at = NULL",
-                    (project, study_id, size, time.time()),
-                )
+                try:
+                    replace_tree(staging, self.study_dir(project, study_id))
+                except BaseException as error:
+                    # The evicted folders are in the trash already: their rows go with them
+                    # (committed), or the index would count them until the next start-up.
+                    failure = error
+                else:
+                    db.execute(
+                        "INSERT INTO studies (project, study_id, bytes, written_at)"
+                        " VALUES (?, ?, ?, ?) ON CONFLICT(project, study_id) DO UPDATE SET"
+                        " bytes = excluded.bytes, written_at = excluded.written_at,"
+                        " delivered_at = NULL",
+                        (project, study_id, size, time.time()),
+                    )
+            if failure is not None:
+                raise failure
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
