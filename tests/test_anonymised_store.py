@@ -207,6 +207,27 @@ def test_a_failed_rename_into_place_keeps_the_index_true_to_the_disk(
     assert _held(AnonymisedStore(store.root, max_bytes=1500)) == [3, 4]
 
 
+def test_a_failure_inside_the_index_transaction_rolls_it_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Moving an evicted study aside fails: nothing the transaction did stays (the study is
+    still indexed and on disk), its connection is left with no transaction open and the next
+    write works."""
+    store = AnonymisedStore(tmp_path / "anon", max_bytes=1500)
+    _write(store, 1)
+
+    def broken(project: str, study_id: int) -> None:
+        raise PermissionError("read-only trash")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(store, "_discard", broken)
+        with pytest.raises(PermissionError, match="read-only trash"):
+            _write(store, 2)
+    assert _held(store) == [1] and store.used_bytes() == 1000
+    _write(store, 3, size=500)
+    assert _held(store) == [1, 3]
+
+
 def test_rewriting_the_oldest_study_still_evicts_the_others(tmp_path: Path) -> None:
     """The study being rewritten is skipped by the eviction, not the end of it."""
     store = AnonymisedStore(tmp_path / "anon", max_bytes=3000)
