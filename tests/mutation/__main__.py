@@ -96,7 +96,11 @@ DEFAULT_TESTS = {
     "sensors/export_sensor.py": ["tests/test_sensor_cases.py"],
     "sensors/window_sensor.py": ["tests/test_sensor_cases.py"],
     "sensors/study_sensor.py": ["tests/test_sensor_cases.py", "tests/test_sensors_study.py"],
-    "voxl_assets/vna/cache.py": ["tests/test_raw_cache.py", "tests/test_raw_cache_processes.py"],
+    "voxl_assets/vna/cache.py": [
+        "tests/test_raw_cache.py",
+        "tests/test_raw_cache_processes.py",
+        "tests/test_sqlite_wal.py",
+    ],
     **{module: DEID_TESTS for module in DEID_MODULES},
     # The anonymised store, the study step and the engine are run by the store's and the
     # report's tests too (the report's summaries, the store's tree replacement).

@@ -16,13 +16,16 @@ from sqlalchemy.orm import Session, sessionmaker
 from voxl_assets import settings
 from voxl_assets.at_rest import make_private_dir, make_private_file
 from voxl_assets.schema_version import MIGRATIONS_DIR, head_revisions
+from voxl_assets.sqlite_wal import use_wal
+
+SQLITE_TIMEOUT_SECONDS = 30
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # WAL lets the sensor read while a run writes; busy_timeout waits instead of failing at once.
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
+    use_wal(cursor, SQLITE_TIMEOUT_SECONDS)
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_TIMEOUT_SECONDS * 1000}")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
@@ -38,7 +41,7 @@ def make_engine(url: str | None = None) -> Engine:
             database = Path(parsed.database)
             make_private_dir(database.parent, tighten=database.parent == settings.voxl_home())
             make_private_file(database)
-        engine = create_engine(url, connect_args={"timeout": 30})
+        engine = create_engine(url, connect_args={"timeout": SQLITE_TIMEOUT_SECONDS})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     return create_engine(url, pool_pre_ping=True)

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+from voxl_assets.sqlite_wal import use_wal
+
 
 class CacheFull(Exception):
     """The study does not fit in the cache even after evicting everything unpinned."""
@@ -100,6 +102,9 @@ def process_alive(pid: int, started: str) -> bool:
     return not started or process_start(pid) in ("", started)
 
 
+INDEX_TIMEOUT_SECONDS = 60
+
+
 def index_connection(connections: threading.local, path: Path) -> sqlite3.Connection:
     """This thread's connection to the SQLite index at ``path``, opened on first use (opening
     one per lookup cost more than the lookup). Autocommit: writers say ``BEGIN IMMEDIATE``.
@@ -107,8 +112,8 @@ def index_connection(connections: threading.local, path: Path) -> sqlite3.Connec
     folders are the truth and a restart reconciles them with it."""
     connection: sqlite3.Connection | None = getattr(connections, "connection", None)
     if connection is None or getattr(connections, "pid", None) != os.getpid():
-        connection = sqlite3.connect(path, timeout=60, isolation_level=None)
-        connection.execute("PRAGMA journal_mode=WAL")
+        connection = sqlite3.connect(path, timeout=INDEX_TIMEOUT_SECONDS, isolation_level=None)
+        use_wal(connection, INDEX_TIMEOUT_SECONDS)
         connection.execute("PRAGMA synchronous=NORMAL")
         connections.connection, connections.pid = connection, os.getpid()
     return connection
