@@ -15,12 +15,18 @@ study, the ratio, peak memory and CPU of each side, and Dagster's storage size p
 Targets (issue 17): at most 30 ms per study on the Dagster path, at most 1.5x the floor.
 
     uv run --extra dev --extra bench python -m benchmarks.orchestration [--studies 1000] [--backends sqlite,postgres]
-        [--batch 200] [--workers 4]
+        [--batch 200] [--workers 4] [--processes 1]
+
+``--processes N`` runs each side's batches in N processes at once (every N-th batch each), as the
+daemon runs a backfill's runs side by side in production (``max_concurrent_runs``); give the
+archive no more than it serves at once (Orthanc: 4 associations), e.g. ``--processes 2
+--workers 2``. CPU is counted over all the processes; the peak is the largest one's.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing as mp
 import os
 import shutil
 import tempfile
@@ -149,7 +155,33 @@ def study_keys() -> list[str]:
         return list(instance.get_dynamic_partitions(STUDIES))
 
 
-def run_dagster(batch: int) -> None:
+def share_of_batches(keys: list[str], batch: int, process: int, processes: int) -> list[int]:
+    """The start of each ``batch``-sized chunk of ``keys`` that process ``process`` of
+    ``processes`` runs: every ``processes``-th, as a daemon's concurrent runs share a backfill."""
+    return list(range(process * batch, len(keys), processes * batch))
+
+
+def in_processes(processes: int, target: Any, *args: Any) -> None:
+    """``target(process, processes, *args)`` in each of ``processes`` forked processes, as
+    the daemon runs a backfill's runs side by side (``max_concurrent_runs``); one process runs
+    it here. Each opens its own databases: nothing is opened before the fork."""
+    if processes == 1:
+        target(0, 1, *args)
+        return
+    context = mp.get_context("fork")
+    children = [
+        context.Process(target=target, args=(i, processes, *args)) for i in range(processes)
+    ]
+    for child in children:
+        child.start()
+    for child in children:
+        child.join()
+    failed = [child.exitcode for child in children if child.exitcode != 0]
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {processes} benchmark processes failed: {failed}")
+
+
+def run_dagster(process: int, processes: int, batch: int) -> None:
     from dagster import DagsterInstance
 
     from voxl_assets.orchestration import materialize_studies
@@ -157,10 +189,16 @@ def run_dagster(batch: int) -> None:
 
     with DagsterInstance.get() as instance:
         keys = list(instance.get_dynamic_partitions(STUDIES))
-        materialize_studies(instance, keys, "benchmark", batch=batch)
+        # Whole chunks, in order, so materialize_studies cuts the same runs again.
+        share = [
+            key
+            for start in share_of_batches(keys, batch, process, processes)
+            for key in keys[start : start + batch]
+        ]
+        materialize_studies(instance, share, "benchmark", batch=batch)
 
 
-def run_floor(batch: int, workers: int) -> None:
+def run_floor(process: int, processes: int, batch: int, workers: int) -> None:
     """The stage functions the asset calls, in batches, without Dagster."""
     from dagster import build_resources
 
@@ -172,7 +210,7 @@ def run_floor(batch: int, workers: int) -> None:
     keys = study_keys()
     with build_resources(deployment_resources()) as resources:
         database = resources.voxl_db.database
-        for start in range(0, len(keys), batch):
+        for start in share_of_batches(keys, batch, process, processes):
             # One StudyStages per batch, as the asset makes one per run.
             stages = StudyStages(
                 database=database,
@@ -261,9 +299,11 @@ def run_side(
     side_environment(home, orthanc, urls)
     measure(prepare, scenario.extract_dir)
     if name.endswith("floor"):
-        seconds, peak, cpu = measure_with_cpu(run_floor, args.batch, args.workers)
+        seconds, peak, cpu = measure_with_cpu(
+            in_processes, args.processes, run_floor, args.batch, args.workers
+        )
     else:
-        seconds, peak, cpu = measure_with_cpu(run_dagster, args.batch)
+        seconds, peak, cpu = measure_with_cpu(in_processes, args.processes, run_dagster, args.batch)
     counts = outcome_counts()
     if (
         args.keep
@@ -295,6 +335,13 @@ def main() -> None:
     parser.add_argument("--backends", default="sqlite,postgres")
     parser.add_argument("--batch", type=int, default=200, help="studies per Dagster run")
     parser.add_argument("--workers", type=int, default=4, help="VOXL_STUDY_WORKERS")
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="runs side by side (each side), as the daemon's max_concurrent_runs; the archive"
+        " serves processes x workers associations",
+    )
     parser.add_argument("--dir", default=None, help="where to put the homes (default: /tmp)")
     parser.add_argument("--sides", default="floor,dagster", help="for profiling one side")
     parser.add_argument(
@@ -317,6 +364,7 @@ def main() -> None:
         "instances_per_study": 1,
         "batch": args.batch,
         "workers": args.workers,
+        "processes": args.processes,
         "load_average_before": [round(x, 2) for x in os.getloadavg()],
     }
     with tempfile.TemporaryDirectory(prefix="voxl-bench-orchestration-", dir=args.dir) as tmp:

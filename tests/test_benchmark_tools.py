@@ -72,3 +72,22 @@ def test_a_missing_tool_is_named_with_how_to_install_it(
     assert "sh (" not in str(raised.value)
     with pytest.raises(SystemExit, match="benchmark cannot run: .*voxl-reference-probe"):
         upload.resolve_tools_or_exit({"voxl-reference-probe": "apt-get install probe"})
+
+
+@pytest.mark.parametrize(
+    ("keys", "batch", "processes"), [(1000, 200, 2), (1000, 200, 3), (7, 3, 2), (5, 200, 4)]
+)
+def test_the_orchestration_benchmarks_processes_share_every_batch_once(
+    keys: int, batch: int, processes: int
+) -> None:
+    from benchmarks.orchestration import share_of_batches
+
+    names = [f"study/{i}" for i in range(keys)]
+    runs = [
+        names[start : start + batch]
+        for process in range(processes)
+        for start in share_of_batches(names, batch, process, processes)
+    ]
+    assert sorted(key for run in runs for key in run) == sorted(names)
+    assert all(0 < len(run) <= batch for run in runs)
+    assert len(runs) == -(-keys // batch)
