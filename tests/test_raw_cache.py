@@ -201,3 +201,51 @@ def test_two_processes_emptying_the_same_folders_at_once(
     monkeypatch.undo()
     assert not any((tmp_path / ".trash").iterdir())
     assert not any((tmp_path / ".staging").iterdir())
+
+
+def test_an_index_connection_is_kept_per_thread_and_process_and_set_up_for_wal(
+    tmp_path: Path,
+) -> None:
+    """One connection per thread, reused (one per lookup cost more than the lookup); a forked
+    child opens its own rather than sharing its parent's; WAL with synchronous=NORMAL."""
+    import os
+    import threading
+
+    from voxl_assets.vna.cache import index_connection
+
+    connections = threading.local()
+    first = index_connection(connections, tmp_path / "index.sqlite")
+    assert index_connection(connections, tmp_path / "index.sqlite") is first
+    assert first.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert first.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report whether it got its parent's connection, then leave
+        try:
+            renewed = index_connection(connections, tmp_path / "index.sqlite") is not first
+            os.write(write, b"renewed" if renewed else b"shared")
+        finally:
+            os._exit(0)
+    os.close(write)
+    answer = os.read(read, 16)
+    os.waitpid(pid, 0)
+    assert answer == b"renewed"
+
+
+def test_a_process_start_is_read_from_its_proc_stat() -> None:
+    """The start (clock ticks since boot) of a process started now is about now's uptime: the
+    field read is the start time, not a neighbour (the virtual memory size)."""
+    import os
+
+    from voxl_assets.vna.cache import process_start
+
+    child = subprocess.Popen(["sleep", "5"])
+    try:
+        started = process_start(child.pid)
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        ticks_per_second = os.sysconf("SC_CLK_TCK")
+        assert abs(int(started) / ticks_per_second - uptime) < 5
+    finally:
+        child.kill()
+        child.wait()
+    assert process_start(child.pid) == ""  # gone
