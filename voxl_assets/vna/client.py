@@ -117,13 +117,13 @@ _acknowledge_promptly()
 
 # pynetdicom's DUL thread sleeps this long whenever the socket has nothing to read; at its default
 # (1 ms) every instance of a retrieval waits about a millisecond before its C-STORE response goes
-# out, which halves throughput on a fast network. Polling that fast is paid only while data flows:
-# once an association has been quiet for DUL_FAST_WINDOW_SECONDS (waiting for the archive to
-# answer, or kept open between studies), its DUL waits in select() on the socket instead, woken at
-# once by incoming data, by what the user side queues to send (a wake-up socket pair), and at the
-# latest after DUL_IDLE_WAIT_SECONDS for its timers.
+# out, which halves throughput on a fast network. VOXL sets this value only as a mark: a DUL
+# reactor's sleep of exactly it is replaced by a wait in select() on the socket (see _dul_wait),
+# woken at once by incoming data, by what the user side queues to send (a wake-up socket pair),
+# and at the latest after DUL_IDLE_WAIT_SECONDS for its timers. (A fast poll, 50 us while data had
+# flowed in the last 5 ms, cost small studies 10-20% more CPU, the reactor threads taking the GIL
+# thousands of times a second, and was no faster on a 500-instance study.)
 DUL_POLL_SECONDS = 0.00005
-DUL_FAST_WINDOW_SECONDS = 0.005
 DUL_IDLE_WAIT_SECONDS = 0.05
 
 
@@ -249,16 +249,8 @@ def _end(assoc: Any) -> None:
 
 
 def _dul_wait(dul: Any) -> None:
-    """One idle turn of ``dul``'s reactor: a fast poll while data flowed lately, else a wait in
-    select() on its socket and its wake-up socket (the DUL runs in its own thread, so its state
-    lives on it)."""
-    now = time.monotonic()
-    last = getattr(dul, "_voxl_active_at", None)
-    if last is None:
-        dul._voxl_active_at = last = now
-    if now - last < DUL_FAST_WINDOW_SECONDS:
-        time.sleep(DUL_POLL_SECONDS)
-        return
+    """One idle turn of ``dul``'s reactor: a wait in select() on its socket and its wake-up
+    socket (the DUL runs in its own thread, so its state lives on it)."""
     raw = getattr(getattr(dul, "socket", None), "socket", None)
     wake = _wake_socket(dul)
     dul._voxl_waiting = True
@@ -274,8 +266,6 @@ def _dul_wait(dul: Any) -> None:
         return
     finally:
         dul._voxl_waiting = False
-    if readable:
-        dul._voxl_active_at = time.monotonic()
     if wake in readable:
         with suppress(OSError):
             wake.recv(4096)
@@ -306,10 +296,6 @@ def _wake(dul: Any) -> None:
             pair[1].send(b"\0")
 
 
-def _mark_active(dul: Any) -> None:
-    dul._voxl_active_at = time.monotonic()
-
-
 class _DulClock:
     """Stands in for the ``time`` module in pynetdicom's DUL (dul.py): its reactor's idle sleep,
     at the fast poll VOXL sets, becomes ``_dul_wait``; every other use is ``time``'s own."""
@@ -329,19 +315,13 @@ class _DulClock:
             time.sleep(seconds)
 
 
-def _track_dul_activity() -> None:
-    """Count a PDU read or a primitive sent as activity, so the DUL polls fast around it."""
+def _wake_dul_on_requests() -> None:
+    """A primitive queued to send, or a stop, wakes the DUL from its wait in select()."""
     if getattr(DULServiceProvider, "_voxl_tracked", False):
         return
-    read_pdu, send = DULServiceProvider._read_pdu_data, DULServiceProvider.send_pdu
-    stop = DULServiceProvider.stop_dul
-
-    def read_pdu_data(self: DULServiceProvider) -> None:
-        _mark_active(self)
-        read_pdu(self)
+    send, stop = DULServiceProvider.send_pdu, DULServiceProvider.stop_dul
 
     def send_pdu(self: DULServiceProvider, primitive: Any) -> None:
-        _mark_active(self)
         send(self, primitive)  # queued first, then woken: see _dul_wait
         _wake(self)
 
@@ -350,13 +330,12 @@ def _track_dul_activity() -> None:
         _wake(self)
         return stopped
 
-    DULServiceProvider._read_pdu_data = read_pdu_data  # type: ignore[method-assign]
     DULServiceProvider.send_pdu = send_pdu  # type: ignore[method-assign]
     DULServiceProvider.stop_dul = stop_dul  # type: ignore[method-assign]
     DULServiceProvider._voxl_tracked = True  # type: ignore[attr-defined]
 
 
-_track_dul_activity()
+_wake_dul_on_requests()
 pynetdicom_dul.time = _DulClock()  # type: ignore[assignment]
 
 
