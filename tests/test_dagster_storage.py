@@ -1,7 +1,9 @@
 """VOXL's processes keep an engine per shard of Dagster's SQLite event log, and store and read
 what Dagster's storage would."""
 
+import logging
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,9 @@ from dagster import (
     asset,
     materialize,
 )
+from dagster._core.events.log import EventLogEntry
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
+from sqlalchemy import event as sqlalchemy_event
 
 import voxl_assets.definitions  # noqa: F401  (what every VOXL process imports)
 from voxl_assets import dagster_storage
@@ -104,6 +108,66 @@ def test_a_forked_child_opens_its_own_connections(home: Path) -> None:
         assert materialize([studies_seen], instance=instance, partition_key="7").success
     with DagsterInstance.get() as reader:
         assert reader.get_materialized_partitions(AssetKey("studies_seen")) == {"5", "6", "7"}
+
+
+def _log_entry(run_id: str, message: str) -> EventLogEntry:
+    return EventLogEntry(
+        error_info=None,
+        level=logging.INFO,
+        user_message=message,
+        run_id=run_id,
+        timestamp=time.time(),
+    )
+
+
+def test_the_ui_s_watcher_sees_each_event_as_it_is_written(home: Path) -> None:
+    """The UI follows a running run by watching the run's file for changes (watchdog, not its
+    write-ahead log): the kept connection checkpoints after every write, so each event shows at
+    once, as with Dagster's connection per event."""
+    run_id = "5f1b2c3d-0000-4000-8000-000000000001"
+    seen: list[str] = []
+    with DagsterInstance.get() as writer, DagsterInstance.get() as ui:
+        writer.event_log_storage.store_event(_log_entry(run_id, "event 0"))
+
+        def follow(entry: EventLogEntry, _cursor: str) -> None:
+            seen.append(entry.message)
+
+        ui.event_log_storage.watch(run_id, None, follow)
+        try:
+            time.sleep(0.5)  # the observer's thread is watching
+            for n in range(1, 4):
+                writer.event_log_storage.store_event(_log_entry(run_id, f"event {n}"))
+                deadline = time.monotonic() + 10
+                while f"event {n}" not in seen and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                assert f"event {n}" in seen, f"the watcher did not see event {n}: {seen}"
+        finally:
+            ui.event_log_storage.end_watch(run_id, follow)
+
+
+def test_a_run_s_shard_keeps_one_connection(home: Path) -> None:
+    """Dagster's storage opened, set up and closed a connection for every event."""
+    opened: list[str] = []
+    with DagsterInstance.get() as instance:
+        assert materialize([studies_seen], instance=instance, partition_key="8").success
+        run_id = instance.get_run_records()[0].dagster_run.run_id
+        engine = _engines(instance)[run_id]
+        sqlalchemy_event.listen(engine, "connect", lambda *_: opened.append(run_id))
+        for n in range(5):
+            instance.event_log_storage.store_event(_log_entry(run_id, f"after {n}"))
+        assert opened == []  # the pooled connection served all five
+        assert len(instance.all_logs(run_id)) >= 5
+
+
+def test_a_run_written_again_after_a_wipe_goes_to_its_new_file(home: Path) -> None:
+    """A wipe deletes the runs' files: a kept connection to one would write into a deleted file."""
+    run_id = "5f1b2c3d-0000-4000-8000-000000000002"
+    with DagsterInstance.get() as instance:
+        instance.event_log_storage.store_event(_log_entry(run_id, "before the wipe"))
+        instance.wipe()
+        instance.event_log_storage.store_event(_log_entry(run_id, "after the wipe"))
+    with DagsterInstance.get() as reader:
+        assert [entry.message for entry in reader.all_logs(run_id)] == ["after the wipe"]
 
 
 def test_the_asset_key_row_follows_each_asset_s_latest_materialisation(home: Path) -> None:

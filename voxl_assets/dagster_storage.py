@@ -5,12 +5,16 @@ asset materialisation: the run's shard and the cross-run index), so SQLAlchemy's
 statement cache, which lives on the engine, is empty every time: each insert is compiled anew,
 and the index's connection is opened, checkpointed and closed per event. That was most of the
 ~4.5 ms of CPU a materialisation cost; a study writes three. ``keep_event_log_engines`` makes its
-``_connect`` keep one engine per shard (the most recently used ones): a run's shard still opens
-and closes a connection per write (``NullPool``), so its file is checkpointed and the UI's file
-watcher (which watches run files, not the index) sees each event as before; the index keeps a
-pooled connection. Engines are dropped in a forked child: a SQLite connection must not cross a
-fork. It is a method patch, not a storage class in ``dagster.yaml``: a configured class is not
-told the instance's folder, and VOXL opens instances by folder as well as by ``DAGSTER_HOME``.
+``_connect`` keep one engine per shard (the most recently used ones), each with a pooled
+connection. Dagster's own opened and closed a connection for every event, and closing the last
+connection of a write-ahead-log file checkpoints it and deletes its log: with the connection
+kept, a run shard's transaction is followed by a passive checkpoint instead, so the run's file
+itself changes with every event, as the UI's file watcher (which watches that file, not its
+log) needs (38 -> 29-30 ms a study on the Dagster path of `benchmarks/orchestration.py`).
+Engines are dropped in a forked child (a SQLite connection must not cross a fork) and before a
+wipe (which deletes the runs' files). It is a method patch, not a storage class in
+``dagster.yaml``: a configured class is not told the instance's folder, and VOXL opens
+instances by folder as well as by ``DAGSTER_HOME``.
 PostgreSQL storage keeps its engine already.
 
 Three more costs of every asset event are cut the same way (together about 15% of a
@@ -42,7 +46,7 @@ from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
 from dagster._core.storage.sql import create_engine
 from sqlalchemy import event as sqlalchemy_events
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.pool import NullPool, QueuePool
+from sqlalchemy.pool import QueuePool
 
 # Shards whose engines a storage keeps: the index, and the runs its process writes (one at a time
 # in a run worker; a few in a process that runs several in-process runs).
@@ -68,9 +72,7 @@ def _kept_engine(storage: Any, shard: str) -> Engine:
     if engine is None:
         engine = create_engine(
             storage.conn_string_for_shard(shard),
-            # The index is read by query only; a run's file is watched for changes, which a
-            # connection kept open would hold back in its write-ahead log.
-            poolclass=QueuePool if shard == INDEX_SHARD_NAME else NullPool,
+            poolclass=QueuePool,
             connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS, "check_same_thread": False},
         )
         sqlalchemy_events.listen(engine, "connect", _commit_without_waiting_for_the_disk)
@@ -93,8 +95,12 @@ def _connect_keeping_engines(self: Any, shard: str) -> Iterator[Connection]:
         if shard not in self._initialized_dbs:
             self._initdb(engine)
             self._initialized_dbs.add(shard)
-        with engine.connect() as conn, conn.begin():
-            yield conn
+        with engine.connect() as conn:
+            with conn.begin():
+                yield conn
+            if shard != INDEX_SHARD_NAME:
+                # Into the run's file itself, which the UI's watcher watches (not its log).
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
 
 
 def _let_engines_go(storage: Any) -> None:
@@ -152,7 +158,7 @@ def keep_event_log_engines() -> None:
     """Patch ``SqliteEventLogStorage`` in this process (once)."""
     if getattr(SqliteEventLogStorage, "_voxl_keeps_engines", False):
         return
-    dispose = SqliteEventLogStorage.dispose
+    dispose, wipe = SqliteEventLogStorage.dispose, SqliteEventLogStorage.wipe
     SqliteEventLogStorage.has_table = _remembering_tables(  # type: ignore[method-assign]
         SqliteEventLogStorage.has_table
     )
@@ -165,6 +171,11 @@ def keep_event_log_engines() -> None:
         _let_engines_go(self)
         dispose(self)
 
+    def wipe_letting_engines_go(self: Any) -> None:
+        _let_engines_go(self)  # the runs' files are deleted: no connection left to them
+        wipe(self)
+
     SqliteEventLogStorage._connect = _connect_keeping_engines  # type: ignore[method-assign]
     SqliteEventLogStorage.dispose = dispose_letting_engines_go  # type: ignore[method-assign]
+    SqliteEventLogStorage.wipe = wipe_letting_engines_go  # type: ignore[method-assign]
     SqliteEventLogStorage._voxl_keeps_engines = True  # type: ignore[attr-defined]
