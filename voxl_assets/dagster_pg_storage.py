@@ -5,8 +5,9 @@ dagster-postgres opens a new connection for every statement group it runs outsid
 materialisation needs two (the event, then the asset's index rows): six connections a study, which
 left a run's thread waiting on PostgreSQL rather than taking the next study's outcome
 (`benchmarks/orchestration.py`: 55 ms a study on PostgreSQL against 30 on SQLite). This storage is
-dagster-postgres's own with a small pool instead: connections are checked before use (a restarted
-server costs a reconnect, not a failed event) and recycled hourly, and one checked out in a forked
+dagster-postgres's own with a small pool instead: connections idle for a second are checked before
+use (a restarted server costs a reconnect, not a failed event; ``voxl_assets/db/idle_ping.py``)
+and recycled hourly, and one checked out in a forked
 child is never the parent's. Named in ``deployments/production/dagster.yaml`` (and the distributed
 one) as the event log storage; the webserver still swaps in its own pooled engine.
 """
@@ -26,6 +27,8 @@ from dagster_postgres.utils import (
 )
 from sqlalchemy import event, exc
 from sqlalchemy.engine import Engine
+
+from voxl_assets.db.idle_ping import ping_when_idle
 
 # A run's thread writes the events; a sensor or the UI in the same process may read meanwhile.
 POOL_SIZE = 2
@@ -66,10 +69,10 @@ class PooledPostgresEventLogStorage(PostgresEventLogStorage):
             isolation_level="AUTOCOMMIT",
             pool_size=POOL_SIZE,
             max_overflow=MAX_OVERFLOW,
-            pool_pre_ping=True,
             pool_recycle=RECYCLE_SECONDS,
         )
         _never_across_a_fork(self._engine)
+        ping_when_idle(self._engine)
 
     @classmethod
     def from_config_value(

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from voxl_assets import settings
 from voxl_assets.at_rest import make_private_dir, make_private_file
+from voxl_assets.db.idle_ping import ping_when_idle
 from voxl_assets.schema_version import MIGRATIONS_DIR, head_revisions
 from voxl_assets.sqlite_wal import use_wal
 
@@ -44,7 +45,9 @@ def make_engine(url: str | None = None) -> Engine:
         engine = create_engine(url, connect_args={"timeout": SQLITE_TIMEOUT_SECONDS})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    engine = create_engine(url)
+    ping_when_idle(engine)
+    return engine
 
 
 def schema_is_current(engine: Engine) -> bool:
