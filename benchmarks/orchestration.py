@@ -29,6 +29,7 @@ import argparse
 import multiprocessing as mp
 import os
 import shutil
+import statistics
 import tempfile
 import time
 import uuid
@@ -287,6 +288,44 @@ def import_modules() -> None:
     from voxl_assets.imaging import batch_run, stages  # noqa: F401
 
 
+@contextmanager
+def ui_open_while(every: float) -> Iterator[dict[str, Any]]:
+    """``dagster-webserver`` on the side's home while the block runs, asked every ``every``
+    seconds what the UI's study pages ask (``benchmarks.ui_scale``'s queries) and ``voxl status``
+    run, each timed; the dict is filled with the medians and maxima when the block ends."""
+    import threading
+
+    from benchmarks.ui_scale import UI_QUERIES, timed_post, timed_status, webserver_on
+
+    env = {**os.environ}
+    timings: dict[str, list[float]] = {name: [] for name, _query in UI_QUERIES}
+    timings["voxl_status"] = []
+    stop = threading.Event()
+    summary: dict[str, Any] = {}
+    with webserver_on(env) as base:
+
+        def ask() -> None:
+            while not stop.wait(every):
+                for name, query in UI_QUERIES:
+                    timings[name].append(timed_post(f"{base}/graphql", query)[0])
+                timings["voxl_status"].append(timed_status(env))
+
+        asking = threading.Thread(target=ask, daemon=True)
+        asking.start()
+        try:
+            yield summary
+        finally:
+            stop.set()
+            asking.join()
+    for name, values in timings.items():
+        if values:
+            summary[name] = {
+                "answers": len(values),
+                "median_seconds": round(statistics.median(values), 3),
+                "max_seconds": round(max(values), 3),
+            }
+
+
 def run_side(
     name: str,
     root: Path,
@@ -298,10 +337,16 @@ def run_side(
     home = root / name
     side_environment(home, orthanc, urls)
     measure(prepare, scenario.extract_dir)
+    ui: dict[str, Any] | None = None
     if name.endswith("floor"):
         seconds, peak, cpu = measure_with_cpu(
             in_processes, args.processes, run_floor, args.batch, args.workers
         )
+    elif args.ui:
+        with ui_open_while(args.ui_every) as ui:
+            seconds, peak, cpu = measure_with_cpu(
+                in_processes, args.processes, run_dagster, args.batch
+            )
     else:
         seconds, peak, cpu = measure_with_cpu(in_processes, args.processes, run_dagster, args.batch)
     counts = outcome_counts()
@@ -319,6 +364,8 @@ def run_side(
         "cpu_ms_per_study": round(1000 * cpu / args.studies, 1),
         "peak_mib": round(peak, 1),
     }
+    if ui is not None:
+        result["ui_during_the_run"] = ui
     if not name.endswith("floor"):
         storage = postgres_size(urls[1]) if urls else folder_bytes(home / "dagster")
         result["dagster_storage_bytes"] = storage
@@ -342,6 +389,13 @@ def main() -> None:
         help="runs side by side (each side), as the daemon's max_concurrent_runs; the archive"
         " serves processes x workers associations",
     )
+    parser.add_argument(
+        "--ui",
+        action="store_true",
+        help="the UI open on the Dagster side while it runs: dagster-webserver asked what the"
+        " study pages ask, and voxl status run, every --ui-every seconds, each timed",
+    )
+    parser.add_argument("--ui-every", type=float, default=5.0)
     parser.add_argument("--dir", default=None, help="where to put the homes (default: /tmp)")
     parser.add_argument("--sides", default="floor,dagster", help="for profiling one side")
     parser.add_argument(
@@ -410,6 +464,13 @@ def main() -> None:
             )
         if f"{backend}-ratio" in summary:
             print(f"{backend + ' ratio':18} {summary[f'{backend}-ratio']:9}")
+        ui = summary.get(f"{backend}-dagster", {}).get("ui_during_the_run")
+        if ui:
+            answers = ", ".join(
+                f"{name} {row['median_seconds']} s (max {row['max_seconds']}, {row['answers']}x)"
+                for name, row in ui.items()
+            )
+            print(f"{backend} UI during the run: {answers}")
     print(
         f"load average before {summary['load_average_before']}, after {summary['load_average_after']}"
     )

@@ -28,6 +28,8 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +102,38 @@ def timed_status(env: dict[str, str]) -> float:
     return time.perf_counter() - started
 
 
+@contextmanager
+def webserver_on(env: dict[str, str]) -> Iterator[str]:
+    """``dagster-webserver`` on the home ``env`` names, its code location loaded; yields its
+    base URL."""
+    port = free_port()
+    webserver = shutil.which("dagster-webserver", path=str(Path(sys.executable).parent))
+    if webserver is None:
+        raise SystemExit("dagster-webserver is not installed in this environment")
+    server = subprocess.Popen(
+        [webserver, "-h", "127.0.0.1", "-p", str(port), "-w", "workspace.yaml"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        if not wait_for_port(port, 120):
+            raise SystemExit("dagster-webserver did not start")
+        base = f"http://127.0.0.1:{port}"
+        timed_post(f"{base}/graphql", PARTITION_STATS)  # the first query loads the code location
+        yield base
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+UI_QUERIES = (
+    ("partition_stats", PARTITION_STATS),
+    ("partition_statuses", PARTITION_STATUSES),
+    ("latest_25", LATEST_MATERIALISATIONS),
+)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--home", required=True, help="a home kept by benchmarks.orchestration")
@@ -117,27 +151,13 @@ def main() -> None:
     env.pop("VOXL_DATABASE_URL", None)  # the home's own SQLite VOXL database
     os.environ.update({k: env[k] for k in ("VOXL_HOME", "DAGSTER_HOME")})
     before, partitions = pad_partitions(args.partitions)
-    port = free_port()
-    webserver = shutil.which("dagster-webserver", path=str(Path(sys.executable).parent))
-    if webserver is None:
-        raise SystemExit("dagster-webserver is not installed in this environment")
-    server = subprocess.Popen(
-        [webserver, "-h", "127.0.0.1", "-p", str(port), "-w", "workspace.yaml"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
     result: dict[str, Any] = {
         "studies_materialised": before,
         "study_partitions": partitions,
         "load_average_before": [round(x, 2) for x in os.getloadavg()],
     }
-    try:
-        if not wait_for_port(port, 120):
-            raise SystemExit("dagster-webserver did not start")
-        base = f"http://127.0.0.1:{port}"
+    with webserver_on(env) as base:
         graphql = f"{base}/graphql"
-        timed_post(graphql, PARTITION_STATS)  # the first query loads the code location
         timings: dict[str, list[float]] = {
             "server_info": [],
             "partition_stats": [],
@@ -149,19 +169,12 @@ def main() -> None:
             started = time.perf_counter()
             requests.get(f"{base}/server_info", timeout=60).raise_for_status()
             timings["server_info"].append(time.perf_counter() - started)
-            for name, query in (
-                ("partition_stats", PARTITION_STATS),
-                ("partition_statuses", PARTITION_STATUSES),
-                ("latest_25", LATEST_MATERIALISATIONS),
-            ):
+            for name, query in UI_QUERIES:
                 seconds, size, data = timed_post(graphql, query)
                 timings[name].append(seconds)
                 sizes[name] = size
                 if name == "partition_stats":
                     result["raw_study_counts"] = data["assetNodeOrError"]["partitionStats"]
-    finally:
-        server.terminate()
-        server.wait(30)
     status = [timed_status(env) for _ in range(3)]
     for name, values in timings.items():
         result[name] = {
