@@ -350,13 +350,10 @@ def run_side(
     else:
         seconds, peak, cpu = measure_with_cpu(in_processes, args.processes, run_dagster, args.batch)
     counts = outcome_counts()
-    if (
-        args.keep
-        and not name.endswith("floor")
-        and urls is None
-        and not check_passes(counts, args.studies)
-    ):
-        shutil.move(str(home), args.keep)  # kept to look into: `voxl status` names the reasons
+    if args.keep and urls is None and not check_passes(counts, args.studies):
+        # Kept to look into (either side): `voxl status` names the reasons, the raw cache holds
+        # what the archive sent.
+        shutil.move(str(home), f"{args.keep}-{name}-failed")
     check_counts(counts, args.studies)
     result: dict[str, Any] = {
         "seconds": round(seconds, 2),
