@@ -180,6 +180,24 @@ def test_trash_left_by_a_killed_process_is_emptied_at_start_up(tmp_path: Path) -
     assert list((root / ".trash").iterdir()) == []
 
 
+def _write_failing(
+    store: AnonymisedStore,
+    monkeypatch: pytest.MonkeyPatch,
+    owner: object,
+    name: str,
+    error: Exception,
+) -> None:
+    """Write study 2 while ``owner.name`` raises ``error``, which must reach the caller."""
+
+    def broken(*_args: object) -> None:
+        raise error
+
+    with monkeypatch.context() as patch:
+        patch.setattr(owner, name, broken)
+        with pytest.raises(type(error), match=str(error)):
+            _write(store, 2)
+
+
 def test_a_failed_rename_into_place_keeps_the_index_true_to_the_disk(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -192,13 +210,7 @@ def test_a_failed_rename_into_place_keeps_the_index_true_to_the_disk(
     store = AnonymisedStore(tmp_path / "anon", max_bytes=1500)
     _write(store, 1)
 
-    def broken(staging: Path, target: Path) -> None:
-        raise OSError("disk full")
-
-    with monkeypatch.context() as patch:
-        patch.setattr(store_module, "replace_tree", broken)
-        with pytest.raises(OSError, match="disk full"):
-            _write(store, 2)
+    _write_failing(store, monkeypatch, store_module, "replace_tree", OSError("disk full"))
     assert list((store.root / ".staging").iterdir()) == []
     assert _held(store) == [] and store.used_bytes() == 0
     _write(store, 3, size=500)
@@ -216,13 +228,7 @@ def test_a_failure_inside_the_index_transaction_rolls_it_back(
     store = AnonymisedStore(tmp_path / "anon", max_bytes=1500)
     _write(store, 1)
 
-    def broken(project: str, study_id: int) -> None:
-        raise PermissionError("read-only trash")
-
-    with monkeypatch.context() as patch:
-        patch.setattr(store, "_discard", broken)
-        with pytest.raises(PermissionError, match="read-only trash"):
-            _write(store, 2)
+    _write_failing(store, monkeypatch, store, "_discard", PermissionError("read-only trash"))
     assert _held(store) == [1] and store.used_bytes() == 1000
     _write(store, 3, size=500)
     assert _held(store) == [1, 3]
