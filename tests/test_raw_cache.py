@@ -249,3 +249,25 @@ def test_a_process_start_is_read_from_its_proc_stat() -> None:
         child.kill()
         child.wait()
     assert process_start(child.pid) == ""  # gone
+
+
+def test_eviction_reads_the_oldest_a_batch_at_a_time_passing_over_pinned_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batches of two: the three oldest are pinned (one batch and a half passed over), the next
+    three are evicted, oldest first, until the new study fits; the newer ones stay."""
+    from voxl_assets.vna import cache as cache_module
+
+    monkeypatch.setattr(cache_module, "EVICTION_BATCH", 2)
+    cache = RawCache(tmp_path, max_bytes=1000)
+    keys = [f"s{n}" for n in range(10)]
+    for key in keys:
+        _write(cache, key, 100)
+        time.sleep(0.002)  # distinct last-used times: the order is by age
+    with cache.pin("s0", "s1", "s2"):
+        _write(cache, "new", 300)
+    assert cache.keys_by_age() == ["s0", "s1", "s2", "s6", "s7", "s8", "s9", "new"]
+    assert cache.used_bytes() == 1000
+    assert sorted(p.name for p in (tmp_path / "studies").iterdir()) == sorted(cache.keys_by_age())
+    with cache.pin(*cache.keys_by_age()), pytest.raises(CacheFull):
+        _write(cache, "too-much", 100)  # every study pinned: nothing can go

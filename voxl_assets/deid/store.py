@@ -166,11 +166,19 @@ class AnonymisedStore:
         """Remove delivered studies (oldest delivery first), then undelivered ones (oldest
         first), until ``incoming`` more bytes fit. A study larger than the whole store is still
         written: refusing it would stop its delivery, and it leaves once delivered."""
+        used = int(
+            db.execute(
+                "SELECT COALESCE(SUM(bytes), 0) FROM studies"
+                " WHERE NOT (project = ? AND study_id = ?)",
+                keep,
+            ).fetchone()[0]
+        )
+        if used + incoming <= self.max_bytes:
+            return  # the usual case: the rows are read only when something must go
         rows = db.execute(
             "SELECT project, study_id, bytes FROM studies"
             " ORDER BY delivered_at IS NULL, delivered_at, written_at"
         ).fetchall()
-        used = sum(int(size) for project, study_id, size in rows if (project, study_id) != keep)
         for project, study_id, size in rows:
             if used + incoming <= self.max_bytes:
                 return
