@@ -34,7 +34,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -337,18 +337,11 @@ def run_side(
     home = root / name
     side_environment(home, orthanc, urls)
     measure(prepare, scenario.extract_dir)
-    ui: dict[str, Any] | None = None
-    if name.endswith("floor"):
-        seconds, peak, cpu = measure_with_cpu(
-            in_processes, args.processes, run_floor, args.batch, args.workers
-        )
-    elif args.ui:
-        with ui_open_while(args.ui_every) as ui:
-            seconds, peak, cpu = measure_with_cpu(
-                in_processes, args.processes, run_dagster, args.batch
-            )
-    else:
-        seconds, peak, cpu = measure_with_cpu(in_processes, args.processes, run_dagster, args.batch)
+    floor = name.endswith("floor")
+    work = (run_floor, args.batch, args.workers) if floor else (run_dagster, args.batch)
+    ui_open = ui_open_while(args.ui_every) if args.ui and not floor else nullcontext(None)
+    with ui_open as ui:
+        seconds, peak, cpu = measure_with_cpu(in_processes, args.processes, *work)
     counts = outcome_counts()
     if args.keep and urls is None and not check_passes(counts, args.studies):
         # Kept to look into (either side): `voxl status` names the reasons, the raw cache holds

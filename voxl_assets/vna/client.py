@@ -117,8 +117,8 @@ _acknowledge_promptly()
 
 # pynetdicom's DUL thread sleeps this long whenever the socket has nothing to read; at its default
 # (1 ms) every instance of a retrieval waits about a millisecond before its C-STORE response goes
-# out, which halves throughput on a fast network. VOXL sets this value only as a mark: a DUL
-# reactor's sleep of exactly it is replaced by a wait in select() on the socket (see _dul_wait),
+# out, which halves throughput on a fast network. VOXL sets this value on its associations' DULs as
+# a mark: a DUL reactor's sleep of exactly it is a wait in select() on the socket (see _dul_wait),
 # woken at once by incoming data, by what the user side queues to send (a wake-up socket pair),
 # and at the latest after DUL_IDLE_WAIT_SECONDS for its timers. (A fast poll, 50 us while data had
 # flowed in the last 5 ms, cost small studies 10-20% more CPU, the reactor threads taking the GIL
@@ -127,12 +127,12 @@ DUL_POLL_SECONDS = 0.00005
 DUL_IDLE_WAIT_SECONDS = 0.05
 
 
-def _poll_fast(assoc: Any) -> None:
+def _wait_in_select(assoc: Any) -> None:
     assoc.dul._run_loop_delay = DUL_POLL_SECONDS
 
 
-def _poll_fast_on_open(event: Any) -> None:
-    _poll_fast(event.assoc)
+def _wait_in_select_on_open(event: Any) -> None:
+    _wait_in_select(event.assoc)
 
 
 def _store_to_current_writer(event: Any) -> int:
@@ -298,7 +298,7 @@ def _wake(dul: Any) -> None:
 
 class _DulClock:
     """Stands in for the ``time`` module in pynetdicom's DUL (dul.py): its reactor's idle sleep,
-    at the fast poll VOXL sets, becomes ``_dul_wait``; every other use is ``time``'s own."""
+    at the mark VOXL sets, becomes ``_dul_wait``; every other use is ``time``'s own."""
 
     def __getattr__(self, name: str) -> Any:
         return getattr(time, name)
@@ -317,7 +317,7 @@ class _DulClock:
 
 def _wake_dul_on_requests() -> None:
     """A primitive queued to send, or a stop, wakes the DUL from its wait in select()."""
-    if getattr(DULServiceProvider, "_voxl_tracked", False):
+    if getattr(DULServiceProvider, "_voxl_wakes", False):
         return
     send, stop = DULServiceProvider.send_pdu, DULServiceProvider.stop_dul
 
@@ -332,7 +332,7 @@ def _wake_dul_on_requests() -> None:
 
     DULServiceProvider.send_pdu = send_pdu  # type: ignore[method-assign]
     DULServiceProvider.stop_dul = stop_dul  # type: ignore[method-assign]
-    DULServiceProvider._voxl_tracked = True  # type: ignore[attr-defined]
+    DULServiceProvider._voxl_wakes = True  # type: ignore[attr-defined]
 
 
 _wake_dul_on_requests()
@@ -597,7 +597,7 @@ class MoveReceiver:
             (host, port),
             evt_handlers=[
                 (evt.EVT_C_STORE, self._route_store),
-                (evt.EVT_CONN_OPEN, _poll_fast_on_open),
+                (evt.EVT_CONN_OPEN, _wait_in_select_on_open),
                 (evt.EVT_REJECTED, self._count_rejected),
             ],
             server_class=_GuardedAssociationServer,
@@ -830,7 +830,7 @@ class DimseVna:
         if not assoc.is_established:
             reason = "rejected" if assoc.is_rejected else "aborted or unreachable"
             raise VnaUnavailable(f"association with the VNA {s.host}:{s.port} {reason}")
-        _poll_fast(assoc)
+        _wait_in_select(assoc)
         with self._pool_lock:
             self.associations_opened += 1
         return assoc
